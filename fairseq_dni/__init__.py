@@ -1,0 +1,12 @@
+"""fairseq-dni: LSTM language models trained with alternating synthetic and real gradients.
+
+Load with ``--user-dir fairseq_dni`` (a path to this folder, or just ``fairseq_dni``
+when the package is installed next to fairseq). Importing the package registers
+its task, models and criterions with fairseq and makes fairseq checkpoints
+loadable under torch's safe ``weights_only`` unpickler.
+"""
+
+__version__ = "0.1.0"
+
+from fairseq_dni import checkpoint_safety  # noqa: F401  (allow-list for torch.load)
+from fairseq_dni import models, tasks  # noqa: F401  (registration)

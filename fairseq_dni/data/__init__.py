@@ -1,0 +1,1 @@
+from fairseq_dni.data.stream_windows import StreamWindows  # noqa: F401

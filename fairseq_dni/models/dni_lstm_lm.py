@@ -1,0 +1,256 @@
+"""Model ``dni_lstm_lm``: an LSTM language model whose state flows across windows.
+
+One ``torch.nn.LSTM`` call per window (cuDNN on GPU, one fused kernel per layer),
+not fairseq's per-time-step ``LSTMCell`` loop. The final (h, c) of a window is
+kept, detached, as the initial state of the next window of the same stream set
+(``state_key``: the task passes the split name, so a validation pass in the
+middle of an epoch never disturbs the training streams). ``reset_state`` (first
+window of a pass), a new batch shape, or no ``state_key`` at all (any stock
+fairseq task) start from zeros.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from fairseq import utils
+from fairseq.dataclass import FairseqDataclass
+from fairseq.models import (
+    FairseqIncrementalDecoder,
+    FairseqLanguageModel,
+    register_model,
+    register_model_architecture,
+)
+from fairseq.modules import AdaptiveSoftmax
+
+logger = logging.getLogger(__name__)
+
+State = Tuple[torch.Tensor, torch.Tensor]  # (h, c), each (layers, batch, hidden)
+
+
+@dataclass
+class DNILSTMLMConfig(FairseqDataclass):
+    decoder_embed_dim: int = field(default=650, metadata={"help": "token embedding dimension"})
+    decoder_hidden_size: int = field(default=650, metadata={"help": "LSTM hidden size (h and c)"})
+    decoder_layers: int = field(default=2, metadata={"help": "number of stacked LSTM layers"})
+    decoder_out_embed_dim: Optional[int] = field(
+        default=None,
+        metadata={"help": "dimension fed to the output layer; a linear projection maps the hidden "
+                          "size to it when they differ (default: the embedding dim when embeddings "
+                          "are shared, else the hidden size)"},
+    )
+    dropout: float = field(default=0.5, metadata={"help": "default for every dropout below left unset"})
+    decoder_dropout_in: Optional[float] = field(
+        default=None, metadata={"help": "dropout on the embedded inputs of the first LSTM layer"})
+    decoder_hidden_dropout: Optional[float] = field(
+        default=None, metadata={"help": "dropout between stacked LSTM layers"})
+    decoder_dropout_out: Optional[float] = field(
+        default=None, metadata={"help": "dropout on the last LSTM layer's outputs"})
+    decoder_embed_dropout: float = field(
+        default=0.0,
+        metadata={"help": "embedding dropout: drop whole word types from the embedding matrix "
+                          "for one window (Gal & Ghahramani 2016)"},
+    )
+    share_decoder_input_output_embed: bool = field(
+        default=False, metadata={"help": "tie the input embedding and the output layer weights"})
+    adaptive_softmax_cutoff: Optional[str] = field(
+        default=None,
+        metadata={"help": "comma-separated adaptive softmax cutoffs, e.g. 20000,60000 "
+                          "(train with --criterion adaptive_loss)"},
+    )
+    adaptive_softmax_dropout: float = field(
+        default=0.0, metadata={"help": "dropout inside the adaptive softmax tail projections"})
+    adaptive_softmax_factor: float = field(
+        default=4.0, metadata={"help": "dimension shrink factor between adaptive softmax clusters"})
+    init_range: float = field(
+        default=0.1, metadata={"help": "embeddings and output layer start uniform in [-r, r]"})
+
+
+@register_model("dni_lstm_lm", dataclass=DNILSTMLMConfig)
+class DNILSTMLanguageModel(FairseqLanguageModel):
+    @classmethod
+    def build_model(cls, cfg: DNILSTMLMConfig, task):
+        return cls(DNILSTMDecoder(cfg, task.target_dictionary))
+
+
+class DNILSTMDecoder(FairseqIncrementalDecoder):
+    def __init__(self, cfg: DNILSTMLMConfig, dictionary):
+        super().__init__(dictionary)
+        vocab, pad = len(dictionary), dictionary.pad()
+        embed_dim, hidden = cfg.decoder_embed_dim, cfg.decoder_hidden_size
+        out_dim = cfg.decoder_out_embed_dim or (embed_dim if cfg.share_decoder_input_output_embed else hidden)
+
+        def rate(value):
+            return cfg.dropout if value is None else value
+
+        self.padding_idx = pad
+        self.embed_dropout = cfg.decoder_embed_dropout
+        self.embed_tokens = nn.Embedding(vocab, embed_dim, padding_idx=pad)
+        self.dropout_in = nn.Dropout(rate(cfg.decoder_dropout_in))
+        self.lstm = nn.LSTM(
+            embed_dim, hidden, num_layers=cfg.decoder_layers, batch_first=True,
+            dropout=rate(cfg.decoder_hidden_dropout) if cfg.decoder_layers > 1 else 0.0,
+        )
+        self.dropout_out = nn.Dropout(rate(cfg.decoder_dropout_out))
+        self.project_out = nn.Linear(hidden, out_dim, bias=False) if out_dim != hidden else None
+
+        self.adaptive_softmax = None
+        self.output_projection = None
+        if cfg.adaptive_softmax_cutoff:
+            if cfg.share_decoder_input_output_embed:
+                raise ValueError("--share-decoder-input-output-embed cannot be combined with --adaptive-softmax-cutoff")
+            self.adaptive_softmax = AdaptiveSoftmax(
+                vocab, out_dim, utils.eval_str_list(cfg.adaptive_softmax_cutoff, type=int),
+                dropout=cfg.adaptive_softmax_dropout, factor=cfg.adaptive_softmax_factor,
+            )
+        else:
+            if cfg.share_decoder_input_output_embed and out_dim != embed_dim:
+                raise ValueError(
+                    f"tied embeddings need --decoder-out-embed-dim ({out_dim}) == --decoder-embed-dim ({embed_dim})")
+            self.output_projection = nn.Linear(out_dim, vocab)
+            if cfg.share_decoder_input_output_embed:
+                self.output_projection.weight = self.embed_tokens.weight
+
+        nn.init.uniform_(self.embed_tokens.weight, -cfg.init_range, cfg.init_range)
+        if self.output_projection is not None:
+            nn.init.zeros_(self.output_projection.bias)
+            if not cfg.share_decoder_input_output_embed:
+                nn.init.uniform_(self.output_projection.weight, -cfg.init_range, cfg.init_range)
+
+        # carried (h, c) per stream set, always detached: no gradient crosses a window
+        self.carry_state: Dict[str, State] = {}
+
+    # ---- state ---------------------------------------------------------------------------
+    def zero_state(self, batch_size: int) -> State:
+        weight = self.lstm.weight_hh_l0
+        shape = (self.lstm.num_layers, batch_size, self.lstm.hidden_size)
+        return weight.new_zeros(shape), weight.new_zeros(shape)
+
+    def initial_state(self, batch_size: int, state_key: Optional[str], reset_state: bool) -> State:
+        """The state a window starts from: the carried one, or zeros when there is none to carry."""
+        carried = None if (state_key is None or reset_state) else self.carry_state.get(state_key)
+        if carried is None or carried[0].size(1) != batch_size:
+            if carried is not None:
+                logger.info("batch shape changed (%d -> %d streams): state of '%s' reset",
+                            carried[0].size(1), batch_size, state_key)
+            return self.zero_state(batch_size)
+        weight = self.lstm.weight_hh_l0
+        # follow the parameters' dtype/device (e.g. after .half() or .cuda(), or a fp16 autocast output)
+        return tuple(t.to(device=weight.device, dtype=weight.dtype) for t in carried)
+
+    def reset_carry_state(self, state_key: Optional[str] = None):
+        if state_key is None:
+            self.carry_state.clear()
+        else:
+            self.carry_state.pop(state_key, None)
+
+    # the training streams' carried state travels in checkpoints (resume continues the stream)
+    def get_extra_state(self):
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            # only rank 0 writes the checkpoint; its streams are not the other ranks' streams
+            return {"carry_state": {}}
+        return {"carry_state": {k: (h.detach().cpu(), c.detach().cpu()) for k, (h, c) in self.carry_state.items()
+                                if k == "train"}}
+
+    def set_extra_state(self, state):
+        self.carry_state = {k: (h, c) for k, (h, c) in (state or {}).get("carry_state", {}).items()}
+
+    # ---- forward -------------------------------------------------------------------------
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        weight = self.embed_tokens.weight
+        if self.training and self.embed_dropout > 0:
+            keep = weight.new_empty((weight.size(0), 1)).bernoulli_(1 - self.embed_dropout)
+            weight = weight * keep / (1 - self.embed_dropout)
+        return F.embedding(tokens, weight, self.padding_idx)
+
+    def extract_features(
+        self,
+        src_tokens: torch.Tensor,
+        state_key: Optional[str] = None,
+        reset_state: bool = False,
+        incremental_state: Optional[Dict[str, Dict[str, Optional[torch.Tensor]]]] = None,
+        initial_state: Optional[State] = None,
+    ):
+        if incremental_state is not None:
+            cached = self.get_incremental_state(incremental_state, "lstm_state")
+            if cached is not None:
+                src_tokens = src_tokens[:, -1:]
+                initial_state = (cached["h"], cached["c"])
+        if initial_state is None:
+            initial_state = self.initial_state(src_tokens.size(0), state_key, reset_state)
+
+        x = self.dropout_in(self.embed(src_tokens))
+        x, final_state = self.lstm(x, initial_state)
+        x = self.dropout_out(x)
+        if self.project_out is not None:
+            x = self.project_out(x)
+
+        if incremental_state is not None:
+            self.set_incremental_state(incremental_state, "lstm_state", {"h": final_state[0], "c": final_state[1]})
+        elif state_key is not None:
+            self.carry_state[state_key] = (final_state[0].detach(), final_state[1].detach())
+        # the un-detached states let a criterion reach the window's boundaries (DNI)
+        return x, {"initial_state": initial_state, "final_state": final_state}
+
+    def output_layer(self, features: torch.Tensor) -> torch.Tensor:
+        if self.adaptive_softmax is not None:
+            return features  # the adaptive softmax (criterion / get_normalized_probs) takes features
+        return self.output_projection(features)
+
+    def forward(
+        self,
+        src_tokens: torch.Tensor,
+        src_lengths: Optional[torch.Tensor] = None,
+        state_key: Optional[str] = None,
+        reset_state: bool = False,
+        incremental_state=None,
+        features_only: bool = False,
+        initial_state: Optional[State] = None,
+        **unused,
+    ):
+        x, extra = self.extract_features(src_tokens, state_key, reset_state, incremental_state, initial_state)
+        if not features_only:
+            x = self.output_layer(x)
+        return x, extra
+
+    def reorder_incremental_state(self, incremental_state, new_order):
+        cached = self.get_incremental_state(incremental_state, "lstm_state")
+        if cached is None:
+            return
+        reordered = {k: v.index_select(1, new_order) for k, v in cached.items()}
+        self.set_incremental_state(incremental_state, "lstm_state", reordered)
+
+    def max_positions(self):
+        return int(1e6)  # the state carries context; windows can be any length
+
+
+# ---- named architectures ------------------------------------------------------------------
+# defaults are set only where the command line left a value unset (fairseq's convention)
+def _defaults(args, **values):
+    for name, value in values.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+
+
+# ``--arch dni_lstm_lm`` itself is registered with the model and takes DNILSTMLMConfig's
+# defaults: Zaremba et al.'s 'medium' PTB LSTM, 2 x 650, dropout 0.5.
+
+
+@register_model_architecture("dni_lstm_lm", "dni_lstm_lm_small")
+def dni_lstm_lm_small(args):
+    """Zaremba et al.'s 'small' PTB LSTM: 2 x 200, no dropout (the setting of the DNI stability study)."""
+    _defaults(args, decoder_embed_dim=200, decoder_hidden_size=200, decoder_layers=2, dropout=0.0)
+
+
+@register_model_architecture("dni_lstm_lm", "dni_lstm_lm_wikitext103")
+def dni_lstm_lm_wikitext103(args):
+    """WikiText-103 (267k types): 2 x 1024 LSTM, 512-d projection, adaptive softmax 20k/60k."""
+    _defaults(
+        args, decoder_embed_dim=512, decoder_hidden_size=1024, decoder_layers=2,
+        decoder_out_embed_dim=512, dropout=0.1, adaptive_softmax_cutoff="20000,60000",
+        adaptive_softmax_dropout=0.1,
+    )

@@ -1,0 +1,189 @@
+"""Task ``dni_language_modeling``: a binarized corpus read as stateful streams.
+
+Why not fairseq's ``language_modeling`` task: it shuffles fixed-size blocks, so
+no block follows the one before it and a carried LSTM state would be
+meaningless. Here every batch is one truncated-BPTT window over ``B`` contiguous
+streams per rank, in stream order, and it tells the model which carried state it
+continues (``state_key`` = the split) and whether it opens a pass
+(``reset_state``). Everything else (binarized data, dictionaries, iterators with
+resumable position, checkpoints, logging, distributed training) is fairseq's own.
+"""
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+from fairseq import utils
+from fairseq.data import Dictionary, FairseqDataset, data_utils, iterators
+from fairseq.data.indexed_dataset import MMapIndexedDataset
+from fairseq.dataclass import FairseqDataclass
+from fairseq.tasks import FairseqTask, register_task
+from omegaconf import II
+
+from fairseq_dni.data.stream_windows import StreamWindows
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DNILanguageModelingConfig(FairseqDataclass):
+    data: Optional[str] = field(
+        default=None,
+        metadata={"help": "data directory written by 'fairseq-preprocess --only-source' "
+                          "(dict.txt plus train/valid/test .bin/.idx)"},
+    )
+    tokens_per_sample: int = field(
+        default=35,
+        metadata={"help": "window length T: tokens per truncated-BPTT window "
+                          "(the carried state crosses window boundaries, gradients do not)"},
+    )
+    eval_streams: int = field(
+        default=10,
+        metadata={"help": "streams for validation/test/eval-lm when no --batch-size(-valid) is given"},
+    )
+    # the stream count is fairseq's own --batch-size / --batch-size-valid
+    batch_size: Optional[int] = II("dataset.batch_size")
+    batch_size_valid: Optional[int] = II("dataset.batch_size_valid")
+    seed: int = II("common.seed")
+
+
+class TokenStream(FairseqDataset):
+    """One split as a flat token sequence (memory-mapped when the data is)."""
+
+    def __init__(self, split: str, tokens: np.ndarray, keep_alive=None):
+        self.split = split
+        self.tokens = tokens
+        self._keep_alive = keep_alive  # the indexed dataset that owns the memory map
+
+    def __len__(self):
+        return len(self.tokens)
+
+    def __getitem__(self, index):
+        raise TypeError("read TokenStream through the task's batch iterator")
+
+
+def flat_tokens(indexed) -> np.ndarray:
+    """All items of a fairseq indexed dataset, concatenated, without copying mmap data."""
+    if isinstance(indexed, MMapIndexedDataset) and len(indexed) > 0:
+        count = int(indexed.sizes.sum())
+        first = int(indexed._index._pointers[0])
+        return np.frombuffer(indexed._bin_buffer, dtype=indexed._index.dtype, count=count, offset=first)
+    if len(indexed) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return torch.cat([indexed[i] for i in range(len(indexed))]).numpy()
+
+
+@register_task("dni_language_modeling", dataclass=DNILanguageModelingConfig)
+class DNILanguageModelingTask(FairseqTask):
+    def __init__(self, cfg: DNILanguageModelingConfig, dictionary: Dictionary):
+        super().__init__(cfg)
+        self.dictionary = dictionary
+
+    @classmethod
+    def setup_task(cls, cfg: DNILanguageModelingConfig, **kwargs):
+        paths = utils.split_paths(cfg.data or "")
+        if not paths:
+            raise ValueError("dni_language_modeling: no data directory given (first positional argument)")
+        dict_path = os.path.join(paths[0], "dict.txt")
+        if not os.path.isfile(dict_path):
+            raise FileNotFoundError(
+                f"dni_language_modeling: no dictionary at {dict_path}; "
+                "binarize the corpus with 'fairseq-preprocess --only-source' first"
+            )
+        dictionary = Dictionary.load(dict_path)
+        logger.info("dictionary: %d types", len(dictionary))
+        return cls(cfg, dictionary)
+
+    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        paths = utils.split_paths(self.cfg.data)
+        split_path = os.path.join(paths[(epoch - 1) % len(paths)], split)
+        indexed = data_utils.load_indexed_dataset(split_path, self.dictionary, combine=combine)
+        if indexed is None:
+            raise FileNotFoundError(f"dni_language_modeling: split '{split}' not found at {split_path}.bin/.idx")
+        tokens = flat_tokens(indexed)
+        if len(tokens) and int(tokens.max()) >= len(self.dictionary):
+            raise ValueError(
+                f"dni_language_modeling: {split_path} holds token id {int(tokens.max())} but "
+                f"dict.txt has only {len(self.dictionary)} types: data and dictionary do not match"
+            )
+        self.datasets[split] = TokenStream(split, tokens, keep_alive=indexed)
+        logger.info("%s: %d tokens (%d lines)", split_path, len(tokens), len(indexed))
+
+    def get_batch_iterator(
+        self,
+        dataset,
+        max_tokens=None,
+        max_sentences=None,
+        num_shards=1,
+        shard_id=0,
+        num_workers=0,
+        epoch=1,
+        data_buffer_size=0,
+        **unused,
+    ):
+        """Windows of this rank's streams, in order; ``max_sentences`` is the stream count.
+
+        fairseq passes --batch-size for training, --batch-size-valid for validation and
+        eval-lm's --batch-size for scoring; sharding across ranks happens here (each rank
+        gets its own streams), so the iterator itself is never sharded again.
+        """
+        if not isinstance(dataset, TokenStream):
+            raise TypeError("dni_language_modeling batches only its own splits")
+        streams = max_sentences if max_sentences is not None else self.cfg.eval_streams
+        windows = StreamWindows(
+            dataset.tokens,
+            streams_per_rank=streams,
+            tokens_per_window=self.cfg.tokens_per_sample,
+            pad=self.dictionary.pad(),
+            eos=self.dictionary.eos(),
+            rank=shard_id,
+            world_size=num_shards,
+            state_key=dataset.split,
+        )
+        logger.info(
+            "%s: rank %d/%d reads streams [%d, %d) of %d, %d windows of %d tokens",
+            dataset.split, shard_id, num_shards, shard_id * streams, (shard_id + 1) * streams,
+            streams * num_shards, len(windows), self.cfg.tokens_per_sample,
+        )
+        return iterators.EpochBatchIterator(
+            dataset=windows,
+            collate_fn=windows.collater,
+            # every dataset item is already a whole batch; never shuffle, never re-shard
+            batch_sampler=[[i] for i in range(len(windows))],
+            num_workers=num_workers,
+            epoch=epoch,
+            buffer_size=data_buffer_size,
+            disable_shuffling=True,
+        )
+
+    def begin_epoch(self, epoch, model):
+        # only training calls this; --max-tokens alone cannot say how many streams to cut
+        if self.cfg.batch_size is None:
+            raise ValueError("dni_language_modeling needs --batch-size (streams per rank); --max-tokens alone is not enough")
+
+    def eval_lm_dataloader(self, dataset, max_tokens=36000, batch_size=None, max_positions=None,
+                           num_shards=1, shard_id=0, num_workers=1, data_buffer_size=10,
+                           context_window=0):
+        if context_window > 0:
+            raise ValueError(
+                "dni_language_modeling scores with the LSTM state carried across windows; "
+                "--context-window does not apply (leave it at 0)"
+            )
+        return self.get_batch_iterator(
+            dataset, max_sentences=batch_size, num_shards=num_shards, shard_id=shard_id,
+            num_workers=num_workers, data_buffer_size=data_buffer_size,
+        ).next_epoch_itr(shuffle=False)
+
+    def max_positions(self):
+        return None
+
+    @property
+    def source_dictionary(self):
+        return self.dictionary
+
+    @property
+    def target_dictionary(self):
+        return self.dictionary

@@ -1,0 +1,142 @@
+"""Stock fairseq-train / fairseq-eval-lm with --user-dir fairseq_dni, on tiny generated data."""
+import os
+import pickle
+import re
+import socket
+import subprocess
+
+import pytest
+import torch
+
+from conftest import BIN, USER_DIR, fairseq, train_args
+from reference_lm import perplexity
+
+
+def eval_lm(data, checkpoint, *extra):
+    out = fairseq("fairseq-eval-lm", data, "--user-dir", USER_DIR, "--task", "dni_language_modeling",
+                  "--path", checkpoint, "--cpu", "--num-workers", "0", *extra)
+    tokens = int(re.search(r"Evaluated ([\d,]+) tokens", out).group(1).replace(",", ""))
+    loss = float(re.search(r"Loss \(base 2\): ([\d.]+)", out).group(1))
+    return tokens, loss
+
+
+def count_tokens(text):
+    with open(text) as f:
+        return sum(len(line.split()) + 1 for line in f)
+
+
+@pytest.mark.parametrize("streams,window", [(3, 7), (1, 5), (10, 35)])
+def test_eval_lm_scores_every_test_token_once(tiny_data, tiny_checkpoint, streams, window):
+    tokens, _ = eval_lm(tiny_data, tiny_checkpoint, "--batch-size", streams, "--tokens-per-sample", window)
+    assert tokens == count_tokens(os.path.join(os.path.dirname(tiny_data), "text", "test.txt")) == 257
+
+
+def test_eval_lm_perplexity_equals_a_plain_pytorch_loop(tiny_data, tiny_checkpoint):
+    _, loss = eval_lm(tiny_data, tiny_checkpoint, "--batch-size", 1, "--tokens-per-sample", 6)
+    text = os.path.join(os.path.dirname(tiny_data), "text", "test.txt")
+    count, reference_loss, _ = perplexity(tiny_checkpoint, os.path.join(tiny_data, "dict.txt"), text)
+    assert count == 257
+    assert loss == pytest.approx(reference_loss, abs=6e-5)  # eval-lm prints 4 decimals
+
+
+def params(checkpoint):
+    return torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_ranks_read_disjoint_streams(tiny_data, tmp_path):
+    """2 ranks x 2 streams (gloo on CPU) must train exactly like 1 rank x 4 streams.
+
+    The 4 global streams are the same in both runs; if ranks overlapped or skipped
+    streams, or stepped out of order, the gradients (summed over ranks) would differ.
+    """
+    fairseq("fairseq-train", *train_args(tiny_data, tmp_path / "one", "--max-epoch", "1"))
+    port = free_port()
+    procs = [subprocess.Popen(
+        [os.path.join(BIN, "fairseq-train"),
+         *map(str, train_args(tiny_data, tmp_path / "two", "--max-epoch", "1")),
+         "--batch-size", "2", "--distributed-world-size", "2", "--distributed-rank", str(rank),
+         "--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp", "--distributed-no-spawn",
+         "--distributed-init-method", f"tcp://127.0.0.1:{port}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1")) for rank in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
+    assert "rank 0/2 reads streams [0, 2) of 4" in outs[0]
+    one, two = params(tmp_path / "one" / "checkpoint_last.pt"), params(tmp_path / "two" / "checkpoint_last.pt")
+    for name, value in one.items():
+        if torch.is_tensor(value):
+            torch.testing.assert_close(two[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_validation_mid_epoch_does_not_disturb_the_training_streams(tiny_data, tmp_path):
+    """Validating every 7 updates (its own streams, its own carried state) changes no weight."""
+    fairseq("fairseq-train", *train_args(tiny_data, tmp_path / "plain", "--max-epoch", "1"))
+    out = fairseq("fairseq-train", *train_args(tiny_data, tmp_path / "val", "--max-epoch", "1",
+                                               "--validate-interval-updates", "7"))
+    assert out.count('"valid_loss"') > 5
+    one, two = params(tmp_path / "plain" / "checkpoint_last.pt"), params(tmp_path / "val" / "checkpoint_last.pt")
+    for name, value in one.items():
+        if torch.is_tensor(value):
+            torch.testing.assert_close(two[name], value, rtol=0, atol=0, msg=name)
+
+
+class Payload:
+    """Unpickling this would run code (it writes a marker file)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_checkpoints_load_with_torch_safe_unpickler_and_code_is_refused(tiny_checkpoint, tmp_path):
+    # our checkpoints load under torch's restricted unpickler, unchanged
+    state = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    assert "decoder.lstm.weight_hh_l0" in state["model"]
+    # a checkpoint that would execute code is refused by fairseq's own loader
+    marker = tmp_path / "pwned"
+    evil = dict(state, extra_state={"x": Payload(marker)})
+    torch.save(evil, tmp_path / "evil.pt")
+    script = (
+        "import sys, fairseq_dni\n"
+        "from fairseq import checkpoint_utils\n"
+        f"checkpoint_utils.load_checkpoint_to_cpu({str(tmp_path / 'evil.pt')!r})\n"
+    )
+    proc = subprocess.run([os.path.join(BIN, "python"), "-c", script], capture_output=True, text=True)
+    assert proc.returncode != 0 and "UnpicklingError" in proc.stderr + proc.stdout
+    assert not marker.exists()
+
+
+def test_legacy_checkpoint_objects_load_only_through_the_allow_list(tiny_checkpoint, tmp_path):
+    """A fairseq checkpoint holding a legacy Namespace and numpy scalars loads safely with the plugin."""
+    import argparse
+
+    import numpy as np
+
+    state = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    state["extra_state"]["best"] = np.float64(state["extra_state"]["best"])
+    state["legacy_args"] = argparse.Namespace(arch="dni_lstm_lm_small")
+    torch.save(state, tmp_path / "legacy.pt")
+    script = (
+        "import sys\n"
+        "from fairseq import checkpoint_utils\n"
+        "path = sys.argv[1]\n"
+        "try:\n"
+        "    checkpoint_utils.load_checkpoint_to_cpu(path)\n"
+        "    print('LOADED-WITHOUT-PLUGIN')\n"
+        "except Exception as e:\n"
+        "    print('REFUSED-WITHOUT-PLUGIN')\n"
+        "import fairseq_dni\n"
+        "state = checkpoint_utils.load_checkpoint_to_cpu(path)\n"
+        "print('LOADED', state['legacy_args'].arch, float(state['extra_state']['best']))\n"
+    )
+    out = subprocess.run([os.path.join(BIN, "python"), "-c", script, str(tmp_path / "legacy.pt")],
+                         capture_output=True, text=True).stdout
+    assert "REFUSED-WITHOUT-PLUGIN" in out and "LOADED dni_lstm_lm_small" in out
