@@ -9,4 +9,4 @@ loadable under torch's safe ``weights_only`` unpickler.
 __version__ = "0.1.0"
 
 from fairseq_dni import checkpoint_safety  # noqa: F401  (allow-list for torch.load)
-from fairseq_dni import models, tasks  # noqa: F401  (registration)
+from fairseq_dni import criterions, models, optim, tasks  # noqa: F401  (registration)

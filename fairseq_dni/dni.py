@@ -45,14 +45,35 @@ def unflatten_state(flat: torch.Tensor, layers: int, hidden: int) -> State:
     return both[:layers], both[layers:]
 
 
+class ChunkNorm(nn.Module):
+    """Normalise each of ``chunks`` equal slices of the last dim to zero mean, unit variance.
+
+    The state is h and c of every layer; c is unbounded and can be orders of magnitude
+    larger than h, so one LayerNorm over the whole vector would erase h. Each (layer,
+    h-or-c) slice is normalised on its own and its log-norm is appended, so the
+    synthesizer still sees how large (how saturated) each part is.
+    """
+
+    def __init__(self, chunks: int):
+        super().__init__()
+        self.chunks = chunks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = x.reshape(*x.shape[:-1], self.chunks, -1)
+        normed = nn.functional.layer_norm(parts, parts.shape[-1:])
+        scale = parts.norm(dim=-1).clamp_min(1e-6).log()
+        return torch.cat([normed.flatten(-2), scale], dim=-1)
+
+
 class Synthesizer(nn.Module):
     """MLP over the carried state of all layers (h and c) -> predicted dLoss_future/d(state).
 
     ``num_layers`` linear layers (ReLU between them) of width ``hidden_dim``; the last
     layer starts at zero, so a fresh synthesizer injects nothing. ``condition_dim`` > 0
     adds an input (e.g. the embedding of the next window's first token). With
-    ``normalize_input`` the input passes through a LayerNorm without affine parameters,
-    so the regression does not chase the scale of a growing cell state.
+    ``state_chunks`` > 0 the state's ``state_chunks`` equal slices (2 x layers: h and c
+    of each layer) are normalised separately (:class:`ChunkNorm`) before the MLP, so the
+    regression neither dies on a growing cell state nor loses h next to it.
     """
 
     def __init__(
@@ -61,14 +82,16 @@ class Synthesizer(nn.Module):
         hidden_dim: int = 0,
         num_layers: int = 2,
         condition_dim: int = 0,
-        normalize_input: bool = True,
+        state_chunks: int = 0,
     ):
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"a synthesizer needs at least one layer, got {num_layers}")
+        if state_chunks and state_dim % state_chunks:
+            raise ValueError(f"state size {state_dim} does not split into {state_chunks} equal chunks")
         hidden_dim = hidden_dim or state_dim
-        in_dim = state_dim + condition_dim
-        self.normalize = nn.LayerNorm(in_dim, elementwise_affine=False) if normalize_input else nn.Identity()
+        self.normalize = ChunkNorm(state_chunks) if state_chunks else nn.Identity()
+        in_dim = state_dim + state_chunks + condition_dim
         dims: Sequence[int] = [in_dim] + [hidden_dim] * (num_layers - 1) + [state_dim]
         layers = []
         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
@@ -82,8 +105,10 @@ class Synthesizer(nn.Module):
         self.condition_dim = condition_dim
 
     def forward(self, state_flat: torch.Tensor, condition: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = state_flat if condition is None else torch.cat([state_flat, condition], dim=-1)
-        return self.net(self.normalize(x))
+        x = self.normalize(state_flat)
+        if condition is not None:
+            x = torch.cat([x, condition], dim=-1)
+        return self.net(x)
 
 
 def synthetic_gradient_term(final_state_flat: torch.Tensor, synthetic_grad: torch.Tensor, scale: float) -> torch.Tensor:

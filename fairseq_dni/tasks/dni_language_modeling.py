@@ -76,6 +76,22 @@ def flat_tokens(indexed) -> np.ndarray:
     return torch.cat([indexed[i] for i in range(len(indexed))]).numpy()
 
 
+def current_loss_scale(optimizer) -> float:
+    """The factor fairseq's optimizer wrapper multiplied the loss by before the last backward.
+
+    FP16Optimizer / MemoryEfficientFP16Optimizer: ``scaler`` is fairseq's DynamicLossScaler
+    (``loss_scale``; None under bf16); AMPOptimizer: ``scaler`` is torch's GradScaler.
+    """
+    scaler = getattr(optimizer, "scaler", None)
+    if scaler is None:
+        return 1.0
+    if hasattr(scaler, "loss_scale"):
+        return float(scaler.loss_scale)
+    if scaler.is_enabled():
+        return float(scaler.get_scale())
+    return 1.0
+
+
 @register_task("dni_language_modeling", dataclass=DNILanguageModelingConfig)
 class DNILanguageModelingTask(FairseqTask):
     def __init__(self, cfg: DNILanguageModelingConfig, dictionary: Dictionary):
@@ -158,6 +174,28 @@ class DNILanguageModelingTask(FairseqTask):
             buffer_size=data_buffer_size,
             disable_shuffling=True,
         )
+
+    def build_model(self, cfg, from_checkpoint=False):
+        model = super().build_model(cfg, from_checkpoint)
+        lstm = getattr(getattr(model, "decoder", None), "lstm", None)
+        if isinstance(lstm, torch.nn.LSTM):
+            # what a DNI criterion needs to size its synthesizer (fairseq builds the criterion after the model)
+            self.recurrent_state_dims = {
+                "layers": lstm.num_layers, "hidden": lstm.hidden_size, "embed": lstm.input_size}
+        return model
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        mode = getattr(optimizer, "dni_mode", None)  # set by --lr-scheduler cosine_alternating
+        if mode is not None and hasattr(criterion, "set_mode"):
+            criterion.set_mode(mode)
+        loss, sample_size, logging_output = super().train_step(
+            sample, model, criterion, optimizer, update_num, ignore_grad)
+        after_backward = getattr(criterion, "after_backward", None)
+        if after_backward is not None:
+            # the gradient on the window's initial state exists only now; it is still multiplied
+            # by the fp16/AMP loss scale, which only the optimizer knows
+            after_backward(loss_scale=current_loss_scale(optimizer), valid=not ignore_grad)
+        return loss, sample_size, logging_output
 
     def begin_epoch(self, epoch, model):
         # only training calls this; --max-tokens alone cannot say how many streams to cut

@@ -1,0 +1,154 @@
+"""Is DNI stable on a real corpus? Real vs synthetic gradients on PTB, curves from the logs.
+
+The setting of the stability study (issue 3): 2x200 LSTM (``dni_lstm_lm_small``), window
+35, 20 streams, Adam 1e-3, synthetic gradients scaled by 0.1, one epoch of PTB. Every arm
+is a stock ``fairseq-train`` run with ``--criterion dni_cross_entropy`` (the synthesizer
+learns in real mode too, so its cosine with the true gradient is measured in both). The
+script writes each run's log, a CSV of the logged curves, a markdown summary and (with
+matplotlib installed) a PNG; every number in them is read from the fairseq logs.
+
+    python examples/dni_stability.py --text-dir ../shared/data/ptb --out docs/dni_stability
+    python examples/dni_stability.py --arms real,synthetic --epochs 1 --max-update 300   # quicker look
+"""
+
+import argparse
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+
+# name -> extra fairseq-train flags (on top of the common setting below)
+ARMS = {
+    "real": ["--dni-mode", "real"],
+    "synthetic": ["--dni-mode", "synthetic"],
+    "synthetic-no-input-norm": ["--dni-mode", "synthetic", "--dni-no-input-norm"],
+    "synthetic-scale1": ["--dni-mode", "synthetic", "--dni-scale", "1.0"],
+}
+CURVES = ["loss", "state_norm", "dni_cos", "dni_loss", "dni_pred_norm", "dni_target_norm", "dni_nonfinite", "gnorm"]
+
+
+def binarize(text_dir, dest):
+    if os.path.isfile(os.path.join(dest, "dict.txt")):
+        return dest
+    subprocess.run([os.path.join(BIN, "fairseq-preprocess"), "--only-source",
+                    "--trainpref", os.path.join(text_dir, "ptb.train.txt"),
+                    "--validpref", os.path.join(text_dir, "ptb.valid.txt"),
+                    "--testpref", os.path.join(text_dir, "ptb.test.txt"),
+                    "--destdir", dest, "--workers", "2"], check=True, stdout=subprocess.DEVNULL)
+    return dest
+
+
+def run_arm(name, data, out, args):
+    log_path = os.path.join(out, "logs", f"{name}.log")
+    cmd = [os.path.join(BIN, "fairseq-train"), data, "--user-dir", os.path.join(REPO, "fairseq_dni"),
+           "--task", "dni_language_modeling", "--arch", "dni_lstm_lm_small",
+           "--criterion", "dni_cross_entropy", "--tokens-per-sample", "35", "--batch-size", "20",
+           "--optimizer", "adam", "--lr", "1e-3", "--dni-scale", "0.1", "--seed", str(args.seed),
+           "--max-epoch", str(args.epochs), "--cpu", "--num-workers", "0", "--no-save",
+           "--log-format", "json", "--log-interval", str(args.log_interval), "--no-progress-bar",
+           *ARMS[name]]
+    if args.max_update:
+        cmd += ["--max-update", str(args.max_update)]
+    if args.validate_interval_updates:
+        cmd += ["--validate-interval-updates", str(args.validate_interval_updates)]
+    print(f"[{name}] " + " ".join(cmd[1:]), flush=True)
+    with open(log_path, "w") as log:
+        log.write("# " + " ".join(cmd[1:]) + "\n")
+        log.flush()
+        subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True, cwd=REPO)
+    return log_path
+
+
+def parse(log_path):
+    """train_inner rows and validation rows from a fairseq json log."""
+    train, valid = [], []
+    with open(log_path) as f:
+        for line in f:
+            m = re.search(r"\| (train_inner|valid) \| (\{.*\})", line)
+            if m:
+                (train if m.group(1) == "train_inner" else valid).append(json.loads(m.group(2)))
+    return train, valid
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--text-dir", default=os.path.join(REPO, "..", "shared", "data", "ptb"))
+    parser.add_argument("--data-bin", default=os.path.join(REPO, "runs", "ptb-bin"))
+    parser.add_argument("--out", default=os.path.join(REPO, "docs", "dni_stability"))
+    parser.add_argument("--arms", default="real,synthetic,synthetic-no-input-norm")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--max-update", type=int, default=0)
+    parser.add_argument("--validate-interval-updates", type=int, default=0)
+    parser.add_argument("--log-interval", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--reuse-logs", action="store_true", help="only re-read existing logs")
+    args = parser.parse_args()
+    arms = args.arms.split(",")
+    os.makedirs(os.path.join(args.out, "logs"), exist_ok=True)
+    data = binarize(args.text_dir, args.data_bin)
+
+    results = {}
+    for name in arms:
+        log_path = os.path.join(args.out, "logs", f"{name}.log")
+        if not (args.reuse_logs and os.path.exists(log_path)):
+            run_arm(name, data, args.out, args)
+        results[name] = parse(log_path)
+
+    with open(os.path.join(args.out, "curves.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["arm", "update"] + CURVES)
+        for name, (train, _) in results.items():
+            for row in train:
+                w.writerow([name, row["num_updates"]] + [row.get(k, "") for k in CURVES])
+
+    def at(rows, key, which):
+        vals = [float(r[key]) for r in rows if key in r]
+        return vals[which] if vals else float("nan")
+
+    lines = ["| arm | valid ppl (end) | train loss first/last | state norm first/max/last | "
+             "dni_cos first/last | dni_loss first/last | non-finite |", "|---|---|---|---|---|---|---|"]
+    for name, (train, valid) in results.items():
+        ppl = float(valid[-1]["valid_ppl"]) if valid else float("nan")
+        state_max = max((float(r["state_norm"]) for r in train if "state_norm" in r), default=float("nan"))
+        nonfinite = sum(float(r.get("dni_nonfinite", 0)) for r in train)
+        lines.append(
+            f"| {name} | {ppl:.1f} | {at(train, 'loss', 0):.3f} / {at(train, 'loss', -1):.3f} | "
+            f"{at(train, 'state_norm', 0):.1f} / {state_max:.1f} / {at(train, 'state_norm', -1):.1f} | "
+            f"{at(train, 'dni_cos', 0):.3f} / {at(train, 'dni_cos', -1):.3f} | "
+            f"{at(train, 'dni_loss', 0):.4f} / {at(train, 'dni_loss', -1):.4f} | {nonfinite:.0f} |")
+    summary = "\n".join(lines) + "\n"
+    with open(os.path.join(args.out, "summary.md"), "w") as f:
+        f.write(summary)
+    print(summary)
+
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib not installed: no plot)")
+        return
+    panels = [("loss", "train loss (base 2)"), ("state_norm", "cell-state norm"),
+              ("dni_cos", "cos(synthetic, true gradient)"), ("dni_pred_norm", "|synthetic gradient|")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
+    for ax, (key, title) in zip(axes, panels):
+        for name, (train, _) in results.items():
+            xs = [int(r["num_updates"]) for r in train if key in r]
+            ax.plot(xs, [float(r[key]) for r in train if key in r], label=name)
+        ax.set_title(title)
+        if key == "state_norm":
+            ax.set_yscale("log")
+        ax.set_xlabel("update")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "curves.png"), dpi=90)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+from fairseq_dni.criterions import dni_cross_entropy  # noqa: F401

@@ -1,0 +1,266 @@
+"""Criterion ``dni_cross_entropy``: the LM loss plus Decoupled Neural Interfaces.
+
+Per training window ``t`` (stream set ``train``; see ``fairseq_dni/dni.py`` for the maths):
+
+1. The window starts from the carried state ``s_{t-1}`` made a leaf that requires
+   grad, so backward leaves the true gradient arriving at the window's start on it.
+2. LM loss (summed over target tokens, as fairseq's ``cross_entropy`` /
+   ``adaptive_loss``), plus, in synthetic mode, the injected synthetic gradient
+   ``scale * M(s_t)`` at the window's final state (none in real mode).
+3. After backward (``after_backward``, called by the task with the optimizer's
+   loss scale) the gradient on ``s_{t-1}`` is unscaled and divided by the window's
+   token count: the regression target for ``M(s_{t-1})``. It is regressed one
+   window later (the synthesizer's loss is part of window ``t+1``'s loss), in
+   both modes, so the synthesizer keeps learning while real gradients are used.
+
+Units: the synthesizer predicts, per stream, the gradient of the *summed* loss of
+that stream's future tokens with respect to its state — the same units as the LM
+loss this criterion returns (a sum over tokens), so injection needs no rescaling:
+fairseq divides the whole loss by the sample size, injected term included, exactly
+as full BPTT would divide the future tokens' loss. These targets are O(1) (the
+per-token mean would be B*T times smaller). Only the synthesizer's own regression
+loss is multiplied by the sample size, so that fairseq's division leaves it as is.
+
+The synthesizer lives in this criterion (fairseq optimizes, all-reduces and
+checkpoints criterion parameters), so LM checkpoints stay plain LSTMs for eval-lm.
+Its parameters carry ``param_group = "synthesizer"`` for optimizers that treat them apart.
+"""
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from fairseq import utils
+from fairseq.criterions import register_criterion
+from fairseq.criterions.cross_entropy import CrossEntropyCriterion
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.logging import metrics
+from omegaconf import II
+
+from fairseq_dni.dni import (
+    Synthesizer,
+    bootstrapped_target,
+    cosine_similarity,
+    flatten_state,
+    synthesizer_loss,
+    synthetic_gradient_term,
+)
+
+DNI_MODES = ChoiceEnum(["synthetic", "real"])
+
+
+@dataclass
+class DNICrossEntropyConfig(FairseqDataclass):
+    dni_mode: DNI_MODES = field(
+        default="synthetic",
+        metadata={"help": "synthetic: inject the synthesizer's gradient at every window's end; "
+                          "real: plain TBPTT (the synthesizer still learns)"},
+    )
+    dni_scale: float = field(
+        default=0.1, metadata={"help": "scale of the injected synthetic gradient (also the bootstrap discount)"})
+    dni_synthesizer_layers: int = field(
+        default=2, metadata={"help": "linear layers in the synthesizer MLP (ReLU between; last starts at zero)"})
+    dni_synthesizer_hidden: int = field(
+        default=0, metadata={"help": "width of the synthesizer's hidden layers (0: the state size 2*layers*hidden)"})
+    dni_no_input_norm: bool = field(
+        default=False,
+        metadata={"help": "feed the raw state to the synthesizer; by default h and c of each layer "
+                          "are normalised separately (plus their log-norms): c is unbounded and would drown h"})
+    dni_condition_on_next_input: bool = field(
+        default=False, metadata={"help": "also feed the synthesizer the embedding of the next window's first input token"})
+    dni_future_aux: float = field(
+        default=0.0,
+        metadata={"help": "weight of the auxiliary task: from s_{t-1}, also predict the synthetic gradient "
+                          "one window further ahead, M(s_t) (0: off)"},
+    )
+    dni_target_clip: float = field(
+        default=0.0,
+        metadata={"help": "clip each stream's regression target to this L2 norm (0: no clipping)"})
+    sentence_avg: bool = II("optimization.sentence_avg")
+
+
+@register_criterion("dni_cross_entropy", dataclass=DNICrossEntropyConfig)
+class DNICrossEntropyCriterion(CrossEntropyCriterion):
+    def __init__(self, task, cfg: DNICrossEntropyConfig):
+        super().__init__(task, cfg.sentence_avg)
+        dims = getattr(task, "recurrent_state_dims", None)
+        if dims is None:
+            raise ValueError(
+                "dni_cross_entropy needs --task dni_language_modeling and an LSTM model from fairseq_dni "
+                "(--arch dni_lstm_lm*): it reads the carried state the task threads through the windows")
+        self.cfg = cfg
+        self.mode = str(cfg.dni_mode)
+        state_dim = 2 * dims["layers"] * dims["hidden"]
+        self.synthesizer = Synthesizer(
+            state_dim,
+            hidden_dim=cfg.dni_synthesizer_hidden,
+            num_layers=cfg.dni_synthesizer_layers,
+            condition_dim=dims["embed"] if cfg.dni_condition_on_next_input else 0,
+            state_chunks=0 if cfg.dni_no_input_norm else 2 * dims["layers"],
+        )
+        self.future_head = None
+        if cfg.dni_future_aux > 0:
+            self.future_head = Synthesizer(
+                state_dim, hidden_dim=cfg.dni_synthesizer_hidden, num_layers=cfg.dni_synthesizer_layers,
+                condition_dim=0, state_chunks=0 if cfg.dni_no_input_norm else 2 * dims["layers"])
+        for p in self.parameters():
+            p.param_group = "synthesizer"
+        self._this_window = None   # what after_backward needs from the window just computed
+        self._to_regress = None    # (state, condition, target, future target) awaiting regression
+
+    def set_mode(self, mode: str):
+        """real / synthetic for the coming windows (the cosine_alternating schedule calls this via the task)."""
+        if mode not in ("real", "synthetic"):
+            raise ValueError(f"unknown DNI mode {mode!r}")
+        self.mode = mode
+
+    # ---- pieces --------------------------------------------------------------------------
+    def lm_loss(self, model, net_output, sample):
+        decoder = model.decoder
+        if getattr(decoder, "adaptive_softmax", None) is None:
+            return self.compute_loss(model, net_output, sample)[0]
+        # same as fairseq's adaptive_loss criterion
+        target = model.get_targets(sample, net_output).view(-1)
+        logits, targets = decoder.adaptive_softmax(net_output[0], target)
+        loss = net_output[0].new_zeros(())
+        for lg, tg in zip(logits, targets):
+            if tg is not None:
+                loss = loss + F.cross_entropy(lg, tg, ignore_index=self.padding_idx, reduction="sum")
+        return loss
+
+    def synthesize(self, state_flat, condition):
+        dtype = next(self.synthesizer.parameters()).dtype
+        cond = None if condition is None else condition.to(dtype)
+        return self.synthesizer(state_flat.to(dtype), cond)
+
+    @staticmethod
+    def condition_for(model, tokens):
+        """Embedding (detached) of the next window's first input token."""
+        return model.decoder.embed_tokens(tokens).detach()
+
+    # ---- criterion -----------------------------------------------------------------------
+    def forward(self, model, sample, reduce=True):
+        net_input = sample["net_input"]
+        key, reset = net_input.get("state_key"), bool(net_input.get("reset_state", False))
+        if key is None:
+            raise ValueError("dni_cross_entropy needs batches from --task dni_language_modeling")
+        decoder = model.decoder
+        src = net_input["src_tokens"]
+        bsz = src.size(0)
+        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
+        training = self.training and model.training
+        carried = (not reset and key in decoder.carry_state and decoder.carry_state[key][0].size(1) == bsz)
+
+        start = decoder.initial_state(bsz, key, reset)
+        if training:
+            start = tuple(s.detach().requires_grad_(True) for s in start)
+        net_output = model(**net_input, initial_state=start)
+        loss = self.lm_loss(model, net_output, sample)
+        logging_output = {
+            "loss": loss.data,
+            "ntokens": sample["ntokens"],
+            "nsentences": bsz,
+            "sample_size": sample_size,
+        }
+        if not training:
+            return loss, sample_size, logging_output
+
+        final = net_output[1]["final_state"]
+        final_flat = flatten_state(final)
+        with torch.no_grad():
+            # cell-state norm per stream (all layers): the first thing to blow up when DNI goes wrong
+            logging_output["state_norm"] = final[1].float().transpose(0, 1).reshape(bsz, -1).norm(dim=-1).mean()
+        logging_output["dni_windows"] = 1
+        logging_output["dni_synthetic"] = float(self.mode == "synthetic")
+
+        # 1) regress the prediction made one window ago onto the gradient that reached its successor
+        total = loss + sample_size * self.regression(logging_output, bsz, flatten_state(start).detach())
+
+        # 2) the synthetic gradient at this window's end
+        condition = self.condition_for(model, sample["target"][:, -1]) if self.cfg.dni_condition_on_next_input else None
+        with torch.no_grad():
+            prediction = self.synthesize(final_flat.detach(), condition)
+            finite = torch.isfinite(prediction).all()
+            prediction = torch.where(finite, prediction, torch.zeros_like(prediction))
+        logging_output["dni_nonfinite"] = (~finite).float()
+        if self.mode == "synthetic":
+            total = total + synthetic_gradient_term(final_flat, prediction.to(final_flat.dtype), self.cfg.dni_scale)
+
+        # 3) remember what after_backward needs to form M(s_{t-1})'s target
+        start_condition = self.condition_for(model, src[:, 0]) if self.cfg.dni_condition_on_next_input else None
+        self._this_window = {
+            "leaf": start if carried else None,
+            "state": flatten_state(start).detach(),
+            "condition": start_condition,
+            "future_target": prediction.detach(),  # M(s_t): the synthetic gradient one window ahead of s_{t-1}
+        }
+        return total, sample_size, logging_output
+
+    def regression(self, logging_output, bsz, start_flat):
+        """The synthesizer's loss for the pending (state, target) pair, logged; 0 when none."""
+        pending, self._to_regress = self._to_regress, None
+        usable = pending is not None and pending["state"].size(0) == bsz
+        if not usable:
+            # keep every synthesizer parameter in the graph (DDP expects it); contributes exactly 0
+            zero = sum(p.sum() for p in self.parameters()) * 0.0
+            return zero
+        prediction = self.synthesize(pending["state"], pending["condition"])
+        target = pending["target"]
+        finite = torch.isfinite(target).all()
+        target = torch.where(finite, target, torch.zeros_like(target))
+        loss = synthesizer_loss(prediction, target) * finite.float()
+        if self.future_head is not None:
+            future = self.future_head(pending["state"].to(prediction.dtype))
+            loss = loss + self.cfg.dni_future_aux * synthesizer_loss(future, pending["future_target"])
+        with torch.no_grad():
+            logging_output["dni_loss"] = loss.detach().float()
+            logging_output["dni_cos"] = cosine_similarity(prediction, target) * finite.float()
+            logging_output["dni_target_norm"] = target.float().norm(dim=-1).mean()
+            logging_output["dni_pred_norm"] = prediction.float().norm(dim=-1).mean()
+            logging_output["dni_regressions"] = finite.float()
+            logging_output["dni_nonfinite_target"] = (~finite).float()
+        return loss
+
+    def after_backward(self, loss_scale: float = 1.0, valid: bool = True):
+        """Turn the gradient now sitting on this window's initial state into M(s_{t-1})'s target."""
+        window, self._this_window = self._this_window, None
+        if window is None or window["leaf"] is None or not valid:
+            return
+        grads = [s.grad for s in window["leaf"]]
+        if any(g is None for g in grads):
+            return
+        target = bootstrapped_target(flatten_state(tuple(grads)), loss_scale)
+        if self.cfg.dni_target_clip > 0:
+            norms = target.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            target = target * (self.cfg.dni_target_clip / norms).clamp(max=1.0)
+        self._to_regress = {
+            "state": window["state"],
+            "condition": window["condition"],
+            "target": target,
+            "future_target": window["future_target"],
+        }
+
+    # ---- logging -------------------------------------------------------------------------
+    @staticmethod
+    def reduce_metrics(logging_outputs) -> None:
+        CrossEntropyCriterion.reduce_metrics(logging_outputs)
+
+        def total(name):
+            return sum(float(log.get(name, 0)) for log in logging_outputs)
+
+        windows, regressions = total("dni_windows"), total("dni_regressions")
+        if windows > 0:
+            metrics.log_scalar("state_norm", total("state_norm") / windows, windows, round=3)
+            metrics.log_scalar("dni_synthetic", total("dni_synthetic") / windows, windows, round=2)
+            metrics.log_scalar_sum("dni_nonfinite", total("dni_nonfinite") + total("dni_nonfinite_target"), round=0)
+        if regressions > 0:
+            metrics.log_scalar("dni_loss", total("dni_loss") / regressions, regressions, round=5)
+            metrics.log_scalar("dni_cos", total("dni_cos") / regressions, regressions, round=4)
+            metrics.log_scalar("dni_target_norm", total("dni_target_norm") / regressions, regressions, round=5)
+            metrics.log_scalar("dni_pred_norm", total("dni_pred_norm") / regressions, regressions, round=5)
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        return True

@@ -1,0 +1,177 @@
+"""Optimizer ``alternating``: the LM's optimizer and the synthesizer's, side by side.
+
+``--optimizer alternating --base-optimizer adam|adamw|sgd|nag`` optimizes the language
+model with the chosen torch optimizer and the usual hyperparameters (``--lr`` and the
+schedule, ``--adam-betas``, ``--adam-eps``, ``--weight-decay``, ``--momentum``), and the
+synthesizer (parameters tagged ``param_group = "synthesizer"`` by ``dni_cross_entropy``)
+with its own optimizer state and a constant ``--dni-lr``: the synthesizer keeps learning
+at the same pace in both modes and through learning-rate restarts.
+
+It holds the current mode (``real`` / ``synthetic``), which the ``cosine_alternating``
+scheduler sets as a pure function of the update number and the task hands to the
+criterion before every window. ``--clip-norm`` clips the language model's gradient only
+(the synthesizer's has its own ``--dni-clip-norm``); the norm fairseq logs as ``gnorm``
+is the language model's.
+
+fairseq wraps it as usual for ``--fp16`` / ``--bf16`` (with ``--fp16-no-flatten-grads``:
+a flat parameter vector would lose which parameters are the synthesizer's, and fairseq
+says so), and ``--amp``. Under ``--fp16``/``--bf16`` fairseq's wrapper clips with one
+factor for all parameters, computed from the language model's norm. ``--memory-efficient-fp16``
+is refused (torch optimizers would keep fp16 state).
+"""
+
+from dataclasses import dataclass, field
+from typing import List
+
+import torch
+from fairseq import utils
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.optim import FairseqOptimizer, register_optimizer
+from omegaconf import II
+
+BASE_OPTIMIZERS = ChoiceEnum(["adam", "adamw", "sgd", "nag"])
+MODES = ("synthetic", "real")
+
+
+@dataclass
+class AlternatingOptimizerConfig(FairseqDataclass):
+    base_optimizer: BASE_OPTIMIZERS = field(
+        default="adam",
+        metadata={"help": "the language model's optimizer: adam (L2 weight decay), adamw (decoupled), "
+                          "sgd, nag (SGD with Nesterov momentum)"})
+    dni_optimizer: BASE_OPTIMIZERS = field(default="adam", metadata={"help": "the synthesizer's optimizer"})
+    dni_lr: float = field(default=1e-4, metadata={"help": "the synthesizer's learning rate (constant)"})
+    dni_clip_norm: float = field(default=0.0, metadata={"help": "clip the synthesizer's gradient norm (0: off)"})
+    adam_betas: str = field(default="(0.9, 0.999)", metadata={"help": "betas for adam/adamw"})
+    adam_eps: float = field(default=1e-8, metadata={"help": "epsilon for adam/adamw"})
+    weight_decay: float = field(default=0.0, metadata={"help": "weight decay of the language model"})
+    momentum: float = field(default=0.0, metadata={"help": "momentum for sgd (nag: 0 means 0.99)"})
+    lr: List[float] = II("optimization.lr")
+
+
+def build_torch_optimizer(name: str, params, lr: float, cfg: AlternatingOptimizerConfig, weight_decay: float):
+    if name in ("adam", "adamw"):
+        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+        return cls(params, lr=lr, betas=tuple(eval(cfg.adam_betas)), eps=cfg.adam_eps, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=weight_decay)
+    if name == "nag":
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum or 0.99, nesterov=True, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; choose one of adam, adamw, sgd, nag")
+
+
+class TwoOptimizers(torch.optim.Optimizer):
+    """A torch optimizer made of the LM's and the synthesizer's (fairseq expects one object)."""
+
+    def __init__(self, lm: torch.optim.Optimizer, synthesizer: torch.optim.Optimizer = None):
+        # deliberately no super().__init__: every Optimizer method fairseq uses is defined here
+        self.lm, self.synthesizer = lm, synthesizer
+        self.defaults = lm.defaults
+
+    @property
+    def param_groups(self):
+        return self.lm.param_groups + (self.synthesizer.param_groups if self.synthesizer else [])
+
+    @property
+    def state(self):
+        merged = dict(self.lm.state)
+        if self.synthesizer:
+            merged.update(self.synthesizer.state)
+        return merged
+
+    def step(self, closure=None):
+        loss = self.lm.step(closure)
+        if self.synthesizer is not None:
+            self.synthesizer.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True):
+        self.lm.zero_grad(set_to_none=set_to_none)
+        if self.synthesizer is not None:
+            self.synthesizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self):
+        return {"lm": self.lm.state_dict(),
+                "synthesizer": self.synthesizer.state_dict() if self.synthesizer else None}
+
+    def load_state_dict(self, state_dict):
+        if "lm" not in state_dict:
+            raise ValueError("this optimizer state was not written by --optimizer alternating")
+        self.lm.load_state_dict(state_dict["lm"])
+        if self.synthesizer is not None and state_dict.get("synthesizer") is not None:
+            self.synthesizer.load_state_dict(state_dict["synthesizer"])
+
+    def __getstate__(self):
+        return {"lm": self.lm, "synthesizer": self.synthesizer}
+
+    def __repr__(self):
+        return f"TwoOptimizers(lm={self.lm.__class__.__name__}, synthesizer={self.synthesizer.__class__.__name__})"
+
+
+@register_optimizer("alternating", dataclass=AlternatingOptimizerConfig)
+class AlternatingOptimizer(FairseqOptimizer):
+    def __init__(self, cfg: AlternatingOptimizerConfig, params):
+        super().__init__(cfg)
+        params = list(params)
+        synth = [p for p in params if getattr(p, "param_group", None) == "synthesizer"]
+        lm = [p for p in params if getattr(p, "param_group", None) != "synthesizer"]
+        if not lm:
+            raise ValueError("--optimizer alternating found no language-model parameters "
+                             "(a flat fp16 parameter vector? use --fp16-no-flatten-grads)")
+        lr = cfg.lr[0]
+        self.lm_params, self.synthesizer_params = lm, synth
+        self._optimizer = TwoOptimizers(
+            build_torch_optimizer(cfg.base_optimizer, lm, lr, cfg, cfg.weight_decay),
+            build_torch_optimizer(cfg.dni_optimizer, synth, cfg.dni_lr, cfg, 0.0) if synth else None,
+        )
+        self.mode = "synthetic"
+
+    @property
+    def optimizer_config(self):
+        return {"lr": self.cfg.lr[0], "weight_decay": self.cfg.weight_decay}
+
+    # the schedule drives the language model's learning rate only
+    def get_lr(self):
+        return self._optimizer.lm.param_groups[0]["lr"]
+
+    def set_lr(self, lr):
+        for group in self._optimizer.lm.param_groups:
+            group["lr"] = lr
+
+    def set_mode(self, mode: str):
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+        self.mode = mode
+
+    def load_state_dict(self, state_dict, optimizer_overrides=None):
+        self._optimizer.load_state_dict(state_dict)
+        if optimizer_overrides:
+            for group in self._optimizer.lm.param_groups:
+                group.update(optimizer_overrides)
+        if self._optimizer.synthesizer is not None:  # --dni-lr of the current command wins
+            for group in self._optimizer.synthesizer.param_groups:
+                group["lr"] = self.cfg.dni_lr
+
+    def clip_grad_norm(self, max_norm, aggregate_norm_fn=None):
+        if self.synthesizer_params and self.cfg.dni_clip_norm > 0:
+            utils.clip_grad_norm_(self.synthesizer_params, self.cfg.dni_clip_norm, aggregate_norm_fn)
+        return utils.clip_grad_norm_(self.lm_params, max_norm, aggregate_norm_fn)
+
+    @property
+    def supports_flat_params(self):
+        return False
+
+    @property
+    def supports_memory_efficient_fp16(self):
+        return False
+
+
+def find_alternating(optimizer):
+    """The AlternatingOptimizer inside fairseq's fp16/bf16/AMP wrappers, or None."""
+    seen = 0
+    while optimizer is not None and seen < 4:
+        if isinstance(optimizer, AlternatingOptimizer):
+            return optimizer
+        optimizer = getattr(optimizer, "fp32_optimizer", None) or getattr(optimizer, "wrapped_optimizer", None)
+        seen += 1
+    return None

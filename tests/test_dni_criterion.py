@@ -1,0 +1,155 @@
+"""dni_cross_entropy against autograd references, driven window by window as fairseq does.
+
+fairseq's train_step is: loss = criterion(model, sample); optimizer.backward(loss);
+then our task calls criterion.after_backward(loss_scale). These tests run exactly
+that sequence in float64 on a tiny LSTM (no optimizer step unless stated).
+"""
+import types
+
+import pytest
+import torch
+from fairseq.data import Dictionary
+
+from fairseq_dni.criterions.dni_cross_entropy import DNICrossEntropyConfig, DNICrossEntropyCriterion
+from fairseq_dni.data.stream_windows import StreamWindows
+from fairseq_dni.dni import flatten_state
+from fairseq_dni.models.dni_lstm_lm import DNILSTMLanguageModel, DNILSTMLMConfig
+
+B, T, LAYERS, HIDDEN, EMBED = 3, 5, 2, 6, 4
+
+
+def setup(mode="synthetic", scale=0.1, seed=0, **dni):
+    dictionary = Dictionary()
+    for i in range(20):
+        dictionary.add_symbol(f"w{i}")
+    torch.manual_seed(seed)
+    cfg = DNILSTMLMConfig(decoder_embed_dim=EMBED, decoder_hidden_size=HIDDEN, decoder_layers=LAYERS, dropout=0.0)
+    task = types.SimpleNamespace(target_dictionary=dictionary, source_dictionary=dictionary,
+                                 recurrent_state_dims={"layers": LAYERS, "hidden": HIDDEN, "embed": EMBED})
+    model = DNILSTMLanguageModel.build_model(cfg, task).double().train()
+    criterion = DNICrossEntropyCriterion(
+        task, DNICrossEntropyConfig(dni_mode=mode, dni_scale=scale, sentence_avg=False, **dni)).double().train()
+    tokens = torch.randint(4, len(dictionary), (200,), generator=torch.Generator().manual_seed(1)).numpy()
+    windows = StreamWindows(tokens, B, T, dictionary.pad(), dictionary.eos(), state_key="train")
+    samples = [windows.collater([windows[i]]) for i in range(len(windows))]
+    return model, criterion, samples
+
+
+def step(model, criterion, sample, loss_scale=1.0, zero_grad=True):
+    """One fairseq micro-batch: forward, (scaled) backward, after_backward; returns LM param grads."""
+    if zero_grad:
+        for p in list(model.parameters()) + list(criterion.parameters()):
+            p.grad = None
+    loss, sample_size, log = criterion(model, sample)
+    (loss * loss_scale).backward()
+    criterion.after_backward(loss_scale=loss_scale)
+    return [p.grad.clone() / loss_scale for p in model.parameters()], log
+
+
+def lm_window(model, sample, state):
+    """Reference: a window's summed LM loss from a given state, outside the criterion."""
+    out, extra = model(sample["net_input"]["src_tokens"], initial_state=state)
+    lp = model.get_normalized_probs((out, extra), log_probs=True)
+    loss = torch.nn.functional.nll_loss(lp.view(-1, lp.size(-1)), sample["target"].view(-1),
+                                        ignore_index=1, reduction="sum")
+    return loss, extra["final_state"]
+
+
+def test_fresh_synthesizer_gives_real_mode_updates():
+    synthetic = setup("synthetic")
+    real = setup("real")
+    for w in range(4):
+        g_syn, _ = step(*synthetic[:2], synthetic[2][w])
+        g_real, _ = step(*real[:2], real[2][w])
+        for a, b in zip(g_syn, g_real):
+            assert torch.equal(a, b)
+
+
+def test_oracle_injection_through_the_criterion_equals_full_bptt():
+    model, criterion, samples = setup("synthetic", scale=1.0)
+    s0 = model.decoder.zero_state(B)
+    # reference: full BPTT over windows 1 and 2 (summed loss, as the criterion returns)
+    l1, s1 = lm_window(model, samples[0], s0)
+    l2, _ = lm_window(model, samples[1], s1)
+    full = torch.autograd.grad(l1 + l2, list(model.parameters()))
+    # the exact future gradient at s1, per stream, in the criterion's units
+    s1_leaf = tuple(s.detach().requires_grad_(True) for s in s1)
+    oracle = flatten_state(torch.autograd.grad(lm_window(model, samples[1], s1_leaf)[0], s1_leaf))
+    criterion.synthesize = lambda state, condition: oracle
+    g1, _ = step(model, criterion, samples[0])
+    criterion.mode = "real"
+    g2, _ = step(model, criterion, samples[1])
+    num = sum(((a + b - f) ** 2).sum() for a, b, f in zip(g1, g2, full)).sqrt()
+    assert (num / sum((f ** 2).sum() for f in full).sqrt()).item() < 1e-8
+
+
+@pytest.mark.parametrize("loss_scale", [1.0, 1024.0])
+def test_regression_target_equals_autograd_reference(loss_scale):
+    model, criterion, samples = setup("synthetic", scale=0.1)
+    torch.nn.init.normal_(criterion.synthesizer.net[-1].weight, std=0.3)
+    step(model, criterion, samples[0], loss_scale)
+    s1 = tuple(s.clone() for s in model.decoder.carry_state["train"])
+    step(model, criterion, samples[1], loss_scale)
+    target = criterion._to_regress["target"]
+    # reference: d/ds1 [ L2_sum(s1) + 0.1 * <s2(s1), M(s2) held constant> ]
+    s1_leaf = tuple(s.detach().requires_grad_(True) for s in s1)
+    l2, s2 = lm_window(model, samples[1], s1_leaf)
+    m = criterion.synthesizer(flatten_state(s2).detach()).detach()
+    ref = torch.autograd.grad(l2 + 0.1 * (flatten_state(s2) * m).sum(), s1_leaf)
+    torch.testing.assert_close(target, flatten_state(ref).float(), rtol=1e-5, atol=1e-7)
+
+
+def test_targets_pair_windows_with_their_successors_under_gradient_accumulation():
+    """--update-freq N accumulates parameter gradients over N windows; each target must still
+    be the gradient at its own successor's start, unaffected by what accumulated before."""
+    plain = setup("synthetic")
+    accum = setup("synthetic")
+    for net in (plain, accum):
+        torch.nn.init.normal_(net[1].synthesizer.net[-1].weight, std=0.3, generator=torch.Generator().manual_seed(3))
+    for w in range(4):
+        step(*plain[:2], plain[2][w], zero_grad=True)
+        step(*accum[:2], accum[2][w], zero_grad=(w == 0))
+        if w >= 1:
+            torch.testing.assert_close(accum[1]._to_regress["target"], plain[1]._to_regress["target"], rtol=0, atol=0)
+
+
+def test_logs_synthesizer_quality_and_state_norm():
+    model, criterion, samples = setup("synthetic")
+    logs = [step(model, criterion, s)[1] for s in samples[:4]]
+    assert "dni_cos" not in logs[0] and "dni_cos" not in logs[1]  # nothing to regress yet
+    assert all(k in logs[2] for k in ("dni_loss", "dni_cos", "dni_target_norm", "dni_pred_norm"))
+    assert logs[2]["dni_loss"] > 0 and logs[3]["state_norm"] > 0
+
+
+def test_bf16_autocast_with_loss_scaling_keeps_the_target():
+    """CPU stand-in for fp16/AMP: bf16 autocast plus a 2**10 loss scale, target vs float32 reference."""
+    ref_model, ref_crit, samples = setup("synthetic")
+    low_model, low_crit, _ = setup("synthetic")
+    for net in (ref_model, ref_crit, low_model, low_crit):
+        net.float()
+    for w in range(2):
+        step(ref_model, ref_crit, samples[w])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, _, _ = low_crit(low_model, samples[w])
+        (loss.float() * 1024.0).backward()
+        low_crit.after_backward(loss_scale=1024.0)
+    a, b = ref_crit._to_regress["target"], low_crit._to_regress["target"]
+    assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.98
+    assert abs(b.norm() / a.norm() - 1) < 0.05
+
+
+def test_loss_scale_is_read_from_fairseq_optimizer_wrappers():
+    from fairseq.optim.dynamic_loss_scaler import DynamicLossScaler
+
+    from fairseq_dni.tasks.dni_language_modeling import current_loss_scale
+
+    # FP16Optimizer keeps fairseq's DynamicLossScaler as .scaler (None under bf16)
+    fp16 = types.SimpleNamespace(scaler=DynamicLossScaler(init_scale=128.0))
+    assert current_loss_scale(fp16) == 128.0
+    assert current_loss_scale(types.SimpleNamespace(scaler=None)) == 1.0
+    # AMPOptimizer exposes torch's GradScaler as .scaler; disabled (no CUDA) it scales by 1
+    amp = types.SimpleNamespace(scaler=torch.amp.GradScaler("cpu", init_scale=2.0 ** 16))
+    assert current_loss_scale(amp) == 2.0 ** 16
+    off = types.SimpleNamespace(scaler=torch.amp.GradScaler("cpu", enabled=False))
+    assert current_loss_scale(off) == 1.0
+    assert current_loss_scale(types.SimpleNamespace()) == 1.0
