@@ -242,6 +242,25 @@ class DNICrossEntropyCriterion(CrossEntropyCriterion):
             "future_target": window["future_target"],
         }
 
+    # the pending (state, target) pair travels in checkpoints, so a resumed run regresses the
+    # same pair at its first window as the uninterrupted run does
+    def get_extra_state(self):
+        pending = self._to_regress
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            pending = None  # rank 0 writes the checkpoint and does not hold the other ranks' pairs
+        if pending is None:
+            return {"to_regress": None}
+        return {"to_regress": {k: (None if v is None else v.detach().cpu()) for k, v in pending.items()}}
+
+    def set_extra_state(self, state):
+        pending = (state or {}).get("to_regress")
+        if pending is None:
+            self._to_regress = None
+            return
+        device = next(self.synthesizer.parameters()).device
+        self._to_regress = {k: (None if v is None else v.to(device)) for k, v in pending.items()}
+
     # ---- logging -------------------------------------------------------------------------
     @staticmethod
     def reduce_metrics(logging_outputs) -> None:

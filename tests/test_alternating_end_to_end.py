@@ -1,0 +1,97 @@
+"""--optimizer alternating + --lr-scheduler cosine_alternating through stock fairseq-train."""
+import json
+import os
+import re
+import subprocess
+
+import pytest
+import torch
+
+from conftest import BIN, USER_DIR, fairseq, train_args
+from fairseq_dni.optim.lr_scheduler.cosine_alternating import learning_rate, mode_at
+
+PERIOD, T_MULT, WARMUP, LR, MIN_LR = 10, 2, 3, 0.01, 0.0005
+ALTERNATING = [
+    "--criterion", "dni_cross_entropy", "--optimizer", "alternating", "--base-optimizer", "adam",
+    "--dni-lr", "0.003", "--clip-norm", "1.0",
+    "--lr-scheduler", "cosine_alternating", "--lr-period-updates", PERIOD, "--t-mult", T_MULT,
+    "--warmup-updates", WARMUP, "--min-lr", MIN_LR,
+]
+
+
+def inner(out):
+    return [json.loads(m) for m in re.findall(r"\| train_inner \| (\{.*\})", out)]
+
+
+def run(data, save, *extra):
+    args = train_args(data, save, *ALTERNATING, *extra)
+    args[args.index("--lr") + 1] = str(LR)
+    return fairseq("fairseq-train", *args)
+
+
+def test_log_shows_mode_switch_and_lr_restart_at_every_restart(tiny_data, tmp_path):
+    out = run(tiny_data, tmp_path, "--max-update", "75")
+    rows = inner(out)
+    assert len(rows) == 75
+    for row in rows:
+        done = int(row["num_updates"])      # update done-1 (0-based) just ran
+        want_mode = mode_at(done - 1, PERIOD, T_MULT, WARMUP)
+        assert float(row["dni_synthetic"]) == (1.0 if want_mode == "synthetic" else 0.0), done
+        # fairseq logs the learning rate set for the next update
+        assert float(row["lr"]) == pytest.approx(learning_rate(done, LR, MIN_LR, PERIOD, T_MULT, WARMUP, MIN_LR), rel=1e-5)
+    modes = [float(r["dni_synthetic"]) for r in rows]
+    switches = [i for i in range(1, len(modes)) if modes[i] != modes[i - 1]]
+    assert switches == [13, 33, 73]  # cycles start after warm-up 3 + 10, then + 20, then + 40
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[12] == pytest.approx(LR) and lrs[11] < LR / 10  # the restart: back to the peak
+    scored = fairseq("fairseq-eval-lm", tiny_data, "--user-dir", USER_DIR, "--task", "dni_language_modeling",
+                     "--path", tmp_path / "checkpoint_last.pt", "--batch-size", "3", "--cpu", "--num-workers", "0")
+    assert "Evaluated 257 tokens" in scored
+
+
+def test_resume_mid_cycle_matches_the_uninterrupted_run(tiny_data, tmp_path):
+    """Stopped at update 26 (mid-epoch, mid-cycle, in real mode), resumed to 45."""
+    common = ["--save-interval-updates", "13", "--no-epoch-checkpoints"]
+    whole = inner(run(tiny_data, tmp_path / "whole", "--max-update", "45", *common))
+    run(tiny_data, tmp_path / "split", "--max-update", "26", *common)
+    resumed = inner(run(tiny_data, tmp_path / "split", "--max-update", "45", *common))
+    assert [int(r["num_updates"]) for r in resumed] == list(range(27, 46))
+    for a, b in zip(whole[26:], resumed):
+        for key in ("loss", "lr", "dni_synthetic", "dni_loss", "gnorm"):
+            assert a[key] == b[key], (a["num_updates"], key, a[key], b[key])
+    one = torch.load(tmp_path / "whole" / "checkpoint_last.pt", weights_only=True)
+    two = torch.load(tmp_path / "split" / "checkpoint_last.pt", weights_only=True)
+    for part in ("model", "criterion"):
+        for name, value in one[part].items():
+            if torch.is_tensor(value):
+                torch.testing.assert_close(two[part][name], value, rtol=0, atol=1e-6, msg=name)
+
+
+def test_two_ranks_switch_mode_at_the_same_update(tiny_data, tmp_path):
+    """dni_synthetic is summed over ranks and windows: any disagreement would log a fraction."""
+    port = 29000 + os.getpid() % 1000
+    args = train_args(tiny_data, tmp_path, *ALTERNATING, "--max-update", "40", "--batch-size", "2",
+                      "--distributed-world-size", "2", "--distributed-backend", "gloo",
+                      "--ddp-backend", "legacy_ddp", "--distributed-no-spawn",
+                      "--distributed-init-method", f"tcp://127.0.0.1:{port}")
+    procs = [subprocess.Popen([os.path.join(BIN, "fairseq-train"), *map(str, args), "--distributed-rank", str(r)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=dict(os.environ, OMP_NUM_THREADS="1")) for r in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
+    rows = inner(outs[0])
+    assert len(rows) == 40
+    modes = [float(r["dni_synthetic"]) for r in rows]
+    assert set(modes) == {0.0, 1.0}
+    assert [i for i in range(1, 40) if modes[i] != modes[i - 1]] == [13, 33]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--lr-period-updates", "0"], "--lr-period-updates must be a positive integer"),
+    (["--t-mult", "0"], "--t-mult must be an integer >= 1"),
+    (["--mode-schedule", "sometimes"], "invalid choice"),
+])
+def test_impossible_schedule_is_a_clear_error(tiny_data, tmp_path, flags, message):
+    args = train_args(tiny_data, tmp_path, *ALTERNATING, "--max-update", "2")
+    out = fairseq("fairseq-train", *args, *flags, check=False)
+    assert message in out

@@ -1,0 +1,96 @@
+"""cosine_alternating: restart boundaries and modes against an independent reference."""
+import math
+
+import pytest
+
+from fairseq_dni.optim.lr_scheduler.cosine_alternating import (
+    check_schedule,
+    cycle_of,
+    learning_rate,
+    mode_at,
+    restart_updates,
+)
+
+
+def reference(limit, period, t_mult, warmup):
+    """Walk the updates one by one: cycle index and position of every update < limit."""
+    cycles, i, pos, length = [], 0, 0, warmup + period  # warm-up + first period = cycle 0
+    for _ in range(limit):
+        cycles.append((i, pos, length))
+        pos += 1
+        if pos == length:
+            i, pos = i + 1, 0
+            length = period * t_mult ** i
+    return cycles
+
+
+SETTINGS = [(7, 1, 0), (7, 1, 3), (5, 2, 0), (5, 2, 4), (3, 3, 2), (100, 3, 0), (2, 10, 1), (4, 10, 0)]
+
+
+@pytest.mark.parametrize("period,t_mult,warmup", SETTINGS)
+def test_every_update_falls_in_the_reference_cycle(period, t_mult, warmup):
+    limit = 13000 if period == 100 else 2500
+    expected = reference(limit, period, t_mult, warmup)
+    starts = []
+    for u, (i, pos, length) in enumerate(expected):
+        got_i, start, got_len = cycle_of(u, period, t_mult, warmup)
+        assert got_i == i, (u, got_i, i)
+        assert u - start == pos or (i == 0 and u == pos)
+        if pos == 0 and u > 0:
+            starts.append(u)
+    assert restart_updates(limit, period, t_mult, warmup) == starts
+
+
+def test_the_boundary_fairseq_cosine_gets_wrong():
+    """period 100, t_mult 3: cycles start at 100, 400, 1300, 4000, 12100."""
+    assert restart_updates(13000, 100, 3) == [100, 400, 1300, 4000, 12100]
+    assert cycle_of(12099, 100, 3)[0] == 4 and cycle_of(12100, 100, 3)[0] == 5
+    # fairseq's own formula: i = floor(log(1 - t/P * (1 - t_mult), t_mult))
+    fairseq_i = math.floor(math.log(1 - 12100 / 100 * (1 - 3), 3))
+    assert fairseq_i == 4  # one cycle late: the restart at 12100 is missed by the float log
+    assert learning_rate(12100, 1.0, 0.0, 100, 3) == pytest.approx(1.0)       # restarted
+    assert learning_rate(12099, 1.0, 0.0, 100, 3) < 1e-6                      # end of cycle 4
+
+
+@pytest.mark.parametrize("period,t_mult,warmup", SETTINGS)
+def test_learning_rate_restarts_at_peak_and_anneals_to_min(period, t_mult, warmup):
+    peak, low, shrink = 0.5, 0.01, 0.8
+    limit = 2500
+    for u, (i, pos, length) in enumerate(reference(limit, period, t_mult, warmup)):
+        lr = learning_rate(u, peak, low, period, t_mult, warmup, warmup_init_lr=0.0, lr_shrink=shrink)
+        if u < warmup:
+            assert lr == pytest.approx(peak * u / warmup)
+            continue
+        start, span = (warmup, period) if i == 0 else (u - pos, length)
+        want = low + 0.5 * (peak * shrink ** i - low) * (1 + math.cos(math.pi * (u - start) / span))
+        assert lr == pytest.approx(want, rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize("period,t_mult,warmup", SETTINGS)
+@pytest.mark.parametrize("first,per_switch", [("synthetic", 1), ("real", 1), ("synthetic", 2)])
+def test_mode_switches_exactly_at_restarts(period, t_mult, warmup, first, per_switch):
+    other = {"synthetic": "real", "real": "synthetic"}[first]
+    for u, (i, _, _) in enumerate(reference(2500, period, t_mult, warmup)):
+        want = first if (i // per_switch) % 2 == 0 else other
+        assert mode_at(u, period, t_mult, warmup, "alternate", first, per_switch) == want
+    assert {mode_at(u, period, t_mult, warmup, "real") for u in range(300)} == {"real"}
+    assert {mode_at(u, period, t_mult, warmup, "synthetic") for u in range(300)} == {"synthetic"}
+
+
+@pytest.mark.parametrize("bad,message", [
+    (dict(period=0), "--lr-period-updates must be a positive integer"),
+    (dict(period=-5), "--lr-period-updates must be a positive integer"),
+    (dict(t_mult=0), "--t-mult must be an integer >= 1"),
+    (dict(t_mult=1.5), "--t-mult must be an integer >= 1"),
+    (dict(warmup=-1), "--warmup-updates must be >= 0"),
+    (dict(lr_shrink=0), "--lr-shrink must be in"),
+    (dict(restarts_per_switch=0), "--restarts-per-switch must be >= 1"),
+    (dict(mode_schedule="sometimes"), "--mode-schedule must be"),
+    (dict(first_mode="fake"), "--first-mode must be"),
+])
+def test_impossible_schedules_are_refused(bad, message):
+    args = dict(period=10, t_mult=2, warmup=0, lr_shrink=1.0, restarts_per_switch=1,
+                mode_schedule="alternate", first_mode="synthetic")
+    args.update(bad)
+    with pytest.raises(ValueError, match=message):
+        check_schedule(**args)
