@@ -119,6 +119,22 @@ def fairseq_wps(args, extra, label):
     return tokens / seconds
 
 
+def write_results(out, rows, setting, verdict, tokens_header="tokens/s", note_header="note"):
+    """rows: (arm, what, tokens/s, note) -> out.csv and out.md (also printed)."""
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out + ".csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["arm", "what", "tokens_per_s", "note", "setting"])
+        for arm, what, tps, note in rows:
+            w.writerow([arm, what, f"{tps:.1f}", note, setting])
+    lines = [f"Setting: {setting}", "", f"| arm | what | {tokens_header} | {note_header} |", "|---|---|---|---|"]
+    lines += [f"| {arm} | {what} | {tps:,.0f} | {note} |" for arm, what, tps, note in rows]
+    lines += ["", verdict]
+    with open(out + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-bin", default=os.path.join(REPO, "data-bin", "ptb"))
@@ -163,19 +179,7 @@ def main():
     setting = (f"{args.layers}x{args.hidden} LSTM, embed {args.embed_dim}, vocab {vocab}, B={args.batch_size}, "
                f"T={args.window}, Adam, clip {args.clip}, {args.updates} timed updates after {args.warmup}; "
                f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out + ".csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["arm", "what", "tokens_per_s", "note", "setting"])
-        for arm, what, tps, note in rows:
-            w.writerow([arm, what, f"{tps:.1f}", note, setting])
-    lines = [f"Setting: {setting}", "", "| arm | what | tokens/s | note |", "|---|---|---|---|"]
-    lines += [f"| {arm} | {what} | {tps:,.0f} | {note} |" for arm, what, tps, note in rows]
-    lines += ["", f"**b/a = {b / a:.3f}**, **b/c = {b / c:.2f}**"]
-    with open(args.out + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
+    write_results(args.out, rows, setting, f"**b/a = {b / a:.3f}**, **b/c = {b / c:.2f}**")
 
 if __name__ == "__main__":
     main()

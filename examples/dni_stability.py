@@ -28,6 +28,9 @@ ARMS = {
     "synthetic": ["--dni-mode", "synthetic"],
     "synthetic-no-input-norm": ["--dni-mode", "synthetic", "--dni-no-input-norm"],
     "synthetic-scale1": ["--dni-mode", "synthetic", "--dni-scale", "1.0"],
+    # the synthesizer with its own optimizer state and a 10x smaller learning rate
+    "synthetic-dni-lr-1e-4": ["--dni-mode", "synthetic", "--optimizer", "alternating", "--base-optimizer", "adam",
+                              "--dni-lr", "1e-4"],
 }
 CURVES = ["loss", "state_norm", "dni_cos", "dni_loss", "dni_pred_norm", "dni_target_norm", "dni_nonfinite", "gnorm"]
 

@@ -50,7 +50,8 @@ def test_log_shows_mode_switch_and_lr_restart_at_every_restart(tiny_data, tmp_pa
 
 
 def test_resume_mid_cycle_matches_the_uninterrupted_run(tiny_data, tmp_path):
-    """Stopped at update 26 (mid-epoch, mid-cycle, in real mode), resumed to 45."""
+    """Stopped at update 26 (mid-epoch, mid-cycle, in real mode), resumed to 45: the same logged
+    losses, learning rates, modes and synthesizer losses, and bitwise the same final weights."""
     common = ["--save-interval-updates", "13", "--no-epoch-checkpoints"]
     whole = inner(run(tiny_data, tmp_path / "whole", "--max-update", "45", *common))
     run(tiny_data, tmp_path / "split", "--max-update", "26", *common)
@@ -64,7 +65,7 @@ def test_resume_mid_cycle_matches_the_uninterrupted_run(tiny_data, tmp_path):
     for part in ("model", "criterion"):
         for name, value in one[part].items():
             if torch.is_tensor(value):
-                torch.testing.assert_close(two[part][name], value, rtol=0, atol=1e-6, msg=name)
+                torch.testing.assert_close(two[part][name], value, rtol=0, atol=0, msg=name)  # bitwise
 
 
 def test_two_ranks_switch_mode_at_the_same_update(tiny_data, tmp_path):

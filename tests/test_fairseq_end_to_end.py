@@ -1,6 +1,5 @@
 """Stock fairseq-train / fairseq-eval-lm with --user-dir fairseq_dni, on tiny generated data."""
 import os
-import pickle
 import re
 import socket
 import subprocess

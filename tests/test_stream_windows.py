@@ -1,7 +1,6 @@
 """The stream layout: every token a target exactly once, in order, disjoint across ranks."""
 import numpy as np
 import pytest
-import torch
 
 from fairseq_dni.data.stream_windows import StreamWindows
 

@@ -26,13 +26,10 @@ checkpoints criterion parameters), so LM checkpoints stay plain LSTMs for eval-l
 Its parameters carry ``param_group = "synthesizer"`` for optimizers that treat them apart.
 """
 
-import math
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from fairseq import utils
 from fairseq.criterions import register_criterion
 from fairseq.criterions.cross_entropy import CrossEntropyCriterion
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
@@ -63,7 +60,9 @@ class DNICrossEntropyConfig(FairseqDataclass):
     dni_synthesizer_layers: int = field(
         default=2, metadata={"help": "linear layers in the synthesizer MLP (ReLU between; last starts at zero)"})
     dni_synthesizer_hidden: int = field(
-        default=0, metadata={"help": "width of the synthesizer's hidden layers (0: the state size 2*layers*hidden)"})
+        default=256,
+        metadata={"help": "width of the synthesizer's hidden layers (0: the state size 2*layers*hidden; "
+                          "256 keeps its cost small next to the LM, see benchmarks/dni_throughput.py)"})
     dni_no_input_norm: bool = field(
         default=False,
         metadata={"help": "feed the raw state to the synthesizer; by default h and c of each layer "

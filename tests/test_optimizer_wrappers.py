@@ -1,0 +1,110 @@
+"""--optimizer alternating under fairseq's fp16 / bf16 / AMP wrappers (CPU stand-ins).
+
+The wrappers are built the way fairseq's trainer builds them; only the parts that need CUDA
+(flat fp16 master weights, fp16 kernels) cannot run here.
+"""
+import pytest
+import torch
+from fairseq import options
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+from fairseq.optim.amp_optimizer import AMPOptimizer
+from fairseq.optim.fp16_optimizer import FP16Optimizer, MemoryEfficientFP16Optimizer
+
+import fairseq_dni  # noqa: F401  (registers --optimizer alternating)
+from fairseq_dni.optim.alternating import AlternatingOptimizer, find_alternating
+from fairseq_dni.optim.lr_scheduler.cosine_alternating import set_mode
+from fairseq_dni.tasks.dni_language_modeling import current_loss_scale
+
+
+def config(*extra):
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(parser, [
+        "unused-data", "--task", "language_modeling", "--arch", "lstm_lm", "--optimizer", "alternating",
+        "--lr", "0.5", "--dni-lr", "0.25", "--base-optimizer", "sgd", "--dni-optimizer", "sgd", "--cpu", *extra])
+    return convert_namespace_to_omegaconf(args)
+
+
+def params(dtype=torch.float32):
+    lm = [torch.nn.Parameter(torch.ones(3, dtype=dtype)), torch.nn.Parameter(torch.ones(2, dtype=dtype))]
+    synth = [torch.nn.Parameter(torch.ones(4, dtype=dtype))]
+    for p in synth:
+        p.param_group = "synthesizer"
+    return lm, synth
+
+
+def fill_grads(ps, value):
+    for p in ps:
+        p.grad = torch.full_like(p, value)
+
+
+def test_plain_alternating_steps_each_part_with_its_own_lr_and_clips_only_the_lm():
+    cfg = config("--clip-norm", "1.0")
+    lm, synth = params()
+    opt = AlternatingOptimizer(cfg.optimizer, lm + synth)
+    fill_grads(lm + synth, 2.0)
+    norm = opt.clip_grad_norm(1.0)
+    assert norm == pytest.approx((5 * 4.0) ** 0.5)          # the LM's norm only
+    opt.step()
+    lm_scale = 1.0 / (5 * 4.0) ** 0.5                       # clipped LM grads: 2 * 1/|g|
+    assert lm[0][0].item() == pytest.approx(1 - 0.5 * 2 * lm_scale)
+    assert synth[0][0].item() == pytest.approx(1 - 0.25 * 2)   # synthesizer: not clipped, own lr
+    opt.set_lr(0.1)
+    assert opt.get_lr() == 0.1 and opt.optimizer.synthesizer.param_groups[0]["lr"] == 0.25
+
+
+def test_fp16_wrapper_without_flattening_keeps_the_synthesizer_apart():
+    cfg = config("--fp16", "--fp16-no-flatten-grads", "--fp16-init-scale", "64")
+    lm, synth = params(torch.float16)
+    wrapped = FP16Optimizer.build_optimizer(cfg, lm + synth)
+    inner = find_alternating(wrapped)
+    assert isinstance(inner, AlternatingOptimizer) and len(inner.synthesizer_params) == 1
+    assert current_loss_scale(wrapped) == 64.0
+    set_mode(wrapped, "real")
+    assert wrapped.dni_mode == "real" and inner.mode == "real"
+    wrapped.zero_grad()  # fairseq's trainer starts every step here (sets the 1/scale factor)
+    loss = (sum(p.float().sum() for p in lm) + 3 * synth[0].float().sum())
+    wrapped.backward(loss)  # scaled by 64 inside
+    # what fairseq's trainer does next: normalise by the sample size, clip, step
+    wrapped.multiply_grads(1.0)
+    wrapped.clip_grad_norm(0.0)
+    wrapped.step()
+    assert lm[0][0].item() == pytest.approx(1 - 0.5 * 1.0, abs=1e-3)
+    assert synth[0][0].item() == pytest.approx(1 - 0.25 * 3.0, abs=1e-3)
+
+
+def test_bf16_wrapper_has_no_loss_scale():
+    cfg = config("--bf16", "--fp16-no-flatten-grads")
+    lm, synth = params(torch.bfloat16)
+    wrapped = FP16Optimizer.build_optimizer(cfg, lm + synth)
+    assert find_alternating(wrapped) is not None
+    assert current_loss_scale(wrapped) == 1.0
+
+
+def test_amp_wrapper():
+    cfg = config("--amp")
+    lm, synth = params()
+    with pytest.warns(UserWarning):  # torch's CUDA GradScaler is disabled on CPU
+        wrapped = AMPOptimizer.build_optimizer(cfg, lm + synth)
+    assert find_alternating(wrapped) is not None
+    wrapped.backward(sum(p.sum() for p in lm + synth))
+    wrapped.step()
+    assert synth[0][0].item() == pytest.approx(1 - 0.25)
+
+
+def test_memory_efficient_fp16_is_refused_clearly():
+    cfg = config("--memory-efficient-fp16")
+    lm, synth = params(torch.float16)
+    with pytest.raises(ValueError, match="Unsupported optimizer: AlternatingOptimizer"):
+        MemoryEfficientFP16Optimizer.build_optimizer(cfg, lm + synth)
+
+
+def test_optimizer_state_round_trip_restores_both_parts():
+    cfg = config()
+    lm, synth = params()
+    opt = AlternatingOptimizer(cfg.optimizer, lm + synth)
+    state = opt.state_dict()
+    assert set(state) == {"lm", "synthesizer"}
+    other = AlternatingOptimizer(cfg.optimizer, lm + synth)
+    other.load_state_dict(state)
+    with pytest.raises(ValueError, match="not written by --optimizer alternating"):
+        other.load_state_dict({"state": {}, "param_groups": []})
