@@ -12,7 +12,7 @@ run interleaved ``--repeats`` times (in rotating order) and each arm's median is
 Prints and writes synthetic/real and synthetic/real-tbptt to
 benchmarks/results/dni_throughput.{md,csv}.
 
-    python benchmarks/dni_throughput.py --data-bin data-bin/ptb
+    python benchmarks/dni_throughput.py        # after examples/quickstart.sh (its PTB data-bin)
 """
 
 import argparse
@@ -29,7 +29,7 @@ from throughput import HERE, REPO, fairseq_wps, write_results  # noqa: E402
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-bin", default=os.path.join(REPO, "data-bin", "ptb"))
+    parser.add_argument("--data-bin", default=os.path.join(REPO, "runs", "quickstart", "data-bin"))
     parser.add_argument("--embed-dim", type=int, default=200)
     parser.add_argument("--hidden", type=int, default=200)
     parser.add_argument("--layers", type=int, default=2)

@@ -12,7 +12,7 @@ the machine over the run shows up in the spread. Tokens/s for fairseq is its own
 ``wps`` meter (wall time between log lines: data loading, step, logging all in),
 combined over the measured intervals as total tokens / total time.
 
-    python benchmarks/throughput.py --data-bin data-bin/ptb        # after the quickstart
+    python benchmarks/throughput.py                                 # after examples/quickstart.sh
     python benchmarks/throughput.py --text-dir ../shared/data/ptb    # binarizes first
 
 Writes benchmarks/results/throughput.{csv,md} and prints the ratios b/a and b/c.
@@ -137,7 +137,7 @@ def write_results(out, rows, setting, verdict, tokens_header="tokens/s", note_he
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-bin", default=os.path.join(REPO, "data-bin", "ptb"))
+    parser.add_argument("--data-bin", default=os.path.join(REPO, "runs", "quickstart", "data-bin"))
     parser.add_argument("--text-dir", default=None, help="binarize ptb.{train,valid,test}.txt from here first")
     parser.add_argument("--embed-dim", type=int, default=200)
     parser.add_argument("--hidden", type=int, default=200)

@@ -86,7 +86,7 @@ def main():
             states.append(pending["state"].numpy().copy())
             targets.append(pending["target"].numpy().copy())
             conditions.append(pending["condition"].numpy().copy())
-            losses.append(float(loss) / sample_size / np.log(2))
+            losses.append(float(loss.detach()) / sample_size / np.log(2))
 
     x, y, c = (np.concatenate(a) for a in (states, targets, conditions))
     order = np.random.RandomState(0).permutation(len(x))
