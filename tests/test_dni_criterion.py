@@ -153,3 +153,48 @@ def test_loss_scale_is_read_from_fairseq_optimizer_wrappers():
     off = types.SimpleNamespace(scaler=torch.amp.GradScaler("cpu", enabled=False))
     assert current_loss_scale(off) == 1.0
     assert current_loss_scale(types.SimpleNamespace()) == 1.0
+
+
+def finite(tensors):
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def test_nonfinite_synthetic_gradient_falls_back_to_a_real_update_and_is_counted():
+    synthetic = setup("synthetic")
+    real = setup("real")
+    for w in range(2):
+        step(*synthetic[:2], synthetic[2][w])
+        step(*real[:2], real[2][w])
+    synthetic[1].synthesize = lambda state, condition: torch.full_like(state, float("nan"))
+    g_syn, log = step(*synthetic[:2], synthetic[2][2])
+    g_real, _ = step(*real[:2], real[2][2])
+    assert float(log["dni_nonfinite"]) == 1.0
+    assert finite(g_syn)
+    for a, b in zip(g_syn, g_real):
+        assert torch.equal(a, b)
+
+
+def test_nonfinite_target_skips_the_regression_and_is_counted():
+    model, criterion, samples = setup("synthetic")
+    step(model, criterion, samples[0])
+    criterion(model, samples[1])[0].backward()
+    criterion.after_backward(loss_scale=0.0)  # a broken loss scale: the target becomes inf/nan
+    for p in criterion.parameters():
+        p.grad = None
+    loss, _, log = criterion(model, samples[2])
+    loss.backward()
+    assert log["dni_nonfinite_target"] == 1.0 and "dni_cos" not in log
+    assert finite([p.grad for p in criterion.parameters()] + [p.grad for p in model.parameters()])
+
+
+def test_diverged_synthesizer_parameters_do_not_stop_training():
+    model, criterion, samples = setup("synthetic")
+    for w in range(2):
+        step(model, criterion, samples[w])
+    with torch.no_grad():
+        for p in criterion.synthesizer.parameters():
+            p.fill_(float("nan"))
+    for w in range(2, 5):
+        grads, log = step(model, criterion, samples[w])
+        assert finite(grads) and finite([p.grad for p in criterion.parameters()])
+        assert float(log["dni_nonfinite"]) == 1.0  # every window falls back to a real update

@@ -175,7 +175,7 @@ class DNICrossEntropyCriterion(CrossEntropyCriterion):
         logging_output["dni_synthetic"] = float(self.mode == "synthetic")
 
         # 1) regress the prediction made one window ago onto the gradient that reached its successor
-        total = loss + sample_size * self.regression(logging_output, bsz, flatten_state(start).detach())
+        total = loss + sample_size * self.regression(logging_output, bsz)
 
         # 2) the synthetic gradient at this window's end
         condition = self.condition_for(model, sample["target"][:, -1]) if self.cfg.dni_condition_on_next_input else None
@@ -197,29 +197,36 @@ class DNICrossEntropyCriterion(CrossEntropyCriterion):
         }
         return total, sample_size, logging_output
 
-    def regression(self, logging_output, bsz, start_flat):
-        """The synthesizer's loss for the pending (state, target) pair, logged; 0 when none."""
+    def regression(self, logging_output, bsz):
+        """The synthesizer's loss for the pending (state, target) pair, logged; 0 when none.
+
+        A non-finite target (fp16 overflow, a diverging LM) or prediction (diverged synthesizer)
+        skips this regression and is counted in ``dni_nonfinite``; the host check costs one
+        synchronisation per window, and keeps NaN out of every gradient.
+        """
         pending, self._to_regress = self._to_regress, None
-        usable = pending is not None and pending["state"].size(0) == bsz
-        if not usable:
-            # keep every synthesizer parameter in the graph (DDP expects it); contributes exactly 0
-            zero = sum(p.sum() for p in self.parameters()) * 0.0
-            return zero
-        prediction = self.synthesize(pending["state"], pending["condition"])
+        prediction = None
+        if pending is not None and pending["state"].size(0) == bsz:
+            prediction = self.synthesize(pending["state"], pending["condition"])
+            if not bool(torch.isfinite(prediction).all() & torch.isfinite(pending["target"]).all()):
+                logging_output["dni_nonfinite_target"] = 1.0
+                prediction = None
+        if prediction is None:
+            # keep every synthesizer parameter in the graph (DDP expects it); contributes exactly 0,
+            # with a zero (never NaN) gradient even if a parameter has gone non-finite
+            total = sum(p.sum() for p in self.parameters())
+            return torch.where(torch.isfinite(total), total, torch.zeros_like(total)) * 0.0
         target = pending["target"]
-        finite = torch.isfinite(target).all()
-        target = torch.where(finite, target, torch.zeros_like(target))
-        loss = synthesizer_loss(prediction, target) * finite.float()
+        loss = synthesizer_loss(prediction, target)
         if self.future_head is not None:
             future = self.future_head(pending["state"].to(prediction.dtype))
             loss = loss + self.cfg.dni_future_aux * synthesizer_loss(future, pending["future_target"])
         with torch.no_grad():
             logging_output["dni_loss"] = loss.detach().float()
-            logging_output["dni_cos"] = cosine_similarity(prediction, target) * finite.float()
+            logging_output["dni_cos"] = cosine_similarity(prediction, target)
             logging_output["dni_target_norm"] = target.float().norm(dim=-1).mean()
             logging_output["dni_pred_norm"] = prediction.float().norm(dim=-1).mean()
-            logging_output["dni_regressions"] = finite.float()
-            logging_output["dni_nonfinite_target"] = (~finite).float()
+            logging_output["dni_regressions"] = 1.0
         return loss
 
     def after_backward(self, loss_scale: float = 1.0, valid: bool = True):
