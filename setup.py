@@ -6,7 +6,18 @@ pinned CPU route is ``bash tools/bootstrap.sh``). torch is left as a range so th
 GPU users keep the CUDA build they installed themselves.
 """
 
+import os
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+
+class BuildWithHint(build_py):
+    """Also ship fairseq_dni_hint.pth at the top of site-packages (see fairseq_dni_hint.py)."""
+
+    def run(self):
+        super().run()
+        self.copy_file("fairseq_dni_hint.pth", os.path.join(self.build_lib, "fairseq_dni_hint.pth"))
 
 setup(
     name="fairseq-dni",
@@ -16,6 +27,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.8",
     packages=find_packages(include=["fairseq_dni", "fairseq_dni.*"]),
+    py_modules=["fairseq_dni_hint"],
+    cmdclass={"build_py": BuildWithHint},
     install_requires=[
         "torch>=2.0",
         # the official 0.12.2 does not import on Python >= 3.11; fairseq-fixed is upstream

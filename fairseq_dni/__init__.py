@@ -10,3 +10,6 @@ __version__ = "0.1.0"
 
 from fairseq_dni import checkpoint_safety  # noqa: F401  (allow-list for torch.load)
 from fairseq_dni import criterions, models, optim, tasks  # noqa: F401  (registration)
+from fairseq_dni.errors import install_excepthook
+
+install_excepthook()  # our input errors: one line, no traceback

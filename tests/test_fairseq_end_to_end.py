@@ -139,3 +139,54 @@ def test_legacy_checkpoint_objects_load_only_through_the_allow_list(tiny_checkpo
     out = subprocess.run([os.path.join(BIN, "python"), "-c", script, str(tmp_path / "legacy.pt")],
                          capture_output=True, text=True).stdout
     assert "REFUSED-WITHOUT-PLUGIN" in out and "LOADED dni_lstm_lm_small" in out
+
+
+def test_scoring_without_the_plugin_names_it(tiny_data, tiny_checkpoint):
+    """fairseq alone dies with KeyError "'_name'"; the installed hint names the missing plugin."""
+    out = fairseq("fairseq-eval-lm", tiny_data, "--path", tiny_checkpoint, "--cpu", check=False)
+    assert "was trained with the fairseq-dni plugin" in out and "--user-dir fairseq_dni" in out
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--batch-size", "5000"], "fewer than the 5000 streams"),
+    (["--lr-scheduler", "cosine_alternating", "--lr-period-updates", "-3"], "--lr-period-updates must be a positive"),
+])
+def test_bad_input_is_one_clear_line_and_writes_nothing(tiny_data, tmp_path, extra, message):
+    out = fairseq("fairseq-train", *train_args(tiny_data, tmp_path / "ckpt", "--max-update", "2", *extra), check=False)
+    assert "fairseq-dni: error:" in out and message in out
+    assert "Traceback" not in out
+    assert not (tmp_path / "ckpt").exists() or not any((tmp_path / "ckpt").iterdir())
+
+
+def test_missing_data_directory_is_one_clear_line(tmp_path):
+    out = fairseq("fairseq-train", tmp_path / "nowhere", "--user-dir", USER_DIR, "--task", "dni_language_modeling",
+                  "--arch", "dni_lstm_lm_small", "--batch-size", "2", "--optimizer", "adam", "--lr", "0.1",
+                  "--save-dir", tmp_path / "ckpt", "--cpu", check=False)
+    assert "fairseq-dni: error: dni_language_modeling: no dictionary at" in out and "Traceback" not in out
+
+
+def test_data_that_does_not_match_the_dictionary_is_refused(tiny_data, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_data, bad)
+    with open(bad / "dict.txt") as f:
+        lines = f.readlines()
+    with open(bad / "dict.txt", "w") as f:
+        f.writelines(lines[:10])  # a dictionary too small for the binarized ids
+    out = fairseq("fairseq-train", *train_args(bad, tmp_path / "ckpt", "--max-update", "2"), check=False)
+    assert "data and dictionary do not match" in out and "Traceback" not in out
+
+
+def test_window_longer_than_the_validation_set_is_one_shorter_window(tiny_data, tmp_path):
+    out = fairseq("fairseq-train", *train_args(tiny_data, tmp_path, "--max-update", "2", "--tokens-per-sample", "1000"))
+    assert "valid: rank 0/1 reads streams [0, 4) of 4, 1 windows of 1000 tokens" in out
+    assert '"valid_loss"' in out
+
+
+def test_stock_task_with_our_arch_trains_statelessly(tiny_data, tmp_path):
+    out = fairseq("fairseq-train", tiny_data, "--user-dir", USER_DIR, "--task", "language_modeling",
+                  "--arch", "dni_lstm_lm_small", "--decoder-embed-dim", "16", "--decoder-hidden-size", "16",
+                  "--tokens-per-sample", "8", "--batch-size", "4", "--optimizer", "adam", "--lr", "0.01",
+                  "--max-update", "3", "--save-dir", tmp_path, "--cpu", "--num-workers", "0")
+    assert "done training" in out

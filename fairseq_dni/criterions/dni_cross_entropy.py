@@ -36,6 +36,7 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging import metrics
 from omegaconf import II
 
+from fairseq_dni.errors import DNIUserError
 from fairseq_dni.dni import (
     Synthesizer,
     bootstrapped_target,
@@ -86,7 +87,7 @@ class DNICrossEntropyCriterion(CrossEntropyCriterion):
         super().__init__(task, cfg.sentence_avg)
         dims = getattr(task, "recurrent_state_dims", None)
         if dims is None:
-            raise ValueError(
+            raise DNIUserError(
                 "dni_cross_entropy needs --task dni_language_modeling and an LSTM model from fairseq_dni "
                 "(--arch dni_lstm_lm*): it reads the carried state the task threads through the windows")
         self.cfg = cfg
@@ -144,7 +145,7 @@ class DNICrossEntropyCriterion(CrossEntropyCriterion):
         net_input = sample["net_input"]
         key, reset = net_input.get("state_key"), bool(net_input.get("reset_state", False))
         if key is None:
-            raise ValueError("dni_cross_entropy needs batches from --task dni_language_modeling")
+            raise DNIUserError("dni_cross_entropy needs batches from --task dni_language_modeling")
         decoder = model.decoder
         src = net_input["src_tokens"]
         bsz = src.size(0)

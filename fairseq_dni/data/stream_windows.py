@@ -23,6 +23,8 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
+from fairseq_dni.errors import DNIUserError
+
 
 class StreamWindows(torch.utils.data.Dataset):
     """Item ``i`` is the ``i``-th window of this rank's streams, as a batch."""
@@ -41,17 +43,17 @@ class StreamWindows(torch.utils.data.Dataset):
         super().__init__()
         tokens = np.asarray(tokens)
         if tokens.ndim != 1:
-            raise ValueError("tokens must be a flat 1-D sequence")
+            raise DNIUserError("tokens must be a flat 1-D sequence")
         if streams_per_rank < 1:
-            raise ValueError(f"the number of streams per rank must be >= 1, got {streams_per_rank}")
+            raise DNIUserError(f"the number of streams per rank must be >= 1, got {streams_per_rank}")
         if tokens_per_window < 1:
-            raise ValueError(f"--tokens-per-sample must be >= 1, got {tokens_per_window}")
+            raise DNIUserError(f"--tokens-per-sample must be >= 1, got {tokens_per_window}")
         if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside world size {world_size}")
+            raise DNIUserError(f"rank {rank} is outside world size {world_size}")
         num_tokens = len(tokens)
         num_streams = streams_per_rank * world_size
         if num_tokens < num_streams:
-            raise ValueError(
+            raise DNIUserError(
                 f"{state_key or 'this split'} has {num_tokens} tokens, fewer than the "
                 f"{num_streams} streams asked for ({streams_per_rank} per rank x "
                 f"{world_size} ranks): lower the batch size"

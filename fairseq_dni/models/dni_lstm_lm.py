@@ -26,6 +26,8 @@ from fairseq.models import (
 )
 from fairseq.modules import AdaptiveSoftmax
 
+from fairseq_dni.errors import DNIUserError
+
 logger = logging.getLogger(__name__)
 
 State = Tuple[torch.Tensor, torch.Tensor]  # (h, c), each (layers, batch, hidden)
@@ -101,14 +103,14 @@ class DNILSTMDecoder(FairseqIncrementalDecoder):
         self.output_projection = None
         if cfg.adaptive_softmax_cutoff:
             if cfg.share_decoder_input_output_embed:
-                raise ValueError("--share-decoder-input-output-embed cannot be combined with --adaptive-softmax-cutoff")
+                raise DNIUserError("--share-decoder-input-output-embed cannot be combined with --adaptive-softmax-cutoff")
             self.adaptive_softmax = AdaptiveSoftmax(
                 vocab, out_dim, utils.eval_str_list(cfg.adaptive_softmax_cutoff, type=int),
                 dropout=cfg.adaptive_softmax_dropout, factor=cfg.adaptive_softmax_factor,
             )
         else:
             if cfg.share_decoder_input_output_embed and out_dim != embed_dim:
-                raise ValueError(
+                raise DNIUserError(
                     f"tied embeddings need --decoder-out-embed-dim ({out_dim}) == --decoder-embed-dim ({embed_dim})")
             self.output_projection = nn.Linear(out_dim, vocab)
             if cfg.share_decoder_input_output_embed:

@@ -29,6 +29,8 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.optim import FairseqOptimizer, register_optimizer
 from omegaconf import II
 
+from fairseq_dni.errors import DNIUserError
+
 BASE_OPTIMIZERS = ChoiceEnum(["adam", "adamw", "sgd", "nag"])
 MODES = ("synthetic", "real")
 
@@ -57,7 +59,7 @@ def build_torch_optimizer(name: str, params, lr: float, cfg: AlternatingOptimize
         return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=weight_decay)
     if name == "nag":
         return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum or 0.99, nesterov=True, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}; choose one of adam, adamw, sgd, nag")
+    raise DNIUserError(f"unknown optimizer {name!r}; choose one of adam, adamw, sgd, nag")
 
 
 class TwoOptimizers(torch.optim.Optimizer):
@@ -96,7 +98,7 @@ class TwoOptimizers(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict):
         if "lm" not in state_dict:
-            raise ValueError("this optimizer state was not written by --optimizer alternating")
+            raise DNIUserError("this optimizer state was not written by --optimizer alternating")
         self.lm.load_state_dict(state_dict["lm"])
         if self.synthesizer is not None and state_dict.get("synthesizer") is not None:
             self.synthesizer.load_state_dict(state_dict["synthesizer"])
@@ -116,7 +118,7 @@ class AlternatingOptimizer(FairseqOptimizer):
         synth = [p for p in params if getattr(p, "param_group", None) == "synthesizer"]
         lm = [p for p in params if getattr(p, "param_group", None) != "synthesizer"]
         if not lm:
-            raise ValueError("--optimizer alternating found no language-model parameters "
+            raise DNIUserError("--optimizer alternating found no language-model parameters "
                              "(a flat fp16 parameter vector? use --fp16-no-flatten-grads)")
         lr = cfg.lr[0]
         self.lm_params, self.synthesizer_params = lm, synth

@@ -24,6 +24,7 @@ from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
 from fairseq_dni.data.stream_windows import StreamWindows
+from fairseq_dni.errors import DNIDataNotFound, DNIUserError
 
 logger = logging.getLogger(__name__)
 
@@ -102,10 +103,10 @@ class DNILanguageModelingTask(FairseqTask):
     def setup_task(cls, cfg: DNILanguageModelingConfig, **kwargs):
         paths = utils.split_paths(cfg.data or "")
         if not paths:
-            raise ValueError("dni_language_modeling: no data directory given (first positional argument)")
+            raise DNIUserError("dni_language_modeling: no data directory given (first positional argument)")
         dict_path = os.path.join(paths[0], "dict.txt")
         if not os.path.isfile(dict_path):
-            raise FileNotFoundError(
+            raise DNIDataNotFound(
                 f"dni_language_modeling: no dictionary at {dict_path}; "
                 "binarize the corpus with 'fairseq-preprocess --only-source' first"
             )
@@ -118,10 +119,10 @@ class DNILanguageModelingTask(FairseqTask):
         split_path = os.path.join(paths[(epoch - 1) % len(paths)], split)
         indexed = data_utils.load_indexed_dataset(split_path, self.dictionary, combine=combine)
         if indexed is None:
-            raise FileNotFoundError(f"dni_language_modeling: split '{split}' not found at {split_path}.bin/.idx")
+            raise DNIDataNotFound(f"dni_language_modeling: split '{split}' not found at {split_path}.bin/.idx")
         tokens = flat_tokens(indexed)
         if len(tokens) and int(tokens.max()) >= len(self.dictionary):
-            raise ValueError(
+            raise DNIUserError(
                 f"dni_language_modeling: {split_path} holds token id {int(tokens.max())} but "
                 f"dict.txt has only {len(self.dictionary)} types: data and dictionary do not match"
             )
@@ -200,13 +201,13 @@ class DNILanguageModelingTask(FairseqTask):
     def begin_epoch(self, epoch, model):
         # only training calls this; --max-tokens alone cannot say how many streams to cut
         if self.cfg.batch_size is None:
-            raise ValueError("dni_language_modeling needs --batch-size (streams per rank); --max-tokens alone is not enough")
+            raise DNIUserError("dni_language_modeling needs --batch-size (streams per rank); --max-tokens alone is not enough")
 
     def eval_lm_dataloader(self, dataset, max_tokens=36000, batch_size=None, max_positions=None,
                            num_shards=1, shard_id=0, num_workers=1, data_buffer_size=10,
                            context_window=0):
         if context_window > 0:
-            raise ValueError(
+            raise DNIUserError(
                 "dni_language_modeling scores with the LSTM state carried across windows; "
                 "--context-window does not apply (leave it at 0)"
             )

@@ -25,6 +25,8 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.optim.lr_scheduler import FairseqLRScheduler, register_lr_scheduler
 from omegaconf import II
 
+from fairseq_dni.errors import DNIUserError
+
 MODE_SCHEDULES = ChoiceEnum(["alternate", "real", "synthetic"])
 MODES = ChoiceEnum(["synthetic", "real"])
 
@@ -33,19 +35,19 @@ def check_schedule(period: int, t_mult: int, warmup: int, lr_shrink: float, rest
                    mode_schedule: str, first_mode: str):
     """One clear error per impossible setting (raised before any training happens)."""
     if period is None or int(period) != period or period < 1:
-        raise ValueError(f"--lr-period-updates must be a positive integer, got {period}")
+        raise DNIUserError(f"--lr-period-updates must be a positive integer, got {period}")
     if int(t_mult) != t_mult or t_mult < 1:
-        raise ValueError(f"--t-mult must be an integer >= 1 (restarts fall on whole updates), got {t_mult}")
+        raise DNIUserError(f"--t-mult must be an integer >= 1 (restarts fall on whole updates), got {t_mult}")
     if warmup < 0:
-        raise ValueError(f"--warmup-updates must be >= 0, got {warmup}")
+        raise DNIUserError(f"--warmup-updates must be >= 0, got {warmup}")
     if not 0 < lr_shrink <= 1:
-        raise ValueError(f"--lr-shrink must be in (0, 1], got {lr_shrink}")
+        raise DNIUserError(f"--lr-shrink must be in (0, 1], got {lr_shrink}")
     if restarts_per_switch < 1:
-        raise ValueError(f"--restarts-per-switch must be >= 1, got {restarts_per_switch}")
+        raise DNIUserError(f"--restarts-per-switch must be >= 1, got {restarts_per_switch}")
     if mode_schedule not in ("alternate", "real", "synthetic"):
-        raise ValueError(f"--mode-schedule must be alternate, real or synthetic, got {mode_schedule!r}")
+        raise DNIUserError(f"--mode-schedule must be alternate, real or synthetic, got {mode_schedule!r}")
     if first_mode not in ("synthetic", "real"):
-        raise ValueError(f"--first-mode must be synthetic or real, got {first_mode!r}")
+        raise DNIUserError(f"--first-mode must be synthetic or real, got {first_mode!r}")
 
 
 def cycle_of(update: int, period: int, t_mult: int, warmup: int = 0) -> Tuple[int, int, int]:
@@ -119,12 +121,12 @@ class CosineAlternatingSchedule(FairseqLRScheduler):
     def __init__(self, cfg: CosineAlternatingConfig, optimizer):
         super().__init__(cfg, optimizer)
         if len(cfg.lr) > 1:
-            raise ValueError("cosine_alternating takes one --lr (the peak learning rate)")
+            raise DNIUserError("cosine_alternating takes one --lr (the peak learning rate)")
         check_schedule(cfg.lr_period_updates, cfg.t_mult, cfg.warmup_updates, cfg.lr_shrink,
                        cfg.restarts_per_switch, str(cfg.mode_schedule), str(cfg.first_mode))
         self.max_lr = cfg.lr[0]
         if self.max_lr < cfg.min_lr:
-            raise ValueError(f"--lr ({self.max_lr}) must be >= --min-lr ({cfg.min_lr})")
+            raise DNIUserError(f"--lr ({self.max_lr}) must be >= --min-lr ({cfg.min_lr})")
         self.warmup_init_lr = cfg.min_lr if cfg.warmup_init_lr < 0 else cfg.warmup_init_lr
         self.step_update(0)
 
