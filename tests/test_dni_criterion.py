@@ -198,3 +198,26 @@ def test_diverged_synthesizer_parameters_do_not_stop_training():
         grads, log = step(model, criterion, samples[w])
         assert finite(grads) and finite([p.grad for p in criterion.parameters()])
         assert float(log["dni_nonfinite"]) == 1.0  # every window falls back to a real update
+
+
+def test_adaptive_softmax_loss_equals_fairseq_adaptive_loss():
+    from fairseq.criterions.adaptive_loss import AdaptiveLoss
+
+    dictionary = Dictionary()
+    for i in range(60):
+        dictionary.add_symbol(f"w{i}")
+    torch.manual_seed(0)
+    cfg = DNILSTMLMConfig(decoder_embed_dim=EMBED, decoder_hidden_size=HIDDEN, decoder_layers=LAYERS, dropout=0.0,
+                          adaptive_softmax_cutoff="20,40", adaptive_softmax_factor=2.0)
+    task = types.SimpleNamespace(target_dictionary=dictionary, source_dictionary=dictionary,
+                                 recurrent_state_dims={"layers": LAYERS, "hidden": HIDDEN, "embed": EMBED})
+    model = DNILSTMLanguageModel.build_model(cfg, task).double().eval()
+    ours = DNICrossEntropyCriterion(task, DNICrossEntropyConfig(sentence_avg=False)).double().eval()
+    reference = AdaptiveLoss(task, sentence_avg=False)
+    tokens = torch.randint(4, len(dictionary), (120,), generator=torch.Generator().manual_seed(2)).numpy()
+    windows = StreamWindows(tokens, B, T, dictionary.pad(), dictionary.eos(), state_key="valid")
+    sample = windows.collater([windows[0]])
+    loss, _, _ = ours(model, sample)
+    ref_sample = dict(sample, net_input=dict(sample["net_input"], reset_state=True))
+    ref_loss, _, _ = reference(model, ref_sample)
+    torch.testing.assert_close(loss, ref_loss.reshape(()), rtol=1e-10, atol=1e-10)
