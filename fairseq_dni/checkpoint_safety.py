@@ -8,7 +8,11 @@ harmless kinds of object are common in fairseq checkpoints from elsewhere and
 would be refused: the legacy ``args`` ``argparse.Namespace`` (fairseq < 0.10
 style checkpoints, also written by some forks) and numpy scalars / dtypes
 (metrics and best-validation values logged from numpy). We allow-list exactly
-those; we never switch the safe loader off (no ``weights_only=False``, no
+those, plus the plain-data classes of omegaconf's DictConfig: fairseq's multi-GPU resume loads
+the checkpoint on rank 0 and sends it to the other ranks with torch.save/torch.load, cfg
+included as a DictConfig and tensors replaced by fairseq's ``_TensorPlaceholder``, which the
+safe loader would refuse (every rank but 0 then dies).
+We never switch the safe loader off (no ``weights_only=False``, no
 ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``), so every other global is still refused.
 """
 import argparse
@@ -34,7 +38,27 @@ def _numpy_globals():
     return found
 
 
-SAFE_GLOBALS = [argparse.Namespace, *_numpy_globals()]
+def _omegaconf_globals():
+    import collections
+    import typing
+
+    from omegaconf import base, dictconfig, listconfig, nodes
+
+    node_types = [getattr(nodes, name) for name in (
+        "AnyNode", "StringNode", "IntegerNode", "FloatNode", "BooleanNode", "EnumNode", "BytesNode", "PathNode")
+        if hasattr(nodes, name)]
+    return [dictconfig.DictConfig, listconfig.ListConfig, base.ContainerMetadata, base.Metadata, *node_types,
+            typing.Any, collections.defaultdict, dict, list, int]
+
+
+def _fairseq_globals():
+    # the stand-in fairseq's broadcast_object leaves where tensors travel separately
+    from fairseq.distributed.utils import _TensorPlaceholder
+
+    return [_TensorPlaceholder]
+
+
+SAFE_GLOBALS = [argparse.Namespace, *_numpy_globals(), *_omegaconf_globals(), *_fairseq_globals()]
 
 if hasattr(torch.serialization, "add_safe_globals"):
     torch.serialization.add_safe_globals(SAFE_GLOBALS)

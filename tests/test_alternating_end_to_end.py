@@ -96,3 +96,35 @@ def test_impossible_schedule_is_a_clear_error(tiny_data, tmp_path, flags, messag
     args = train_args(tiny_data, tmp_path, *ALTERNATING, "--max-update", "2")
     out = fairseq("fairseq-train", *args, *flags, check=False)
     assert message in out
+
+
+def two_ranks(data, save, *extra):
+    port = 29000 + (os.getpid() + len(str(save))) % 1000
+    args = train_args(data, save, *ALTERNATING, "--batch-size", "2", "--distributed-world-size", "2",
+                      "--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp", "--distributed-no-spawn",
+                      "--distributed-init-method", f"tcp://127.0.0.1:{port}", *extra)
+    args[args.index("--lr") + 1] = str(LR)
+    procs = [subprocess.Popen([os.path.join(BIN, "fairseq-train"), *map(str, args), "--distributed-rank", str(r)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=dict(os.environ, OMP_NUM_THREADS="1")) for r in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
+    return outs[0]
+
+
+def test_two_rank_resume_mid_epoch_matches_the_uninterrupted_run(tiny_data, tmp_path):
+    """Every rank's carried state and pending regression pair travel in rank 0's checkpoint."""
+    common = ["--save-interval-updates", "13", "--no-epoch-checkpoints"]
+    whole = inner(two_ranks(tiny_data, tmp_path / "whole", "--max-update", "45", *common))
+    two_ranks(tiny_data, tmp_path / "split", "--max-update", "26", *common)
+    resumed = inner(two_ranks(tiny_data, tmp_path / "split", "--max-update", "45", *common))
+    assert [int(r["num_updates"]) for r in resumed] == list(range(27, 46))
+    for a, b in zip(whole[26:], resumed):
+        for key in ("loss", "lr", "dni_synthetic", "dni_loss", "gnorm"):
+            assert a[key] == b[key], (a["num_updates"], key, a[key], b[key])
+    one = torch.load(tmp_path / "whole" / "checkpoint_last.pt", weights_only=True)
+    two = torch.load(tmp_path / "split" / "checkpoint_last.pt", weights_only=True)
+    for part in ("model", "criterion"):
+        for name, value in one[part].items():
+            if torch.is_tensor(value):
+                assert torch.equal(two[part][name], value), name

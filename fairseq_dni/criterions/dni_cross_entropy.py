@@ -109,6 +109,7 @@ class DNICrossEntropyCriterion(CrossEntropyCriterion):
             p.param_group = "synthesizer"
         self._this_window = None   # what after_backward needs from the window just computed
         self._to_regress = None    # (state, condition, target, future target) awaiting regression
+        self.pending_by_rank = None  # every rank's _to_regress, gathered by the task (several ranks)
 
     def set_mode(self, mode: str):
         """real / synthetic for the coming windows (the cosine_alternating schedule calls this via the task)."""
@@ -250,23 +251,31 @@ class DNICrossEntropyCriterion(CrossEntropyCriterion):
         }
 
     # the pending (state, target) pair travels in checkpoints, so a resumed run regresses the
-    # same pair at its first window as the uninterrupted run does
+    # same pair at its first window as the uninterrupted run does; with several ranks rank 0
+    # writes every rank's (gathered by the task each micro-batch)
     def get_extra_state(self):
-        pending = self._to_regress
         if torch.distributed.is_available() and torch.distributed.is_initialized() \
                 and torch.distributed.get_world_size() > 1:
-            pending = None  # rank 0 writes the checkpoint and does not hold the other ranks' pairs
+            return {"to_regress_by_rank": self.pending_by_rank}
+        pending = self._to_regress
         if pending is None:
             return {"to_regress": None}
         return {"to_regress": {k: (None if v is None else v.detach().cpu()) for k, v in pending.items()}}
 
     def set_extra_state(self, state):
-        pending = (state or {}).get("to_regress")
+        state = state or {}
+        pending = state.get("to_regress")
+        by_rank = state.get("to_regress_by_rank")
+        if by_rank is not None:
+            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+            world = torch.distributed.get_world_size() if distributed else 1
+            pending = by_rank[torch.distributed.get_rank()] if world == len(by_rank) else None
         if pending is None:
             self._to_regress = None
             return
         device = next(self.synthesizer.parameters()).device
         self._to_regress = {k: (None if v is None else v.to(device)) for k, v in pending.items()}
+        self._to_regress.setdefault("condition", None)
 
     # ---- logging -------------------------------------------------------------------------
     @staticmethod

@@ -33,6 +33,12 @@ logger = logging.getLogger(__name__)
 State = Tuple[torch.Tensor, torch.Tensor]  # (h, c), each (layers, batch, hidden)
 
 
+def _world_size() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return 1
+
+
 @dataclass
 class DNILSTMLMConfig(FairseqDataclass):
     decoder_embed_dim: int = field(default=650, metadata={"help": "token embedding dimension"})
@@ -149,17 +155,25 @@ class DNILSTMDecoder(FairseqIncrementalDecoder):
         else:
             self.carry_state.pop(state_key, None)
 
-    # the training streams' carried state travels in checkpoints (resume continues the stream)
+    # the training streams' carried state travels in checkpoints (resume continues the stream);
+    # with several ranks, rank 0 writes every rank's (gathered by the task each micro-batch)
     def get_extra_state(self):
-        if torch.distributed.is_available() and torch.distributed.is_initialized() \
-                and torch.distributed.get_world_size() > 1:
-            # only rank 0 writes the checkpoint; its streams are not the other ranks' streams
-            return {"carry_state": {}}
+        if _world_size() > 1:
+            return {"carry_state_by_rank": getattr(self, "carry_state_by_rank", None)}
         return {"carry_state": {k: (h.detach().cpu(), c.detach().cpu()) for k, (h, c) in self.carry_state.items()
                                 if k == "train"}}
 
     def set_extra_state(self, state):
-        self.carry_state = {k: (h, c) for k, (h, c) in (state or {}).get("carry_state", {}).items()}
+        state = state or {}
+        by_rank = state.get("carry_state_by_rank")
+        if by_rank is not None:
+            mine = by_rank[torch.distributed.get_rank()] if _world_size() == len(by_rank) else None
+            self.carry_state = {"train": mine} if mine is not None else {}
+            if mine is None:
+                logger.info("checkpoint holds the carried training state of %d ranks, this process "
+                            "has %d: training streams would restart from zero state", len(by_rank), _world_size())
+            return
+        self.carry_state = {k: (h, c) for k, (h, c) in state.get("carry_state", {}).items()}
 
     # ---- forward -------------------------------------------------------------------------
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
