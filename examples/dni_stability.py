@@ -31,6 +31,9 @@ ARMS = {
     # the synthesizer with its own optimizer state and a 10x smaller learning rate
     "synthetic-dni-lr-1e-4": ["--dni-mode", "synthetic", "--optimizer", "alternating", "--base-optimizer", "adam",
                               "--dni-lr", "1e-4"],
+    # ... and conditioned on the next window's first input token
+    "synthetic-cond-dni-lr-1e-4": ["--dni-mode", "synthetic", "--optimizer", "alternating", "--base-optimizer", "adam",
+                                   "--dni-lr", "1e-4", "--dni-condition-on-next-input"],
 }
 CURVES = ["loss", "state_norm", "dni_cos", "dni_loss", "dni_pred_norm", "dni_target_norm", "dni_nonfinite", "gnorm"]
 
