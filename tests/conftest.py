@@ -2,12 +2,16 @@
 
 Nothing here reads the real corpora; the data is made at run time.
 """
+import json
 import os
 import random
+import re
+import socket
 import subprocess
 import sys
 
 import pytest
+import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER_DIR = os.path.join(REPO, "fairseq_dni")
@@ -23,6 +27,41 @@ def fairseq(tool, *args, cwd=None, env=None, check=True, timeout=600):
     if check and proc.returncode != 0:
         raise AssertionError(f"{tool} failed ({proc.returncode}):\n{proc.stdout[-4000:]}")
     return proc.stdout
+
+
+def train_inner(out):
+    """The per-interval training records of a fairseq json log, in order."""
+    return [json.loads(m) for m in re.findall(r"\| train_inner \| (\{.*\})", out)]
+
+
+def assert_same_weights(path_a, path_b, parts=("model",), rtol=0.0, atol=0.0):
+    """Every tensor of ``parts`` in two checkpoints agrees (bitwise by default)."""
+    a = torch.load(path_a, map_location="cpu", weights_only=True)
+    b = torch.load(path_b, map_location="cpu", weights_only=True)
+    for part in parts:
+        for name, value in a[part].items():
+            if torch.is_tensor(value):
+                torch.testing.assert_close(b[part][name], value, rtol=rtol, atol=atol, msg=f"{part}.{name}")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_ranks(args, world=2, timeout=300):
+    """Run fairseq-train as ``world`` gloo processes on this machine; rank 0's output."""
+    port = free_port()
+    common = [*map(str, args), "--distributed-world-size", str(world), "--distributed-backend", "gloo",
+              "--ddp-backend", "legacy_ddp", "--distributed-no-spawn",
+              "--distributed-init-method", f"tcp://127.0.0.1:{port}"]
+    procs = [subprocess.Popen([os.path.join(BIN, "fairseq-train"), *common, "--distributed-rank", str(rank)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=dict(os.environ, OMP_NUM_THREADS="1")) for rank in range(world)]
+    outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(out[-3000:] for out in outs)
+    return outs[0]
 
 
 def write_corpus(folder, seed=0, sizes=(("train", 300), ("valid", 40), ("test", 37)), vocab=50):

@@ -1,13 +1,7 @@
 """--optimizer alternating + --lr-scheduler cosine_alternating through stock fairseq-train."""
-import json
-import os
-import re
-import subprocess
-
 import pytest
-import torch
 
-from conftest import BIN, USER_DIR, fairseq, train_args
+from conftest import USER_DIR, assert_same_weights, fairseq, launch_ranks, train_inner, train_args
 from fairseq_dni.optim.lr_scheduler.cosine_alternating import learning_rate, mode_at
 
 PERIOD, T_MULT, WARMUP, LR, MIN_LR = 10, 2, 3, 0.01, 0.0005
@@ -19,19 +13,23 @@ ALTERNATING = [
 ]
 
 
-def inner(out):
-    return [json.loads(m) for m in re.findall(r"\| train_inner \| (\{.*\})", out)]
+def alternating_args(data, save, *extra):
+    args = train_args(data, save, *ALTERNATING, *extra)
+    args[args.index("--lr") + 1] = str(LR)
+    return args
 
 
 def run(data, save, *extra):
-    args = train_args(data, save, *ALTERNATING, *extra)
-    args[args.index("--lr") + 1] = str(LR)
-    return fairseq("fairseq-train", *args)
+    return fairseq("fairseq-train", *alternating_args(data, save, *extra))
+
+
+def two_ranks(data, save, *extra):
+    return launch_ranks(alternating_args(data, save, "--batch-size", "2", *extra))
 
 
 def test_log_shows_mode_switch_and_lr_restart_at_every_restart(tiny_data, tmp_path):
     out = run(tiny_data, tmp_path, "--max-update", "75")
-    rows = inner(out)
+    rows = train_inner(out)
     assert len(rows) == 75
     for row in rows:
         done = int(row["num_updates"])      # update done-1 (0-based) just ran
@@ -49,38 +47,27 @@ def test_log_shows_mode_switch_and_lr_restart_at_every_restart(tiny_data, tmp_pa
     assert "Evaluated 257 tokens" in scored
 
 
-def test_resume_mid_cycle_matches_the_uninterrupted_run(tiny_data, tmp_path):
+@pytest.mark.parametrize("runner", [run, two_ranks], ids=["one-rank", "two-ranks"])
+def test_resume_mid_cycle_matches_the_uninterrupted_run(tiny_data, tmp_path, runner):
     """Stopped at update 26 (mid-epoch, mid-cycle, in real mode), resumed to 45: the same logged
-    losses, learning rates, modes and synthesizer losses, and bitwise the same final weights."""
+    losses, learning rates, modes and synthesizer losses, and bitwise the same final weights.
+    With two ranks, every rank's carried state and pending regression pair travel in rank 0's
+    checkpoint."""
     common = ["--save-interval-updates", "13", "--no-epoch-checkpoints"]
-    whole = inner(run(tiny_data, tmp_path / "whole", "--max-update", "45", *common))
-    run(tiny_data, tmp_path / "split", "--max-update", "26", *common)
-    resumed = inner(run(tiny_data, tmp_path / "split", "--max-update", "45", *common))
+    whole = train_inner(runner(tiny_data, tmp_path / "whole", "--max-update", "45", *common))
+    runner(tiny_data, tmp_path / "split", "--max-update", "26", *common)
+    resumed = train_inner(runner(tiny_data, tmp_path / "split", "--max-update", "45", *common))
     assert [int(r["num_updates"]) for r in resumed] == list(range(27, 46))
     for a, b in zip(whole[26:], resumed):
         for key in ("loss", "lr", "dni_synthetic", "dni_loss", "gnorm"):
             assert a[key] == b[key], (a["num_updates"], key, a[key], b[key])
-    one = torch.load(tmp_path / "whole" / "checkpoint_last.pt", weights_only=True)
-    two = torch.load(tmp_path / "split" / "checkpoint_last.pt", weights_only=True)
-    for part in ("model", "criterion"):
-        for name, value in one[part].items():
-            if torch.is_tensor(value):
-                torch.testing.assert_close(two[part][name], value, rtol=0, atol=0, msg=name)  # bitwise
+    assert_same_weights(tmp_path / "whole" / "checkpoint_last.pt", tmp_path / "split" / "checkpoint_last.pt",
+                        parts=("model", "criterion"))
 
 
 def test_two_ranks_switch_mode_at_the_same_update(tiny_data, tmp_path):
     """dni_synthetic is summed over ranks and windows: any disagreement would log a fraction."""
-    port = 29000 + os.getpid() % 1000
-    args = train_args(tiny_data, tmp_path, *ALTERNATING, "--max-update", "40", "--batch-size", "2",
-                      "--distributed-world-size", "2", "--distributed-backend", "gloo",
-                      "--ddp-backend", "legacy_ddp", "--distributed-no-spawn",
-                      "--distributed-init-method", f"tcp://127.0.0.1:{port}")
-    procs = [subprocess.Popen([os.path.join(BIN, "fairseq-train"), *map(str, args), "--distributed-rank", str(r)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=dict(os.environ, OMP_NUM_THREADS="1")) for r in range(2)]
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
-    rows = inner(outs[0])
+    rows = train_inner(two_ranks(tiny_data, tmp_path, "--max-update", "40"))
     assert len(rows) == 40
     modes = [float(r["dni_synthetic"]) for r in rows]
     assert set(modes) == {0.0, 1.0}
@@ -97,34 +84,3 @@ def test_impossible_schedule_is_a_clear_error(tiny_data, tmp_path, flags, messag
     out = fairseq("fairseq-train", *args, *flags, check=False)
     assert message in out
 
-
-def two_ranks(data, save, *extra):
-    port = 29000 + (os.getpid() + len(str(save))) % 1000
-    args = train_args(data, save, *ALTERNATING, "--batch-size", "2", "--distributed-world-size", "2",
-                      "--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp", "--distributed-no-spawn",
-                      "--distributed-init-method", f"tcp://127.0.0.1:{port}", *extra)
-    args[args.index("--lr") + 1] = str(LR)
-    procs = [subprocess.Popen([os.path.join(BIN, "fairseq-train"), *map(str, args), "--distributed-rank", str(r)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=dict(os.environ, OMP_NUM_THREADS="1")) for r in range(2)]
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
-    return outs[0]
-
-
-def test_two_rank_resume_mid_epoch_matches_the_uninterrupted_run(tiny_data, tmp_path):
-    """Every rank's carried state and pending regression pair travel in rank 0's checkpoint."""
-    common = ["--save-interval-updates", "13", "--no-epoch-checkpoints"]
-    whole = inner(two_ranks(tiny_data, tmp_path / "whole", "--max-update", "45", *common))
-    two_ranks(tiny_data, tmp_path / "split", "--max-update", "26", *common)
-    resumed = inner(two_ranks(tiny_data, tmp_path / "split", "--max-update", "45", *common))
-    assert [int(r["num_updates"]) for r in resumed] == list(range(27, 46))
-    for a, b in zip(whole[26:], resumed):
-        for key in ("loss", "lr", "dni_synthetic", "dni_loss", "gnorm"):
-            assert a[key] == b[key], (a["num_updates"], key, a[key], b[key])
-    one = torch.load(tmp_path / "whole" / "checkpoint_last.pt", weights_only=True)
-    two = torch.load(tmp_path / "split" / "checkpoint_last.pt", weights_only=True)
-    for part in ("model", "criterion"):
-        for name, value in one[part].items():
-            if torch.is_tensor(value):
-                assert torch.equal(two[part][name], value), name

@@ -1,10 +1,7 @@
 """dni_cross_entropy through stock fairseq-train / fairseq-eval-lm on tiny generated data."""
-import json
-import re
-
 import torch
 
-from conftest import USER_DIR, fairseq, train_args
+from conftest import USER_DIR, fairseq, train_args, train_inner
 
 DNI = ["--criterion", "dni_cross_entropy"]
 
@@ -15,10 +12,6 @@ def params(path):
 
 def same_lm(a, b):
     return all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"] if torch.is_tensor(a["model"][k]))
-
-
-def inner_logs(out):
-    return [json.loads(m) for m in re.findall(r"\| train_inner \| (\{.*\})", out)]
 
 
 def test_fresh_synthesizer_trains_like_real_mode_until_it_has_learned(tiny_data, tmp_path):
@@ -43,7 +36,7 @@ def test_synthetic_run_logs_synthesizer_quality_and_scores_with_eval_lm(tiny_dat
     out = fairseq("fairseq-train", *train_args(tiny_data, tmp_path, "--max-epoch", "2", "--update-freq", "2",
                                                "--log-interval", "10", *DNI, "--dni-condition-on-next-input",
                                                "--dni-future-aux", "0.5"))
-    logs = inner_logs(out)
+    logs = train_inner(out)
     for key in ("dni_loss", "dni_cos", "state_norm", "dni_pred_norm", "dni_target_norm", "dni_synthetic"):
         assert key in logs[-1], key
     assert float(logs[-1]["dni_synthetic"]) == 1

@@ -1,13 +1,12 @@
 """Stock fairseq-train / fairseq-eval-lm with --user-dir fairseq_dni, on tiny generated data."""
 import os
 import re
-import socket
 import subprocess
 
 import pytest
 import torch
 
-from conftest import BIN, USER_DIR, fairseq, train_args
+from conftest import BIN, USER_DIR, assert_same_weights, fairseq, launch_ranks, train_args
 from reference_lm import perplexity
 
 
@@ -38,16 +37,6 @@ def test_eval_lm_perplexity_equals_a_plain_pytorch_loop(tiny_data, tiny_checkpoi
     assert loss == pytest.approx(reference_loss, abs=6e-5)  # eval-lm prints 4 decimals
 
 
-def params(checkpoint):
-    return torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_ranks_read_disjoint_streams(tiny_data, tmp_path):
     """2 ranks x 2 streams (gloo on CPU) must train exactly like 1 rank x 4 streams.
 
@@ -55,22 +44,10 @@ def test_two_ranks_read_disjoint_streams(tiny_data, tmp_path):
     streams, or stepped out of order, the gradients (summed over ranks) would differ.
     """
     fairseq("fairseq-train", *train_args(tiny_data, tmp_path / "one", "--max-epoch", "1"))
-    port = free_port()
-    procs = [subprocess.Popen(
-        [os.path.join(BIN, "fairseq-train"),
-         *map(str, train_args(tiny_data, tmp_path / "two", "--max-epoch", "1")),
-         "--batch-size", "2", "--distributed-world-size", "2", "--distributed-rank", str(rank),
-         "--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp", "--distributed-no-spawn",
-         "--distributed-init-method", f"tcp://127.0.0.1:{port}"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=dict(os.environ, OMP_NUM_THREADS="1")) for rank in range(2)]
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
-    assert "rank 0/2 reads streams [0, 2) of 4" in outs[0]
-    one, two = params(tmp_path / "one" / "checkpoint_last.pt"), params(tmp_path / "two" / "checkpoint_last.pt")
-    for name, value in one.items():
-        if torch.is_tensor(value):
-            torch.testing.assert_close(two[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    out = launch_ranks(train_args(tiny_data, tmp_path / "two", "--max-epoch", "1", "--batch-size", "2"))
+    assert "rank 0/2 reads streams [0, 2) of 4" in out
+    assert_same_weights(tmp_path / "one" / "checkpoint_last.pt", tmp_path / "two" / "checkpoint_last.pt",
+                        rtol=1e-4, atol=1e-5)
 
 
 def test_validation_mid_epoch_does_not_disturb_the_training_streams(tiny_data, tmp_path):
@@ -79,10 +56,7 @@ def test_validation_mid_epoch_does_not_disturb_the_training_streams(tiny_data, t
     out = fairseq("fairseq-train", *train_args(tiny_data, tmp_path / "val", "--max-epoch", "1",
                                                "--validate-interval-updates", "7"))
     assert out.count('"valid_loss"') > 5
-    one, two = params(tmp_path / "plain" / "checkpoint_last.pt"), params(tmp_path / "val" / "checkpoint_last.pt")
-    for name, value in one.items():
-        if torch.is_tensor(value):
-            torch.testing.assert_close(two[name], value, rtol=0, atol=0, msg=name)
+    assert_same_weights(tmp_path / "plain" / "checkpoint_last.pt", tmp_path / "val" / "checkpoint_last.pt")
 
 
 class Payload:

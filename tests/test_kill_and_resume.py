@@ -1,14 +1,11 @@
 """A training run killed with SIGKILL mid-epoch, restarted with the same command, continues as if
 nothing happened: same mode, learning rate, synthesizer, stream position and losses."""
-import json
 import os
 import re
 import signal
 import subprocess
 
-import torch
-
-from conftest import BIN, fairseq, train_args
+from conftest import BIN, assert_same_weights, fairseq, train_args, train_inner
 
 ALTERNATING = [
     "--criterion", "dni_cross_entropy", "--optimizer", "alternating", "--dni-lr", "0.003",
@@ -17,12 +14,12 @@ ALTERNATING = [
 ]
 
 
-def inner(out):
-    return {int(r["num_updates"]): r for r in (json.loads(m) for m in re.findall(r"\| train_inner \| (\{.*\})", out))}
+def by_update(out):
+    return {int(r["num_updates"]): r for r in train_inner(out)}
 
 
 def test_sigkill_then_same_command_resumes_exactly(tiny_data, tmp_path):
-    whole = inner(fairseq("fairseq-train", *train_args(tiny_data, tmp_path / "whole", *ALTERNATING)))
+    whole = by_update(fairseq("fairseq-train", *train_args(tiny_data, tmp_path / "whole", *ALTERNATING)))
     command = [os.path.join(BIN, "fairseq-train"), *map(str, train_args(tiny_data, tmp_path / "killed", *ALTERNATING))]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -37,7 +34,7 @@ def test_sigkill_then_same_command_resumes_exactly(tiny_data, tmp_path):
     assert killed_after is not None and proc.returncode == -signal.SIGKILL
     resumed_out = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                  env=env).stdout
-    resumed = inner(resumed_out)
+    resumed = by_update(resumed_out)
     assert "Loaded checkpoint" in resumed_out
     # it resumes after the last checkpoint written before the kill landed (100, or a later one)
     first = min(resumed)
@@ -46,9 +43,5 @@ def test_sigkill_then_same_command_resumes_exactly(tiny_data, tmp_path):
     for update, row in resumed.items():
         for key in ("loss", "lr", "dni_synthetic", "gnorm"):
             assert row[key] == whole[update][key], (update, key)
-    one = torch.load(tmp_path / "whole" / "checkpoint_last.pt", weights_only=True)
-    two = torch.load(tmp_path / "killed" / "checkpoint_last.pt", weights_only=True)
-    for part in ("model", "criterion"):
-        for name, value in one[part].items():
-            if torch.is_tensor(value):
-                assert torch.equal(two[part][name], value), name
+    assert_same_weights(tmp_path / "whole" / "checkpoint_last.pt", tmp_path / "killed" / "checkpoint_last.pt",
+                        parts=("model", "criterion"))

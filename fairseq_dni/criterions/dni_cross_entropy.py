@@ -37,6 +37,7 @@ from fairseq.logging import metrics
 from omegaconf import II
 
 from fairseq_dni.errors import DNIUserError
+from fairseq_dni.rank_state import this_rank_entry, world_size
 from fairseq_dni.dni import (
     Synthesizer,
     bootstrapped_target,
@@ -254,8 +255,7 @@ class DNICrossEntropyCriterion(CrossEntropyCriterion):
     # same pair at its first window as the uninterrupted run does; with several ranks rank 0
     # writes every rank's (gathered by the task each micro-batch)
     def get_extra_state(self):
-        if torch.distributed.is_available() and torch.distributed.is_initialized() \
-                and torch.distributed.get_world_size() > 1:
+        if world_size() > 1:
             return {"to_regress_by_rank": self.pending_by_rank}
         pending = self._to_regress
         if pending is None:
@@ -267,9 +267,7 @@ class DNICrossEntropyCriterion(CrossEntropyCriterion):
         pending = state.get("to_regress")
         by_rank = state.get("to_regress_by_rank")
         if by_rank is not None:
-            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-            world = torch.distributed.get_world_size() if distributed else 1
-            pending = by_rank[torch.distributed.get_rank()] if world == len(by_rank) else None
+            pending = this_rank_entry(by_rank)
         if pending is None:
             self._to_regress = None
             return

@@ -27,16 +27,12 @@ from fairseq.models import (
 from fairseq.modules import AdaptiveSoftmax
 
 from fairseq_dni.errors import DNIUserError
+from fairseq_dni.rank_state import this_rank_entry, world_size
 
 logger = logging.getLogger(__name__)
 
 State = Tuple[torch.Tensor, torch.Tensor]  # (h, c), each (layers, batch, hidden)
 
-
-def _world_size() -> int:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size()
-    return 1
 
 
 @dataclass
@@ -158,7 +154,7 @@ class DNILSTMDecoder(FairseqIncrementalDecoder):
     # the training streams' carried state travels in checkpoints (resume continues the stream);
     # with several ranks, rank 0 writes every rank's (gathered by the task each micro-batch)
     def get_extra_state(self):
-        if _world_size() > 1:
+        if world_size() > 1:
             return {"carry_state_by_rank": getattr(self, "carry_state_by_rank", None)}
         return {"carry_state": {k: (h.detach().cpu(), c.detach().cpu()) for k, (h, c) in self.carry_state.items()
                                 if k == "train"}}
@@ -167,11 +163,11 @@ class DNILSTMDecoder(FairseqIncrementalDecoder):
         state = state or {}
         by_rank = state.get("carry_state_by_rank")
         if by_rank is not None:
-            mine = by_rank[torch.distributed.get_rank()] if _world_size() == len(by_rank) else None
+            mine = this_rank_entry(by_rank)
             self.carry_state = {"train": mine} if mine is not None else {}
             if mine is None:
                 logger.info("checkpoint holds the carried training state of %d ranks, this process "
-                            "has %d: training streams would restart from zero state", len(by_rank), _world_size())
+                            "has %d: training streams would restart from zero state", len(by_rank), world_size())
             return
         self.carry_state = {k: (h, c) for k, (h, c) in state.get("carry_state", {}).items()}
 

@@ -25,6 +25,7 @@ from omegaconf import II
 
 from fairseq_dni.data.stream_windows import StreamWindows
 from fairseq_dni.errors import DNIDataNotFound, DNIUserError
+from fairseq_dni.rank_state import share_training_state, world_size
 
 logger = logging.getLogger(__name__)
 
@@ -91,36 +92,6 @@ def current_loss_scale(optimizer) -> float:
     if scaler.is_enabled():
         return float(scaler.get_scale())
     return 1.0
-
-
-def share_training_state(decoder, criterion):
-    """Gather every rank's carried training state (and the DNI criterion's pending regression
-    pair) onto every rank, so that rank 0's checkpoint holds all of them and each rank resumes
-    its own streams exactly. One all_gather of a few (layers x streams x hidden) tensors per
-    micro-batch: small next to the gradient all-reduce."""
-    carried = decoder.carry_state.get("train")
-    if carried is None:
-        return
-    pending = getattr(criterion, "_to_regress", None)
-    keys = [k for k in ("state", "condition", "target", "future_target")
-            if pending is not None and pending.get(k) is not None]
-    local = [carried[0], carried[1]] + [pending[k] for k in keys]
-    flat = torch.cat([t.detach().reshape(-1).float() for t in local])
-    gathered = [torch.empty_like(flat) for _ in range(torch.distributed.get_world_size())]
-    torch.distributed.all_gather(gathered, flat)
-    carry_by_rank, pending_by_rank = [], []
-    for buffer in gathered:
-        pieces, offset = [], 0
-        for t in local:
-            pieces.append(buffer[offset: offset + t.numel()].view_as(t).to(t.dtype).cpu())
-            offset += t.numel()
-        carry_by_rank.append((pieces[0], pieces[1]))
-        pending_by_rank.append(dict(zip(keys, pieces[2:])) if pending is not None else None)
-    decoder.carry_state_by_rank = carry_by_rank
-    while isinstance(getattr(criterion, "module", None), torch.nn.Module):  # fairseq's DDP wrappers
-        criterion = criterion.module
-    if hasattr(criterion, "pending_by_rank"):
-        criterion.pending_by_rank = pending_by_rank
 
 
 @register_task("dni_language_modeling", dataclass=DNILanguageModelingConfig)
@@ -226,7 +197,7 @@ class DNILanguageModelingTask(FairseqTask):
             # the gradient on the window's initial state exists only now; it is still multiplied
             # by the fp16/AMP loss scale, which only the optimizer knows
             after_backward(loss_scale=current_loss_scale(optimizer), valid=not ignore_grad)
-        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        if world_size() > 1:
             share_training_state(model.decoder, criterion)
         return loss, sample_size, logging_output
 
