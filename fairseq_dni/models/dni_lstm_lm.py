@@ -145,12 +145,6 @@ class DNILSTMDecoder(FairseqIncrementalDecoder):
         # follow the parameters' dtype/device (e.g. after .half() or .cuda(), or a fp16 autocast output)
         return tuple(t.to(device=weight.device, dtype=weight.dtype) for t in carried)
 
-    def reset_carry_state(self, state_key: Optional[str] = None):
-        if state_key is None:
-            self.carry_state.clear()
-        else:
-            self.carry_state.pop(state_key, None)
-
     # the training streams' carried state travels in checkpoints (resume continues the stream);
     # with several ranks, rank 0 writes every rank's (gathered by the task each micro-batch)
     def get_extra_state(self):
