@@ -87,8 +87,10 @@ def run_name(corpus, window, arm, seed):
 
 
 def train_and_score(name, data_bin, window, arm, seed, args, log_dir, threads):
-    total = args.updates or args.epochs * updates_per_epoch(data_bin, args.streams, window)
     cycles = args.cycles
+    total = args.updates or args.epochs * updates_per_epoch(data_bin, args.streams, window)
+    # a whole number of cycles: a run must end at the bottom of a cosine, not just after a restart
+    total -= total % cycles
     save_dir = os.path.join(args.work_dir, name)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     common = ["--user-dir", os.path.join(REPO, "fairseq_dni"), "--task", "dni_language_modeling", "--cpu"]
@@ -173,6 +175,23 @@ def schedule_of(path):
     return int(get("--lr-period-updates")), get("--mode-schedule"), get("--first-mode", "synthetic"), int(get("--max-update"))
 
 
+def command_of(path):
+    """The training command a log starts with, shortened to what a reader needs."""
+    with open(path) as f:
+        words = f.readline()[2:].split()
+    drop = {"--save-dir"}
+    kept, skip = [], False
+    for w in words:
+        if skip:
+            skip = False
+            continue
+        if w in drop:
+            skip = True
+            continue
+        kept.append(os.path.relpath(w, REPO) if os.path.isabs(w) else w)
+    return " ".join(kept)
+
+
 def collect(log_dir):
     runs = []
     for fname in sorted(os.listdir(log_dir)):
@@ -190,7 +209,9 @@ def collect(log_dir):
             updates=valid[-1][0], train_wall_s=wall,
             dni_cos_first=cos_synth[0] if cos_synth else float("nan"),
             dni_cos_last=cos_synth[-1] if cos_synth else float("nan"),
-            valid_curve=valid, schedule=schedule_of(os.path.join(log_dir, fname))))
+            valid_curve=valid, schedule=schedule_of(os.path.join(log_dir, fname)),
+            command=command_of(os.path.join(log_dir, fname))))
+    runs.sort(key=lambda r: r["arm"] != "alternating")
     return runs
 
 
@@ -213,23 +234,84 @@ def report(runs, out):
     lines = []
     for (corpus, window), arms in sorted(groups.items()):
         lines += [f"### {corpus}, window {window}", "",
-                  "| arm | seeds | test ppl (mean ± half-range) | each seed | final valid ppl (mean) | updates | train s/run |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| arm | seeds | test ppl (mean ± half-range) | each seed | final valid ppl (mean) | "
+                  "synthesizer cos first → last (mean) | updates | train s/run |",
+                  "|---|---|---|---|---|---|---|---|"]
         best = min(spread([r["test_ppl"] for r in rs])[0] for rs in arms.values())
         for arm in [a for a in ARMS if a in arms]:
             rs = sorted(arms[arm], key=lambda r: r["seed"])
             mean, half = spread([r["test_ppl"] for r in rs])
             each = " / ".join(f"{r['test_ppl']:.2f}" for r in rs)
             vmean, _ = spread([r["final_valid_ppl"] for r in rs])
+            cos0, _ = spread([r["dni_cos_first"] for r in rs])
+            cos1, _ = spread([r["dni_cos_last"] for r in rs])
             bold = "**" if mean == best else ""
             pm = f" ± {half:.2f}" if not math.isnan(half) else ""
             lines.append(f"| {arm} | {len(rs)} | {bold}{mean:.2f}{bold}{pm} | {each} | {vmean:.2f} | "
-                         f"{rs[0]['updates']} | {statistics.fmean(r['train_wall_s'] or 0 for r in rs):.0f} |")
-        lines.append("")
+                         f"{cos0:.3f} → {cos1:.3f} | {rs[0]['updates']} | "
+                         f"{statistics.fmean(r['train_wall_s'] or 0 for r in rs):.0f} |")
+        lines += ["", verdict(arms), ""]
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write("\n".join(lines))
     print("\n".join(lines))
     plot(groups, out)
+    return lines
+
+
+def verdict(arms):
+    """One sentence per setting, computed: is alternating's mean test perplexity lower than each
+    baseline's by more than the two arms' seed half-ranges together?"""
+    if "alternating" not in arms:
+        return "(no alternating arm in this setting yet)"
+    alt_mean, alt_half = spread([r["test_ppl"] for r in arms["alternating"]])
+    parts = []
+    for arm in [a for a in ARMS if a in arms and a != "alternating"]:
+        mean, half = spread([r["test_ppl"] for r in arms[arm]])
+        diff = alt_mean - mean
+        margin = alt_half + half
+        if math.isnan(margin):
+            word = "lower" if diff < 0 else "higher"
+            parts.append(f"{word} than {arm} by {abs(diff):.2f} (one seed: no spread to compare with)")
+        elif abs(diff) <= margin:
+            parts.append(f"within the seed spread of {arm} ({diff:+.2f}, spread {margin:.2f})")
+        else:
+            parts.append(f"{'better' if diff < 0 else 'worse'} than {arm} ({diff:+.2f}, spread {margin:.2f})")
+    beats_all = all(p.startswith(("better", "lower")) for p in parts)
+    return (f"**Alternating {'beat' if beats_all else 'did not beat'} every baseline here**: " +
+            "; ".join(parts) + ".")
+
+
+def write_results_md(path, lines, runs, out):
+    """docs/RESULTS.md: setting (read from the logs' command lines), tables, verdicts, plots."""
+    rel = os.path.relpath(out, os.path.dirname(path))
+    settings = {}
+    for r in runs:
+        settings.setdefault((r["corpus"], r["window"]), r["command"])
+    md = ["# Does alternating synthetic and real gradients beat plain TBPTT?", "",
+          "Generated by `examples/alternation_grid.py` from the fairseq logs in "
+          f"[`{rel}/logs`]({rel}/logs) (one `.train.log` and one `.eval.log` per run; the first line of "
+          "each is the exact command). No number on this page was typed by hand; "
+          f"[`{rel}/results.csv`]({rel}/results.csv) has one row per run.", "",
+          "Arms (same model, data, number of updates and seeds; all use `--criterion dni_cross_entropy`, "
+          "so the synthesizer learns in every arm and is injected only in synthetic updates):", "",
+          "* **real-cosine**: real gradients (TBPTT), one cosine cycle over the whole run;",
+          "* **real-restarts**: real gradients, cosine with warm restarts (SGDR);",
+          "* **synthetic-restarts**: synthetic gradients in every cycle, same restarts;",
+          "* **alternating**: same restarts, the mode switching at every restart, synthetic first (the paper).", "",
+          "Test perplexity is `fairseq-eval-lm` on the test split with the last checkpoint (the end of the "
+          "last cosine cycle), 10 streams, state carried. Mean ± half the range over seeds.", "",
+          "Reproduce:", "", "```bash",
+          "python examples/alternation_grid.py --corpus ptb --windows 10,35 --seeds 1,2 --commit",
+          "python examples/alternation_grid.py --corpus wikitext2 --windows 10 --seeds 1 --epochs 1 --commit",
+          "python examples/alternation_grid.py --report-only   # tables, CSV, plots and this page from the logs",
+          "```", "", "Training command of one run per setting (the alternating arm where present):", ""]
+    for (corpus, window), command in sorted(settings.items()):
+        md += [f"* {corpus}, window {window}: `{command}`"]
+    md += ["", "## Results", ""] + lines + ["## Validation curves", ""]
+    for corpus, window in sorted(settings):
+        md += [f"![{corpus} window {window}]({rel}/valid_{corpus}_T{window}.png)", ""]
+    with open(path, "w") as f:
+        f.write("\n".join(md) + "\n")
 
 
 def plot(groups, out):
@@ -300,6 +382,8 @@ def main():
     p.add_argument("--commit", action="store_true", help="git-commit each run's logs as soon as it finishes")
     p.add_argument("--force", action="store_true", help="rerun runs whose logs exist")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--results-md", default=os.path.join(REPO, "docs", "RESULTS.md"),
+                   help="page written from the logs ('' to skip)")
     args = p.parse_args()
     log_dir = os.path.join(args.out, "logs")
     os.makedirs(log_dir, exist_ok=True)
@@ -325,7 +409,9 @@ def main():
                     commit_logs(name, log_dir)
     runs = collect(log_dir)
     if runs:
-        report(runs, args.out)
+        lines = report(runs, args.out)
+        if args.results_md:
+            write_results_md(args.results_md, lines, runs, args.out)
 
 
 if __name__ == "__main__":

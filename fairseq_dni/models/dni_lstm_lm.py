@@ -79,6 +79,25 @@ class DNILSTMLanguageModel(FairseqLanguageModel):
     def build_model(cls, cfg: DNILSTMLMConfig, task):
         return cls(DNILSTMDecoder(cfg, task.target_dictionary))
 
+    @classmethod
+    def from_pretrained(cls, model_name_or_path, checkpoint_file="checkpoint_last.pt", data_name_or_path=".",
+                        tokenizer="moses", bpe="sentencepiece", sentencepiece_model=None, **kwargs):
+        """A hub interface (fairseq_dni/hub_interface.py) that scores and samples raw text with the
+        recurrent state carried across calls. ``model_name_or_path`` is a folder holding the
+        checkpoint, and (by default) dict.txt and sentencepiece.bpe.model, as
+        recipes/custom_corpus.sh leaves them; tokenizer/bpe None for pre-tokenized text."""
+        import os
+
+        from fairseq import hub_utils
+
+        from fairseq_dni.hub_interface import DNILMHubInterface, build_text_pipeline
+
+        if bpe == "sentencepiece" and sentencepiece_model is None:
+            sentencepiece_model = os.path.join(model_name_or_path, "sentencepiece.bpe.model")
+        loaded = hub_utils.from_pretrained(model_name_or_path, checkpoint_file, data_name_or_path, **kwargs)
+        tok, sub = build_text_pipeline(tokenizer, bpe, sentencepiece_model)
+        return DNILMHubInterface(loaded["args"], loaded["task"], loaded["models"], tokenizer=tok, bpe=sub)
+
 
 class DNILSTMDecoder(FairseqIncrementalDecoder):
     def __init__(self, cfg: DNILSTMLMConfig, dictionary):
