@@ -27,6 +27,7 @@ import json
 import math
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -92,6 +93,7 @@ def train_and_score(name, data_bin, window, arm, seed, args, log_dir, threads):
     # a whole number of cycles: a run must end at the bottom of a cosine, not just after a restart
     total -= total % cycles
     save_dir = os.path.join(args.work_dir, name)
+    shutil.rmtree(save_dir, ignore_errors=True)  # a fresh run: fairseq would resume from an old checkpoint_last.pt
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     common = ["--user-dir", os.path.join(REPO, "fairseq_dni"), "--task", "dni_language_modeling", "--cpu"]
     train_cmd = [os.path.join(BIN, "fairseq-train"), data_bin, *common,
