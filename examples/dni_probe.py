@@ -70,7 +70,7 @@ def main():
     optimizer = torch.optim.Adam(list(model.parameters()) + list(criterion.parameters()), lr=1e-3)
     windows = StreamWindows(tokens, 20, 35, dictionary.pad(), dictionary.eos(), state_key="train")
 
-    states, targets, conditions, losses = [], [], [], []
+    states, targets, conditions, labels, losses = [], [], [], [], []
     for i in range(args.windows):
         sample = windows.collater([windows[i]])
         optimizer.zero_grad()
@@ -86,9 +86,12 @@ def main():
             states.append(pending["state"].numpy().copy())
             targets.append(pending["target"].numpy().copy())
             conditions.append(pending["condition"].numpy().copy())
+            # the first target of this window (the label cDNI-style conditioning would add):
+            # its row of the LM's output layer, the direction the first step's loss pushes h in
+            labels.append(model.decoder.output_projection.weight[sample["target"][:, 0]].detach().numpy().copy())
             losses.append(float(loss.detach()) / sample_size / np.log(2))
 
-    x, y, c = (np.concatenate(a) for a in (states, targets, conditions))
+    x, y, c, l = (np.concatenate(a) for a in (states, targets, conditions, labels))
     order = np.random.RandomState(0).permutation(len(x))
     train, test = order[: int(0.8 * len(x))], order[int(0.8 * len(x)):]
     mean_dir = y[train].mean(0)
@@ -98,6 +101,8 @@ def main():
         rows.append((f"state, ridge {lam:g}", *ridge_cos(chunk_normed(x, 4), y, lam, train, test)))
         rows.append((f"state + next input, ridge {lam:g}",
                      *ridge_cos(np.concatenate([chunk_normed(x, 4), c], 1), y, lam, train, test)))
+        rows.append((f"state + next input + next target's output row, ridge {lam:g}",
+                     *ridge_cos(np.concatenate([chunk_normed(x, 4), c, l], 1), y, lam, train, test)))
     lines = [
         f"Probe (`python examples/dni_probe.py`): 2x200 LSTM trained {args.windows} windows in real mode "
         f"(train loss {np.mean(losses):.2f} bits over the collected windows), {len(x)} (state, target) pairs "
