@@ -34,6 +34,10 @@ ARMS = {
     # ... and conditioned on the next window's first input token
     "synthetic-cond-dni-lr-1e-4": ["--dni-mode", "synthetic", "--optimizer", "alternating", "--base-optimizer", "adam",
                                    "--dni-lr", "1e-4", "--dni-condition-on-next-input"],
+    # ... and on the label of the next window's first target too (conditional DNI, as cDNI conditions on labels)
+    "synthetic-cond-target-dni-lr-1e-4": ["--dni-mode", "synthetic", "--optimizer", "alternating",
+                                          "--base-optimizer", "adam", "--dni-lr", "1e-4",
+                                          "--dni-condition-on-next-input", "--dni-condition-on-next-target"],
 }
 CURVES = ["loss", "state_norm", "dni_cos", "dni_loss", "dni_pred_norm", "dni_target_norm", "dni_nonfinite", "gnorm"]
 

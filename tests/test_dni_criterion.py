@@ -25,7 +25,8 @@ def setup(mode="synthetic", scale=0.1, seed=0, **dni):
     torch.manual_seed(seed)
     cfg = DNILSTMLMConfig(decoder_embed_dim=EMBED, decoder_hidden_size=HIDDEN, decoder_layers=LAYERS, dropout=0.0)
     task = types.SimpleNamespace(target_dictionary=dictionary, source_dictionary=dictionary,
-                                 recurrent_state_dims={"layers": LAYERS, "hidden": HIDDEN, "embed": EMBED})
+                                 recurrent_state_dims={"layers": LAYERS, "hidden": HIDDEN, "embed": EMBED,
+                                                       "label": HIDDEN})
     model = DNILSTMLanguageModel.build_model(cfg, task).double().train()
     criterion = DNICrossEntropyCriterion(
         task, DNICrossEntropyConfig(dni_mode=mode, dni_scale=scale, sentence_avg=False, **dni)).double().train()
@@ -210,7 +211,8 @@ def test_adaptive_softmax_loss_equals_fairseq_adaptive_loss():
     cfg = DNILSTMLMConfig(decoder_embed_dim=EMBED, decoder_hidden_size=HIDDEN, decoder_layers=LAYERS, dropout=0.0,
                           adaptive_softmax_cutoff="20,40", adaptive_softmax_factor=2.0)
     task = types.SimpleNamespace(target_dictionary=dictionary, source_dictionary=dictionary,
-                                 recurrent_state_dims={"layers": LAYERS, "hidden": HIDDEN, "embed": EMBED})
+                                 recurrent_state_dims={"layers": LAYERS, "hidden": HIDDEN, "embed": EMBED,
+                                                       "label": HIDDEN})
     model = DNILSTMLanguageModel.build_model(cfg, task).double().eval()
     ours = DNICrossEntropyCriterion(task, DNICrossEntropyConfig(sentence_avg=False)).double().eval()
     reference = AdaptiveLoss(task, sentence_avg=False)
@@ -221,3 +223,26 @@ def test_adaptive_softmax_loss_equals_fairseq_adaptive_loss():
     ref_sample = dict(sample, net_input=dict(sample["net_input"], reset_state=True))
     ref_loss, _, _ = reference(model, ref_sample)
     torch.testing.assert_close(loss, ref_loss.reshape(()), rtol=1e-10, atol=1e-10)
+
+
+def test_condition_on_next_target_feeds_the_label_of_the_window_that_follows():
+    """cDNI: the synthesizer at the end of window t sees the output-layer row of window t+1's first
+    target; the regression pair stored for window t's start carries window t's own first target."""
+    model, criterion, samples = setup("synthetic", dni_condition_on_next_input=True, dni_condition_on_next_target=True)
+    assert criterion.synthesizer.condition_dim == EMBED + HIDDEN
+    seen = []
+    synthesize = criterion.synthesize
+    criterion.synthesize = lambda state, condition: seen.append(condition) or synthesize(state, condition)
+    for w in range(3):
+        step(model, criterion, samples[w])
+    # calls: end of window 0, end of window 1, then in window 2 the regression of M(s_1's start pair)
+    # (window 0 opens the pass: no leaf, no pair), then end of window 2
+    assert len(seen) == 4
+    rows = model.decoder.output_projection.weight.detach()
+    emb = model.decoder.embed_tokens.weight.detach()
+    # window 0's end: embedding of its last target (the next input) + label row of window 1's first target
+    torch.testing.assert_close(seen[0], torch.cat([emb[samples[0]["target"][:, -1]],
+                                                   rows[samples[1]["target"][:, 0]]], -1), rtol=0, atol=0)
+    # the pair regressed in window 2 is window 1's start, whose condition is what window 0's end saw
+    # (no optimizer step in between, so bitwise)
+    torch.testing.assert_close(seen[2], seen[0], rtol=0, atol=0)

@@ -34,7 +34,7 @@ def test_fresh_synthesizer_trains_like_real_mode_until_it_has_learned(tiny_data,
 
 def test_synthetic_run_logs_synthesizer_quality_and_scores_with_eval_lm(tiny_data, tmp_path):
     out = fairseq("fairseq-train", *train_args(tiny_data, tmp_path, "--max-epoch", "2", "--update-freq", "2",
-                                               "--log-interval", "10", *DNI, "--dni-condition-on-next-input",
+                                               "--log-interval", "10", *DNI, "--dni-condition-on-next-input", "--dni-condition-on-next-target",
                                                "--dni-future-aux", "0.5"))
     logs = train_inner(out)
     for key in ("dni_loss", "dni_cos", "state_norm", "dni_pred_norm", "dni_target_norm", "dni_synthetic"):

@@ -29,7 +29,7 @@ def test_inputs_are_the_previous_corpus_token():
     data = StreamWindows(tokens, 3, 4, PAD, EOS)
     shifted = np.concatenate([[EOS], tokens[:-1]])
     for i in range(len(data)):
-        _, source, target = data[i]
+        _, source, target, _ = data[i]
         positions, valid = data.window_positions(i)
         np.testing.assert_array_equal(source.numpy()[valid], shifted[positions[valid]])
         np.testing.assert_array_equal(target.numpy()[valid], tokens[positions[valid]])
@@ -65,3 +65,14 @@ def test_collated_window_asks_for_reset_only_at_the_start():
 def test_more_streams_than_tokens_is_a_clear_error():
     with pytest.raises(ValueError, match="fewer than the 8 streams"):
         StreamWindows(corpus(5), 4, 3, PAD, EOS, world_size=2, state_key="valid")
+
+
+@pytest.mark.parametrize("n,streams,window", [(50, 3, 4), (101, 4, 5), (12, 2, 6)])
+def test_next_target_is_the_first_target_of_the_next_window(n, streams, window):
+    data = StreamWindows(corpus(n), streams, window, PAD, EOS)
+    for i in range(len(data)):
+        next_target = data.collater([data[i]])["next_target"].numpy()
+        if i + 1 < len(data):
+            np.testing.assert_array_equal(next_target, data[i + 1][2].numpy()[:, 0])
+        else:
+            assert (next_target == PAD).all()  # nothing after the last window

@@ -71,6 +71,11 @@ class DNICrossEntropyConfig(FairseqDataclass):
                           "are normalised separately (plus their log-norms): c is unbounded and would drown h"})
     dni_condition_on_next_input: bool = field(
         default=False, metadata={"help": "also feed the synthesizer the embedding of the next window's first input token"})
+    dni_condition_on_next_target: bool = field(
+        default=False,
+        metadata={"help": "also feed the synthesizer the label vector (output-layer row; embedding with "
+                          "adaptive softmax) of the next window's first target: conditional DNI. The true "
+                          "future gradient is dominated by that unseen label (see docs/dni_stability)"})
     dni_future_aux: float = field(
         default=0.0,
         metadata={"help": "weight of the auxiliary task: from s_{t-1}, also predict the synthetic gradient "
@@ -98,7 +103,8 @@ class DNICrossEntropyCriterion(CrossEntropyCriterion):
             state_dim,
             hidden_dim=cfg.dni_synthesizer_hidden,
             num_layers=cfg.dni_synthesizer_layers,
-            condition_dim=dims["embed"] if cfg.dni_condition_on_next_input else 0,
+            condition_dim=(dims["embed"] if cfg.dni_condition_on_next_input else 0)
+            + (dims.get("label", dims["embed"]) if cfg.dni_condition_on_next_target else 0),
             state_chunks=0 if cfg.dni_no_input_norm else 2 * dims["layers"],
         )
         self.future_head = None
@@ -137,10 +143,20 @@ class DNICrossEntropyCriterion(CrossEntropyCriterion):
         cond = None if condition is None else condition.to(dtype)
         return self.synthesizer(state_flat.to(dtype), cond)
 
-    @staticmethod
-    def condition_for(model, tokens):
-        """Embedding (detached) of the next window's first input token."""
-        return model.decoder.embed_tokens(tokens).detach()
+    def condition_for(self, model, next_input, next_target):
+        """What the synthesizer sees besides the state (detached; None when not conditioned):
+        the embedding of the next window's first input and/or the label vector of its first target."""
+        parts = []
+        if self.cfg.dni_condition_on_next_input:
+            parts.append(model.decoder.embed_tokens(next_input))
+        if self.cfg.dni_condition_on_next_target:
+            if next_target is None:
+                raise DNIUserError("--dni-condition-on-next-target needs batches from --task dni_language_modeling "
+                                   "(they carry each window's next target)")
+            projection = getattr(model.decoder, "output_projection", None)
+            parts.append(projection.weight[next_target] if projection is not None
+                         else model.decoder.embed_tokens(next_target))
+        return torch.cat(parts, dim=-1).detach() if parts else None
 
     # ---- criterion -----------------------------------------------------------------------
     def forward(self, model, sample, reduce=True):
@@ -181,7 +197,7 @@ class DNICrossEntropyCriterion(CrossEntropyCriterion):
         total = loss + sample_size * self.regression(logging_output, bsz)
 
         # 2) the synthetic gradient at this window's end
-        condition = self.condition_for(model, sample["target"][:, -1]) if self.cfg.dni_condition_on_next_input else None
+        condition = self.condition_for(model, sample["target"][:, -1], sample.get("next_target"))
         with torch.no_grad():
             prediction = self.synthesize(final_flat.detach(), condition)
             finite = torch.isfinite(prediction).all()
@@ -191,7 +207,7 @@ class DNICrossEntropyCriterion(CrossEntropyCriterion):
             total = total + synthetic_gradient_term(final_flat, prediction.to(final_flat.dtype), self.cfg.dni_scale)
 
         # 3) remember what after_backward needs to form M(s_{t-1})'s target
-        start_condition = self.condition_for(model, src[:, 0]) if self.cfg.dni_condition_on_next_input else None
+        start_condition = self.condition_for(model, src[:, 0], sample["target"][:, 0])
         self._this_window = {
             "leaf": start if carried else None,
             "state": flatten_state(start).detach(),

@@ -88,12 +88,17 @@ class StreamWindows(torch.utils.data.Dataset):
         previous = self.tokens[np.clip(positions - 1, 0, last)]
         source = np.where(positions > 0, previous, self.eos)
         source = np.where(valid, source, self.pad)
-        return index, torch.from_numpy(source.astype(np.int64)), torch.from_numpy(target.astype(np.int64))
+        # the first target of the next window (pad past a stream's end): one token of lookahead
+        # for a synthesizer conditioned on it (--dni-condition-on-next-target)
+        after = self.starts + (index + 1) * self.window
+        next_target = np.where(after < self.ends, self.tokens[np.minimum(after, last)], self.pad)
+        return (index, torch.from_numpy(source.astype(np.int64)), torch.from_numpy(target.astype(np.int64)),
+                torch.from_numpy(next_target.astype(np.int64)))
 
     def collater(self, items) -> Dict[str, Any]:
         # every item is already a whole batch (see get_batch_iterator in the task)
         assert len(items) == 1, "StreamWindows batches are built per window"
-        index, source, target = items[0]
+        index, source, target, next_target = items[0]
         bsz, length = source.shape
         not_pad = target.ne(self.pad)
         return {
@@ -109,6 +114,7 @@ class StreamWindows(torch.utils.data.Dataset):
                 "reset_state": index == 0,
             },
             "target": target,
+            "next_target": next_target,
         }
 
     def stream_targets(self) -> np.ndarray:

@@ -182,8 +182,11 @@ class DNILanguageModelingTask(FairseqTask):
         lstm = getattr(getattr(model, "decoder", None), "lstm", None)
         if isinstance(lstm, torch.nn.LSTM):
             # what a DNI criterion needs to size its synthesizer (fairseq builds the criterion after the model)
+            projection = getattr(model.decoder, "output_projection", None)
             self.recurrent_state_dims = {
-                "layers": lstm.num_layers, "hidden": lstm.hidden_size, "embed": lstm.input_size}
+                "layers": lstm.num_layers, "hidden": lstm.hidden_size, "embed": lstm.input_size,
+                # size of a token's label vector (its output-layer row; the embedding with adaptive softmax)
+                "label": projection.in_features if projection is not None else lstm.input_size}
         return model
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
