@@ -41,11 +41,18 @@ CORPORA = {  # name -> (text dir, train/valid/test file names)
     "ptb": (os.path.join(SHARED, "ptb"), ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt")),
     "wikitext2": (os.path.join(SHARED, "wikitext-2"), ("train.txt", "valid.txt", "test.txt")),
 }
-ARMS = ["real-cosine", "real-restarts", "synthetic-restarts", "alternating"]
+ARMS = ["real-cosine", "real-restarts", "synthetic-restarts", "alternating",
+        # optional extras: the same with a conditional synthesizer (cDNI: it also sees the next
+        # window's first input and first target, see docs/dni_stability), whose predictions
+        # actually correlate with the true gradient on word-level corpora
+        "synthetic-restarts-cdni", "alternating-cdni"]
+CDNI = ["--dni-condition-on-next-input", "--dni-condition-on-next-target"]
 
 
 def arm_flags(arm, total_updates, cycles):
     """The schedule and mode of an arm: the only thing that differs between arms."""
+    if arm.endswith("-cdni"):
+        return arm_flags(arm[: -len("-cdni")], total_updates, cycles) + CDNI
     if arm == "real-cosine":
         return ["--lr-period-updates", str(total_updates), "--mode-schedule", "real"]
     period = ["--lr-period-updates", str(total_updates // cycles)]
@@ -253,6 +260,8 @@ def report(runs, out):
                          f"{cos0:.3f} → {cos1:.3f} | {rs[0]['updates']} | "
                          f"{statistics.fmean(r['train_wall_s'] or 0 for r in rs):.0f} |")
         lines += ["", verdict(arms), ""]
+        if "alternating-cdni" in arms:
+            lines += [verdict(arms, "alternating-cdni"), ""]
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write("\n".join(lines))
     print("\n".join(lines))
@@ -260,27 +269,27 @@ def report(runs, out):
     return lines
 
 
-def verdict(arms):
-    """One sentence per setting, computed: is alternating's mean test perplexity lower than each
-    baseline's by more than the two arms' seed half-ranges together?"""
-    if "alternating" not in arms:
-        return "(no alternating arm in this setting yet)"
-    alt_mean, alt_half = spread([r["test_ppl"] for r in arms["alternating"]])
+def verdict(arms, arm="alternating"):
+    """One sentence per setting, computed: is ``arm``'s mean test perplexity lower than each
+    baseline's (the first three arms) by more than the two arms' seed half-ranges together?"""
+    if arm not in arms:
+        return f"(no {arm} arm in this setting yet)"
+    alt_mean, alt_half = spread([r["test_ppl"] for r in arms[arm]])
     parts = []
-    for arm in [a for a in ARMS if a in arms and a != "alternating"]:
-        mean, half = spread([r["test_ppl"] for r in arms[arm]])
+    for base in [a for a in ARMS[:3] if a in arms]:
+        mean, half = spread([r["test_ppl"] for r in arms[base]])
         diff = alt_mean - mean
         margin = alt_half + half
         if math.isnan(margin):
             word = "lower" if diff < 0 else "higher"
-            parts.append(f"{word} than {arm} by {abs(diff):.2f} (one seed: no spread to compare with)")
+            parts.append(f"{word} than {base} by {abs(diff):.2f} (one seed: no spread to compare with)")
         elif abs(diff) <= margin:
-            parts.append(f"within the seed spread of {arm} ({diff:+.2f}, spread {margin:.2f})")
+            parts.append(f"within the seed spread of {base} ({diff:+.2f}, spread {margin:.2f})")
         else:
-            parts.append(f"{'better' if diff < 0 else 'worse'} than {arm} ({diff:+.2f}, spread {margin:.2f})")
+            parts.append(f"{'better' if diff < 0 else 'worse'} than {base} ({diff:+.2f}, spread {margin:.2f})")
     beats_all = all(p.startswith(("better", "lower")) for p in parts)
-    return (f"**Alternating {'beat' if beats_all else 'did not beat'} every baseline here**: " +
-            "; ".join(parts) + ".")
+    name = arm[0].upper() + arm[1:]
+    return f"**{name} {'beat' if beats_all else 'did not beat'} every baseline here**: " + "; ".join(parts) + "."
 
 
 def write_results_md(path, lines, runs, out):
@@ -325,7 +334,7 @@ def plot(groups, out):
     except ImportError:
         print("(matplotlib not installed: no plots)")
         return
-    colors = dict(zip(ARMS, ["tab:gray", "tab:blue", "tab:red", "tab:green"]))
+    colors = dict(zip(ARMS, ["tab:gray", "tab:blue", "tab:red", "tab:green", "tab:orange", "tab:purple"]))
     for (corpus, window), arms in sorted(groups.items()):
         fig, ax = plt.subplots(figsize=(8, 4.5))
         for arm in [a for a in ARMS if a in arms]:
@@ -363,7 +372,7 @@ def main():
     p.add_argument("--data-bin", help="binarized corpus (default runs/<corpus>-bin, made by fairseq-preprocess)")
     p.add_argument("--out", default=os.path.join(REPO, "docs", "results"))
     p.add_argument("--work-dir", default=os.path.join(REPO, "runs", "grid"), help="checkpoints (not committed)")
-    p.add_argument("--arms", default=",".join(ARMS))
+    p.add_argument("--arms", default=",".join(ARMS[:4]))
     p.add_argument("--windows", default="10,35")
     p.add_argument("--seeds", default="1,2")
     p.add_argument("--epochs", type=int, default=2)
