@@ -246,3 +246,12 @@ def test_condition_on_next_target_feeds_the_label_of_the_window_that_follows():
     # the pair regressed in window 2 is window 1's start, whose condition is what window 0's end saw
     # (no optimizer step in between, so bitwise)
     torch.testing.assert_close(seen[2], seen[0], rtol=0, atol=0)
+
+
+def test_relative_loss_is_the_error_over_the_zero_predictors_error():
+    model, criterion, samples = setup("synthetic")
+    logs = [step(model, criterion, samples[w])[1] for w in range(3)]
+    pending_free = logs[2]  # window 2 regressed window 1's start pair
+    # a fresh synthesizer predicts exactly zero: its error is the zero predictor's
+    assert pending_free["dni_mse"] == pytest.approx(float(pending_free["dni_zero_mse"]), rel=1e-12)
+    assert pending_free["dni_zero_mse"] > 0

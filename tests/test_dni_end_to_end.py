@@ -37,7 +37,7 @@ def test_synthetic_run_logs_synthesizer_quality_and_scores_with_eval_lm(tiny_dat
                                                "--log-interval", "10", *DNI, "--dni-condition-on-next-input", "--dni-condition-on-next-target",
                                                "--dni-future-aux", "0.5"))
     logs = train_inner(out)
-    for key in ("dni_loss", "dni_cos", "state_norm", "dni_pred_norm", "dni_target_norm", "dni_synthetic"):
+    for key in ("dni_loss", "dni_cos", "dni_rel_loss", "state_norm", "dni_pred_norm", "dni_target_norm", "dni_synthetic"):
         assert key in logs[-1], key
     assert float(logs[-1]["dni_synthetic"]) == 1
     assert float(logs[-1]["dni_nonfinite"]) == 0

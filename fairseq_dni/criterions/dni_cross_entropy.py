@@ -237,6 +237,11 @@ class DNICrossEntropyCriterion(CrossEntropyCriterion):
             return torch.where(torch.isfinite(total), total, torch.zeros_like(total)) * 0.0
         target = pending["target"]
         loss = synthesizer_loss(prediction, target)
+        with torch.no_grad():
+            # prequential: this pair has not been trained on yet; the ratio to the zero predictor's
+            # error (1 - R^2) is comparable across training, when the target's size keeps changing
+            logging_output["dni_mse"] = loss.detach().float()
+            logging_output["dni_zero_mse"] = target.float().pow(2).sum(-1).mean()
         if self.future_head is not None:
             future = self.future_head(pending["state"].to(prediction.dtype))
             loss = loss + self.cfg.dni_future_aux * synthesizer_loss(future, pending["future_target"])
@@ -307,6 +312,8 @@ class DNICrossEntropyCriterion(CrossEntropyCriterion):
         if regressions > 0:
             metrics.log_scalar("dni_loss", total("dni_loss") / regressions, regressions, round=5)
             metrics.log_scalar("dni_cos", total("dni_cos") / regressions, regressions, round=4)
+            if total("dni_zero_mse") > 0:
+                metrics.log_scalar("dni_rel_loss", total("dni_mse") / total("dni_zero_mse"), regressions, round=4)
             metrics.log_scalar("dni_target_norm", total("dni_target_norm") / regressions, regressions, round=5)
             metrics.log_scalar("dni_pred_norm", total("dni_pred_norm") / regressions, regressions, round=5)
 
