@@ -318,7 +318,12 @@ def write_results_md(path, lines, runs, out):
           "```", "", "Training command of one run per setting (the alternating arm where present):", ""]
     for (corpus, window), command in sorted(settings.items()):
         md += [f"* {corpus}, window {window}: `{command}`"]
-    md += ["", "## Results", ""] + lines + ["## Validation curves", ""]
+    md += ["", "## Results", ""] + lines
+    notes = os.path.join(out, "notes.md")  # hand-written reading of the tables: words, no numbers
+    if os.path.exists(notes):
+        with open(notes) as f:
+            md += ["## Reading", "", f.read().strip(), ""]
+    md += ["## Validation curves", ""]
     for corpus, window in sorted(settings):
         md += [f"![{corpus} window {window}]({rel}/valid_{corpus}_T{window}.png)", ""]
     with open(path, "w") as f:
