@@ -43,7 +43,7 @@ ARMS = {
                                           "--base-optimizer", "adam", "--dni-lr", "1e-3",
                                           "--dni-condition-on-next-input", "--dni-condition-on-next-target"],
 }
-CURVES = ["loss", "state_norm", "dni_cos", "dni_loss", "dni_pred_norm", "dni_target_norm", "dni_nonfinite", "gnorm"]
+CURVES = ["loss", "state_norm", "dni_cos", "dni_rel_loss", "dni_loss", "dni_pred_norm", "dni_target_norm", "dni_nonfinite", "gnorm"]
 
 
 def binarize(text_dir, dest):
@@ -120,20 +120,29 @@ def main():
             for row in train:
                 w.writerow([name, row["num_updates"]] + [row.get(k, "") for k in CURVES])
 
+    def extreme(rows, key, pick):
+        vals = [float(r[key]) for r in rows if key in r]
+        return pick(vals) if vals else float("nan")
+
     def at(rows, key, which):
         vals = [float(r[key]) for r in rows if key in r]
         return vals[which] if vals else float("nan")
 
     lines = ["| arm | valid ppl (end) | train loss first/last | state norm first/max/last | "
-             "dni_cos first/last | dni_loss first/last | non-finite |", "|---|---|---|---|---|---|---|"]
+             "dni_cos first/max/last | dni_rel_loss first/min/last | dni_loss first/last | non-finite |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, (train, valid) in results.items():
         ppl = float(valid[-1]["valid_ppl"]) if valid else float("nan")
         state_max = max((float(r["state_norm"]) for r in train if "state_norm" in r), default=float("nan"))
         nonfinite = sum(float(r.get("dni_nonfinite", 0)) for r in train)
+        rel = (f"{at(train, 'dni_rel_loss', 0):.3f} / {extreme(train, 'dni_rel_loss', min):.3f} / "
+               f"{at(train, 'dni_rel_loss', -1):.3f}" if any("dni_rel_loss" in r for r in train)
+               else "(not logged then)")
         lines.append(
             f"| {name} | {ppl:.1f} | {at(train, 'loss', 0):.3f} / {at(train, 'loss', -1):.3f} | "
             f"{at(train, 'state_norm', 0):.1f} / {state_max:.1f} / {at(train, 'state_norm', -1):.1f} | "
-            f"{at(train, 'dni_cos', 0):.3f} / {at(train, 'dni_cos', -1):.3f} | "
+            f"{at(train, 'dni_cos', 0):.3f} / {extreme(train, 'dni_cos', max):.3f} / {at(train, 'dni_cos', -1):.3f} | "
+            f"{rel} | "
             f"{at(train, 'dni_loss', 0):.4f} / {at(train, 'dni_loss', -1):.4f} | {nonfinite:.0f} |")
     summary = "\n".join(lines) + "\n"
     with open(os.path.join(args.out, "summary.md"), "w") as f:
