@@ -10,7 +10,7 @@ usage: bash recipes/$CORPUS.sh [--data-dir DIR] [--out DIR] [--cpu] [--gpus N] [
                           [--size full|smoke] [--dry-run] [-- EXTRA fairseq-train FLAGS]
   --data-dir DIR  local folder holding the corpus text (no download); file names accepted:
                   {train,valid,test}.txt, wiki.{train,valid,test}.tokens, ptb.{train,valid,test}.txt
-  --out DIR       outputs: text/, data-bin/, checkpoints/, train.log, eval.log (default runs/recipes/$CORPUS)
+  --out DIR       outputs: text-SIZE/, data-bin-SIZE/, checkpoints-SIZE/, train-SIZE.log, eval-SIZE.log (default runs/recipes/$CORPUS)
   --cpu           train and score on CPU
   --gpus N        number of GPUs (fairseq's --distributed-world-size; default: all visible)
   --fp16          mixed precision (GPU)
@@ -40,7 +40,8 @@ recipe_main() {
   done
   case "$size" in full|smoke) ;; *) echo "recipes/$CORPUS.sh: error: --size must be full or smoke" >&2; return 2 ;; esac
   out="${out:-$repo/runs/recipes/$CORPUS}"
-  mkdir -p "$out/text"
+  local text="$out/text-$size"
+  mkdir -p "$text"
   # the fairseq tools next to the interpreter in use (DNI_PYTHON), else on PATH
   local python="${DNI_PYTHON:-python3}" bin=""
   [ -n "${DNI_PYTHON:-}" ] && bin="$(dirname "$DNI_PYTHON")/"
@@ -58,18 +59,20 @@ recipe_main() {
       [ -f "$src/$f" ] && { found="$src/$f"; break; }
     done
     [ -n "$found" ] || { echo "recipes/$CORPUS.sh: error: no $split split in $src (expected $split.txt, wiki.$split.tokens or ptb.$split.txt)" >&2; return 1; }
+    # never write through an older link into the user's corpus: remove it first
+    rm -f "$text/$split.txt"
     if [ "$size" = smoke ]; then
-      head -n "$([ "$split" = train ] && echo 2000 || echo 200)" "$found" > "$out/text/$split.txt"
+      head -n "$([ "$split" = train ] && echo 2000 || echo 200)" "$found" > "$text/$split.txt"
     else
-      ln -sf "$(cd "$(dirname "$found")" && pwd)/$(basename "$found")" "$out/text/$split.txt"
+      ln -s "$(cd "$(dirname "$found")" && pwd)/$(basename "$found")" "$text/$split.txt"
     fi
   done
 
   # 2. binarize (once per output folder and size)
   local bin_dir="$out/data-bin-$size"
   if [ ! -f "$bin_dir/dict.txt" ]; then
-    "${bin}fairseq-preprocess" --only-source --trainpref "$out/text/train.txt" --validpref "$out/text/valid.txt" \
-      --testpref "$out/text/test.txt" --destdir "$bin_dir" --workers 2 >/dev/null
+    "${bin}fairseq-preprocess" --only-source --trainpref "$text/train.txt" --validpref "$text/valid.txt" \
+      --testpref "$text/test.txt" --destdir "$bin_dir" --workers 2 >/dev/null
   fi
 
   # 3. train: the recipe's flags, then the size/device overrides, then the user's

@@ -197,3 +197,13 @@ def test_custom_corpus_hub_samples_reproducibly(custom_model):
     assert first.startswith("The cat")
     with pytest.raises(ValueError):
         lm.sample("The cat", temperature=0)
+
+
+def test_recipes_never_write_into_the_local_corpus(local_corpora, tmp_path):
+    """Full runs link the user's files, smoke runs copy their heads: switching between the two in
+    one output folder must leave the user's corpus byte for byte as it was."""
+    folder = local_corpora["ptb"]
+    before = {f: open(os.path.join(folder, f), "rb").read() for f in os.listdir(folder)}
+    for size in ("full", "smoke", "full", "smoke"):
+        run_recipe("ptb", "--data-dir", folder, "--out", str(tmp_path), "--size", size, "--dry-run")
+    assert {f: open(os.path.join(folder, f), "rb").read() for f in os.listdir(folder)} == before
