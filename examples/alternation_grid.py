@@ -244,7 +244,7 @@ def report(runs, out):
     for (corpus, window), arms in sorted(groups.items()):
         lines += [f"### {corpus}, window {window}", "",
                   "| arm | seeds | test ppl (mean ± half-range) | each seed | final valid ppl (mean) | "
-                  "synthesizer cos first → last (mean) | updates | train s/run |",
+                  "synthesizer cos first → last (mean) | updates | train wall s (runs share the 2 cores) |",
                   "|---|---|---|---|---|---|---|---|"]
         best = min(spread([r["test_ppl"] for r in rs])[0] for rs in arms.values())
         for arm in [a for a in ARMS if a in arms]:
