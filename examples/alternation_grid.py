@@ -308,11 +308,16 @@ def write_results_md(path, lines, runs, out):
           "* **real-cosine**: real gradients (TBPTT), one cosine cycle over the whole run;",
           "* **real-restarts**: real gradients, cosine with warm restarts (SGDR);",
           "* **synthetic-restarts**: synthetic gradients in every cycle, same restarts;",
-          "* **alternating**: same restarts, the mode switching at every restart, synthetic first (the paper).", "",
+          "* **alternating**: same restarts, the mode switching at every restart, synthetic first (the paper);",
+          "* extras, PTB window 10 only: **synthetic-restarts-cdni** and **alternating-cdni**, the same with a "
+          "conditional synthesizer (it also sees the next window's first input and target, "
+          "`--dni-condition-on-next-input --dni-condition-on-next-target`; see docs/dni_stability).", "",
           "Test perplexity is `fairseq-eval-lm` on the test split with the last checkpoint (the end of the "
           "last cosine cycle), 10 streams, state carried. Mean ± half the range over seeds.", "",
           "Reproduce:", "", "```bash",
           "python examples/alternation_grid.py --corpus ptb --windows 10,35 --seeds 1,2 --commit",
+          "python examples/alternation_grid.py --corpus ptb --windows 10 --seeds 1,2 "
+          "--arms alternating-cdni,synthetic-restarts-cdni --commit",
           "python examples/alternation_grid.py --corpus wikitext2 --windows 10 --seeds 1 --epochs 1 --commit",
           "python examples/alternation_grid.py --report-only   # tables, CSV, plots and this page from the logs",
           "```", "", "Training command of one run per setting (the alternating arm where present):", ""]
