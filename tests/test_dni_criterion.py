@@ -10,12 +10,26 @@ import pytest
 import torch
 from fairseq.data import Dictionary
 
+from fairseq_dni.carried_state import StateLayout
 from fairseq_dni.criterions.dni_cross_entropy import DNICrossEntropyConfig, DNICrossEntropyCriterion
 from fairseq_dni.data.stream_windows import StreamWindows
-from fairseq_dni.dni import flatten_state
 from fairseq_dni.models.dni_lstm_lm import DNILSTMLanguageModel, DNILSTMLMConfig
+from fairseq_dni.tasks.dni_language_modeling import DNILanguageModelingConfig, DNILanguageModelingTask
 
 B, T, LAYERS, HIDDEN, EMBED = 3, 5, 2, 6, 4
+flatten_state = StateLayout((HIDDEN,) * LAYERS).flatten
+
+
+def build(dictionary, model_cfg, double=True):
+    """Our task and model as fairseq builds them (the task learns the model's state layout)."""
+    task = DNILanguageModelingTask(DNILanguageModelingConfig(), dictionary)
+    model = DNILSTMLanguageModel.build_model(model_cfg, task)
+    task.recurrent = model.decoder.recurrent_interface()
+    return task, model.double() if double else model
+
+
+def pending_target(criterion):
+    return criterion.pending().target
 
 
 def setup(mode="synthetic", scale=0.1, seed=0, **dni):
@@ -24,10 +38,8 @@ def setup(mode="synthetic", scale=0.1, seed=0, **dni):
         dictionary.add_symbol(f"w{i}")
     torch.manual_seed(seed)
     cfg = DNILSTMLMConfig(decoder_embed_dim=EMBED, decoder_hidden_size=HIDDEN, decoder_layers=LAYERS, dropout=0.0)
-    task = types.SimpleNamespace(target_dictionary=dictionary, source_dictionary=dictionary,
-                                 recurrent_state_dims={"layers": LAYERS, "hidden": HIDDEN, "embed": EMBED,
-                                                       "label": HIDDEN})
-    model = DNILSTMLanguageModel.build_model(cfg, task).double().train()
+    task, model = build(dictionary, cfg)
+    model.train()
     criterion = DNICrossEntropyCriterion(
         task, DNICrossEntropyConfig(dni_mode=mode, dni_scale=scale, sentence_avg=False, **dni)).double().train()
     tokens = torch.randint(4, len(dictionary), (200,), generator=torch.Generator().manual_seed(1)).numpy()
@@ -76,7 +88,7 @@ def test_oracle_injection_through_the_criterion_equals_full_bptt():
     # the exact future gradient at s1, per stream, in the criterion's units
     s1_leaf = tuple(s.detach().requires_grad_(True) for s in s1)
     oracle = flatten_state(torch.autograd.grad(lm_window(model, samples[1], s1_leaf)[0], s1_leaf))
-    criterion.synthesize = lambda state, condition: oracle
+    criterion.synthesize = lambda state, condition, own_state: (oracle, None)
     g1, _ = step(model, criterion, samples[0])
     criterion.mode = "real"
     g2, _ = step(model, criterion, samples[1])
@@ -89,13 +101,13 @@ def test_regression_target_equals_autograd_reference(loss_scale):
     model, criterion, samples = setup("synthetic", scale=0.1)
     torch.nn.init.normal_(criterion.synthesizer.net[-1].weight, std=0.3)
     step(model, criterion, samples[0], loss_scale)
-    s1 = tuple(s.clone() for s in model.decoder.carry_state["train"])
+    s1 = tuple(s.clone() for s in model.decoder.carried.peek("train"))
     step(model, criterion, samples[1], loss_scale)
-    target = criterion._to_regress["target"]
+    target = pending_target(criterion)
     # reference: d/ds1 [ L2_sum(s1) + 0.1 * <s2(s1), M(s2) held constant> ]
     s1_leaf = tuple(s.detach().requires_grad_(True) for s in s1)
     l2, s2 = lm_window(model, samples[1], s1_leaf)
-    m = criterion.synthesizer(flatten_state(s2).detach()).detach()
+    m = criterion.synthesizer(flatten_state(s2).detach())[0].detach()
     ref = torch.autograd.grad(l2 + 0.1 * (flatten_state(s2) * m).sum(), s1_leaf)
     torch.testing.assert_close(target, flatten_state(ref).float(), rtol=1e-5, atol=1e-7)
 
@@ -111,7 +123,7 @@ def test_targets_pair_windows_with_their_successors_under_gradient_accumulation(
         step(*plain[:2], plain[2][w], zero_grad=True)
         step(*accum[:2], accum[2][w], zero_grad=(w == 0))
         if w >= 1:
-            torch.testing.assert_close(accum[1]._to_regress["target"], plain[1]._to_regress["target"], rtol=0, atol=0)
+            torch.testing.assert_close(pending_target(accum[1]), pending_target(plain[1]), rtol=0, atol=0)
 
 
 def test_logs_synthesizer_quality_and_state_norm():
@@ -134,7 +146,7 @@ def test_bf16_autocast_with_loss_scaling_keeps_the_target():
             loss, _, _ = low_crit(low_model, samples[w])
         (loss.float() * 1024.0).backward()
         low_crit.after_backward(loss_scale=1024.0)
-    a, b = ref_crit._to_regress["target"], low_crit._to_regress["target"]
+    a, b = pending_target(ref_crit), pending_target(low_crit)
     assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.98
     assert abs(b.norm() / a.norm() - 1) < 0.05
 
@@ -142,7 +154,7 @@ def test_bf16_autocast_with_loss_scaling_keeps_the_target():
 def test_loss_scale_is_read_from_fairseq_optimizer_wrappers():
     from fairseq.optim.dynamic_loss_scaler import DynamicLossScaler
 
-    from fairseq_dni.tasks.dni_language_modeling import current_loss_scale
+    from fairseq_dni.optim.alternating import current_loss_scale
 
     # FP16Optimizer keeps fairseq's DynamicLossScaler as .scaler (None under bf16)
     fp16 = types.SimpleNamespace(scaler=DynamicLossScaler(init_scale=128.0))
@@ -166,7 +178,7 @@ def test_nonfinite_synthetic_gradient_falls_back_to_a_real_update_and_is_counted
     for w in range(2):
         step(*synthetic[:2], synthetic[2][w])
         step(*real[:2], real[2][w])
-    synthetic[1].synthesize = lambda state, condition: torch.full_like(state, float("nan"))
+    synthetic[1].synthesize = lambda state, condition, own_state: (torch.full_like(state, float("nan")), None)
     g_syn, log = step(*synthetic[:2], synthetic[2][2])
     g_real, _ = step(*real[:2], real[2][2])
     assert float(log["dni_nonfinite"]) == 1.0
@@ -210,10 +222,8 @@ def test_adaptive_softmax_loss_equals_fairseq_adaptive_loss():
     torch.manual_seed(0)
     cfg = DNILSTMLMConfig(decoder_embed_dim=EMBED, decoder_hidden_size=HIDDEN, decoder_layers=LAYERS, dropout=0.0,
                           adaptive_softmax_cutoff="20,40", adaptive_softmax_factor=2.0)
-    task = types.SimpleNamespace(target_dictionary=dictionary, source_dictionary=dictionary,
-                                 recurrent_state_dims={"layers": LAYERS, "hidden": HIDDEN, "embed": EMBED,
-                                                       "label": HIDDEN})
-    model = DNILSTMLanguageModel.build_model(cfg, task).double().eval()
+    task, model = build(dictionary, cfg)
+    model.eval()
     ours = DNICrossEntropyCriterion(task, DNICrossEntropyConfig(sentence_avg=False)).double().eval()
     reference = AdaptiveLoss(task, sentence_avg=False)
     tokens = torch.randint(4, len(dictionary), (120,), generator=torch.Generator().manual_seed(2)).numpy()
@@ -232,7 +242,7 @@ def test_condition_on_next_target_feeds_the_label_of_the_window_that_follows():
     assert criterion.synthesizer.condition_dim == EMBED + HIDDEN
     seen = []
     synthesize = criterion.synthesize
-    criterion.synthesize = lambda state, condition: seen.append(condition) or synthesize(state, condition)
+    criterion.synthesize = lambda state, condition, own: seen.append(condition) or synthesize(state, condition, own)
     for w in range(3):
         step(model, criterion, samples[w])
     # calls: end of window 0, end of window 1, then in window 2 the regression of M(s_1's start pair)

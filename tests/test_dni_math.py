@@ -4,15 +4,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fairseq_dni.dni import (
-    Synthesizer,
-    bootstrapped_target,
-    flatten_state,
-    synthetic_gradient_term,
-    unflatten_state,
-)
+from fairseq_dni.carried_state import StateLayout
+from fairseq_dni.dni import bootstrapped_target, synthetic_gradient_term
+from fairseq_dni.synthesizers.mlp import MLPSynthesizer
 
 LAYERS, HIDDEN, VOCAB, B, T = 2, 5, 11, 3, 4
+flatten_state = StateLayout((HIDDEN,) * LAYERS).flatten
 
 
 class TinyLM(nn.Module):
@@ -53,13 +50,13 @@ def leaf(state):
     return tuple(s.detach().clone().requires_grad_(True) for s in state)
 
 
-def test_flatten_round_trip():
+def test_flatten_layout():
     h, c = torch.randn(LAYERS, B, HIDDEN), torch.randn(LAYERS, B, HIDDEN)
     flat = flatten_state((h, c))
     assert flat.shape == (B, 2 * LAYERS * HIDDEN)
     torch.testing.assert_close(flat[1, :HIDDEN], h[0, 1])  # stream 1, layer 0's h first
-    h2, c2 = unflatten_state(flat, LAYERS, HIDDEN)
-    assert torch.equal(h2, h) and torch.equal(c2, c)
+    # h of every layer, then c of every layer, per stream
+    assert torch.equal(flat, torch.cat([h[0], h[1], c[0], c[1]], dim=-1))
 
 
 def test_oracle_synthetic_gradient_makes_window_one_equal_full_bptt():
@@ -86,7 +83,7 @@ def test_oracle_synthetic_gradient_makes_window_one_equal_full_bptt():
 
 def test_bootstrapped_target_equals_an_independent_autograd_reference():
     model = TinyLM().double()
-    synth = Synthesizer(2 * LAYERS * HIDDEN, 7).double()
+    synth = MLPSynthesizer(2 * LAYERS * HIDDEN, 7).double()
     nn.init.normal_(synth.net[-1].weight, std=0.1)  # a non-trivial synthesizer
     (x1, y1), (x2, y2) = data(2)
     _, s1 = model.window(x1, y1, zero_state())
@@ -94,13 +91,13 @@ def test_bootstrapped_target_equals_an_independent_autograd_reference():
     scale = 0.1
     # what the method computes: backward of window 2's loss + its own injected synthetic gradient
     l2, s2 = model.window(x2, y2, s1)
-    pred2 = synth(flatten_state(s2).detach())
+    pred2, _ = synth(flatten_state(s2).detach())
     (l2 + synthetic_gradient_term(flatten_state(s2), pred2, scale)).backward()
     target = bootstrapped_target(flatten_state(tuple(s.grad for s in s1)))
     # reference: d/ds1 of [L2(s1) + scale * <s2(s1), M(s2(s1)) held constant>]
     s1_ref = leaf(s1)
     l2r, s2r = model.window(x2, y2, s1_ref)
-    m = synth(flatten_state(s2r)).detach()
+    m = synth(flatten_state(s2r))[0].detach()
     ref = torch.autograd.grad(l2r + scale * (flatten_state(s2r) * m).sum(), s1_ref)
     torch.testing.assert_close(target, flatten_state(ref).float(), rtol=1e-6, atol=1e-7)
     # the bootstrap term matters: without it the target differs
@@ -111,10 +108,10 @@ def test_bootstrapped_target_equals_an_independent_autograd_reference():
 
 def test_fresh_synthesizer_injects_nothing():
     model = TinyLM().double()
-    synth = Synthesizer(2 * LAYERS * HIDDEN, 7).double()
+    synth = MLPSynthesizer(2 * LAYERS * HIDDEN, 7).double()
     (x1, y1), = data(1)
     l1, s1 = model.window(x1, y1, zero_state())
-    pred = synth(flatten_state(s1).detach())
+    pred, _ = synth(flatten_state(s1).detach())
     assert torch.count_nonzero(pred) == 0
     synthetic = grads(model, l1 + synthetic_gradient_term(flatten_state(s1), pred, scale=0.1))
     l1, s1 = model.window(x1, y1, zero_state())

@@ -54,7 +54,7 @@ def test_batch_shape_change_resets_and_state_is_detached_and_follows_dtype():
     model.train()
     tokens = torch.randint(4, vocab, (3, 4))
     model(tokens, state_key="train", reset_state=True)
-    h, c = model.decoder.carry_state["train"]
+    h, c = model.decoder.carried.peek("train")
     assert not h.requires_grad and not c.requires_grad  # no gradient crosses a window boundary
     out, extra = model(tokens[:2], state_key="train")    # 3 -> 2 streams: start from zeros
     assert extra["initial_state"][0].abs().sum() == 0

@@ -11,9 +11,8 @@ from fairseq.optim.amp_optimizer import AMPOptimizer
 from fairseq.optim.fp16_optimizer import FP16Optimizer, MemoryEfficientFP16Optimizer
 
 import fairseq_dni  # noqa: F401  (registers --optimizer alternating)
-from fairseq_dni.optim.alternating import AlternatingOptimizer, find_alternating
-from fairseq_dni.optim.lr_scheduler.cosine_alternating import set_mode
-from fairseq_dni.tasks.dni_language_modeling import current_loss_scale
+from fairseq_dni.optim.alternating import AlternatingOptimizer, current_loss_scale, find_alternating
+from fairseq_dni.optim.lr_scheduler.cosine_alternating import CosineAlternatingSchedule
 
 
 def config(*extra):
@@ -59,8 +58,10 @@ def test_fp16_wrapper_without_flattening_keeps_the_synthesizer_apart():
     inner = find_alternating(wrapped)
     assert isinstance(inner, AlternatingOptimizer) and len(inner.synthesizer_params) == 1
     assert current_loss_scale(wrapped) == 64.0
-    set_mode(wrapped, "real")
-    assert wrapped.dni_mode == "real" and inner.mode == "real"
+    # the schedule, built on the wrapper as fairseq builds it, attaches itself to the inner optimizer
+    schedule = CosineAlternatingSchedule(config("--lr-scheduler", "cosine_alternating", "--first-mode", "real",
+                                                "--lr-period-updates", "4").lr_scheduler, wrapped)
+    assert inner.mode_schedule is schedule and inner.mode_schedule.mode_at(0) == "real"
     wrapped.zero_grad()  # fairseq's trainer starts every step here (sets the 1/scale factor)
     loss = (sum(p.float().sum() for p in lm) + 3 * synth[0].float().sum())
     wrapped.backward(loss)  # scaled by 64 inside

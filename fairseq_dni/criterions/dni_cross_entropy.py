@@ -1,32 +1,41 @@
 """Criterion ``dni_cross_entropy``: the LM loss plus Decoupled Neural Interfaces.
 
-Per training window ``t`` (stream set ``train``; see ``fairseq_dni/dni.py`` for the maths):
+Per training window ``t`` over B streams (the maths: ``fairseq_dni/dni.py``; the order of the
+steps as fairseq runs them: ``DNILanguageModelingTask.train_step``):
 
-1. The window starts from the carried state ``s_{t-1}`` made a leaf that requires
-   grad, so backward leaves the true gradient arriving at the window's start on it.
-2. LM loss (summed over target tokens, as fairseq's ``cross_entropy`` /
-   ``adaptive_loss``), plus, in synthetic mode, the injected synthetic gradient
-   ``scale * M(s_t)`` at the window's final state (none in real mode).
-3. After backward (``after_backward``, called by the task with the optimizer's
-   loss scale) the gradient on ``s_{t-1}`` is unscaled and divided by the window's
-   token count: the regression target for ``M(s_{t-1})``. It is regressed one
-   window later (the synthesizer's loss is part of window ``t+1``'s loss), in
-   both modes, so the synthesizer keeps learning while real gradients are used.
+1. The window starts from the carried state ``s_{t-1}``, made a leaf that requires grad, so that
+   backward leaves the true gradient arriving at the window's start on it.
+2. Its loss: the LM loss (summed over target tokens, as fairseq's ``cross_entropy`` /
+   ``adaptive_loss``); plus the synthesizer's regression loss for the pair whose target arrived
+   one window ago; plus, in synthetic mode, the injected synthetic gradient ``scale * M(s_t)``
+   at the window's final state.
+3. After backward (:meth:`after_backward`, called by the task with the optimizer's loss scale),
+   the gradient on ``s_{t-1}``, unscaled, is the regression target for the prediction made at
+   ``s_{t-1}`` (at the end of window ``t-1``). It is regressed in window ``t+1``, in both modes,
+   so the synthesizer keeps learning while real gradients are used.
 
-Units: the synthesizer predicts, per stream, the gradient of the *summed* loss of
-that stream's future tokens with respect to its state — the same units as the LM
-loss this criterion returns (a sum over tokens), so injection needs no rescaling:
-fairseq divides the whole loss by the sample size, injected term included, exactly
-as full BPTT would divide the future tokens' loss. These targets are O(1) (the
-per-token mean would be B*T times smaller). Only the synthesizer's own regression
-loss is multiplied by the sample size, so that fairseq's division leaves it as is.
+Units: the synthesizer predicts, per stream, the gradient of the *summed* loss of that stream's
+future tokens with respect to its state: the units of the loss this criterion returns, so
+injection needs no rescaling (fairseq divides the whole loss by the sample size, injected term
+included, exactly as full BPTT divides the future tokens' loss). The targets are not divided by
+the window's token count. Only the synthesizer's own regression loss is multiplied by the sample
+size, so that fairseq's division leaves it as it is.
 
-The synthesizer lives in this criterion (fairseq optimizes, all-reduces and
-checkpoints criterion parameters), so LM checkpoints stay plain LSTMs for eval-lm.
-Its parameters carry ``param_group = "synthesizer"`` for optimizers that treat them apart.
+The synthesizer (any ``fairseq_dni.synthesizers.Synthesizer``: ``--dni-synthesizer mlp`` or
+``coordinatewise``) lives in this criterion: fairseq optimizes, all-reduces and checkpoints
+criterion parameters, and LM checkpoints stay plain LSTMs for eval-lm. Its parameters carry
+``param_group = "synthesizer"``: ``--optimizer alternating`` trains them with their own optimizer,
+and this criterion is refused with any other optimizer (the synthesizer's gradient would change
+the LM's update, e.g. through gradient clipping).
+
+What crosses a window boundary (the synthesizer's own recurrent state, the call made at the last
+window's end, the pending regression pair) is a :class:`DNICarry` kept in a
+:class:`~fairseq_dni.carried_state.CarriedState`, checkpointed and shared across ranks with it.
 """
 
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -36,50 +45,59 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging import metrics
 from omegaconf import II
 
+from fairseq_dni.carried_state import CarriedState, tree_leaves, tree_map, tree_replace_leaves
+from fairseq_dni.dni import bootstrapped_target, cosine_similarity, synthesizer_loss, synthetic_gradient_term
 from fairseq_dni.errors import DNIUserError
-from fairseq_dni.rank_state import this_rank_entry, world_size
-from fairseq_dni.dni import (
-    Synthesizer,
-    bootstrapped_target,
-    cosine_similarity,
-    flatten_state,
-    synthesizer_loss,
-    synthetic_gradient_term,
-)
+from fairseq_dni.synthesizers import build_synthesizer
+from fairseq_dni.tasks.dni_language_modeling import DNILanguageModelingTask
 
 DNI_MODES = ChoiceEnum(["synthetic", "real"])
+SYNTHESIZERS = ChoiceEnum(["mlp", "coordinatewise"])
+CELLS = ChoiceEnum(["gru", "lstm", "qrnn"])
 
 
 @dataclass
 class DNICrossEntropyConfig(FairseqDataclass):
-    dni_mode: DNI_MODES = field(
-        default="synthetic",
-        metadata={"help": "synthetic: inject the synthesizer's gradient at every window's end; "
-                          "real: plain TBPTT (the synthesizer still learns)"},
+    dni_mode: Optional[DNI_MODES] = field(
+        default=None,
+        metadata={"help": "synthetic: inject the synthesizer's gradient at every window's end; real: plain TBPTT "
+                          "(the synthesizer still learns). Default: synthetic, or whatever "
+                          "--lr-scheduler cosine_alternating's --mode-schedule decides (given both, they must agree)"},
     )
     dni_scale: float = field(
         default=0.1, metadata={"help": "scale of the injected synthetic gradient (also the bootstrap discount)"})
-    dni_synthesizer_layers: int = field(
-        default=2, metadata={"help": "linear layers in the synthesizer MLP (ReLU between; last starts at zero)"})
-    dni_synthesizer_hidden: int = field(
-        default=256,
-        metadata={"help": "width of the synthesizer's hidden layers (0: the state size 2*layers*hidden; "
-                          "256 keeps its cost small next to the LM, see benchmarks/dni_throughput.py)"})
+    dni_synthesizer: SYNTHESIZERS = field(
+        default="mlp",
+        metadata={"help": "mlp: Jaderberg et al.'s MLP over the whole state; coordinatewise: the seed paper's small "
+                          "recurrent network shared by every state coordinate, its own state carried across windows"})
+    dni_synthesizer_cell: CELLS = field(
+        default="gru", metadata={"help": "recurrent cell of the coordinate-wise synthesizer (the paper ran a QRNN)"})
+    dni_synthesizer_layers: Optional[int] = field(
+        default=None,
+        metadata={"help": "mlp: linear layers (ReLU between; default 2); coordinatewise: recurrent layers (default 1)"})
+    dni_synthesizer_hidden: Optional[int] = field(
+        default=None,
+        metadata={"help": "width of the synthesizer's hidden layers: mlp default 256 (0: the state size), "
+                          "coordinatewise default 50 (the paper's)"})
+    dni_input_noise: Optional[float] = field(
+        default=None,
+        metadata={"help": "in training, multiply the synthesizer's input by noise from N(1, this) per element "
+                          "(default: 0.5 for coordinatewise, as the paper; 0 for mlp)"})
     dni_no_input_norm: bool = field(
         default=False,
-        metadata={"help": "feed the raw state to the synthesizer; by default h and c of each layer "
-                          "are normalised separately (plus their log-norms): c is unbounded and would drown h"})
+        metadata={"help": "mlp: feed the raw state; by default h and c of each layer are normalised separately "
+                          "(plus their log-norms): c is unbounded and would drown h"})
     dni_condition_on_next_input: bool = field(
-        default=False, metadata={"help": "also feed the synthesizer the embedding of the next window's first input token"})
+        default=False, metadata={"help": "mlp: also feed the embedding of the next window's first input token"})
     dni_condition_on_next_target: bool = field(
         default=False,
-        metadata={"help": "also feed the synthesizer the label vector (output-layer row; embedding with "
-                          "adaptive softmax) of the next window's first target: conditional DNI. The true "
-                          "future gradient is dominated by that unseen label (see docs/dni_stability)"})
+        metadata={"help": "mlp: also feed the label vector (output-layer row; embedding with adaptive softmax) of "
+                          "the next window's first target: conditional DNI. The true future gradient is dominated "
+                          "by that unseen label (see docs/dni_stability)"})
     dni_future_aux: float = field(
         default=0.0,
-        metadata={"help": "weight of the auxiliary task: from s_{t-1}, also predict the synthetic gradient "
-                          "one window further ahead, M(s_t) (0: off)"},
+        metadata={"help": "mlp: weight of the auxiliary task: from s_{t-1}, also predict the synthetic gradient one "
+                          "window further ahead, M(s_t) (0: off)"},
     )
     dni_target_clip: float = field(
         default=0.0,
@@ -87,41 +105,81 @@ class DNICrossEntropyConfig(FairseqDataclass):
     sentence_avg: bool = II("optimization.sentence_avg")
 
 
+@dataclass
+class SynthesizerCall:
+    """What the synthesizer was fed at a window's end: re-evaluated, with gradients, to regress it."""
+    inputs: torch.Tensor                 # (B, D) the flat state as fed (input noise included)
+    condition: Optional[torch.Tensor]    # (B, C) or None
+    own_state: Any                       # the synthesizer's own state before the call (None: stateless)
+
+
+@dataclass
+class PendingRegression:
+    """A call whose target has arrived: regressed at the next window."""
+    call: SynthesizerCall
+    target: torch.Tensor                 # (B, D) the unscaled gradient at the state it was fed
+    future_target: torch.Tensor          # (B, D) the prediction one window further ahead (--dni-future-aux)
+
+
+@dataclass
+class DNICarry:
+    """Everything this criterion carries from one window to the next (per stream set)."""
+    own_state: Any = None                         # the synthesizer's recurrent state after the last call
+    last_call: Optional[SynthesizerCall] = None   # the call at the last window's end (awaiting its target)
+    pending: Optional[PendingRegression] = None   # awaiting regression
+
+
+@dataclass
+class _ThisWindow:
+    """What after_backward needs from the window just computed (never crosses a window)."""
+    key: str
+    streams: int
+    leaf: Any                     # the window's initial state (a leaf), or None when it opened a pass
+    call: Optional[SynthesizerCall]
+    future_target: torch.Tensor
+
+
 @register_criterion("dni_cross_entropy", dataclass=DNICrossEntropyConfig)
 class DNICrossEntropyCriterion(CrossEntropyCriterion):
     def __init__(self, task, cfg: DNICrossEntropyConfig):
         super().__init__(task, cfg.sentence_avg)
-        dims = getattr(task, "recurrent_state_dims", None)
-        if dims is None:
+        recurrent = task.recurrent if isinstance(task, DNILanguageModelingTask) else None
+        if recurrent is None:
             raise DNIUserError(
                 "dni_cross_entropy needs --task dni_language_modeling and an LSTM model from fairseq_dni "
                 "(--arch dni_lstm_lm*): it reads the carried state the task threads through the windows")
         self.cfg = cfg
-        self.mode = str(cfg.dni_mode)
-        state_dim = 2 * dims["layers"] * dims["hidden"]
-        self.synthesizer = Synthesizer(
-            state_dim,
-            hidden_dim=cfg.dni_synthesizer_hidden,
-            num_layers=cfg.dni_synthesizer_layers,
-            condition_dim=(dims["embed"] if cfg.dni_condition_on_next_input else 0)
-            + (dims.get("label", dims["embed"]) if cfg.dni_condition_on_next_target else 0),
-            state_chunks=0 if cfg.dni_no_input_norm else 2 * dims["layers"],
-        )
-        self.future_head = None
-        if cfg.dni_future_aux > 0:
-            self.future_head = Synthesizer(
-                state_dim, hidden_dim=cfg.dni_synthesizer_hidden, num_layers=cfg.dni_synthesizer_layers,
-                condition_dim=0, state_chunks=0 if cfg.dni_no_input_norm else 2 * dims["layers"])
+        self.mode = str(cfg.dni_mode or "synthetic")
+        self.layout = recurrent.layout
+        kind = str(cfg.dni_synthesizer)
+        if kind != "mlp":
+            for flag, given in (("--dni-condition-on-next-input", cfg.dni_condition_on_next_input),
+                                ("--dni-condition-on-next-target", cfg.dni_condition_on_next_target),
+                                ("--dni-future-aux", cfg.dni_future_aux > 0),
+                                ("--dni-no-input-norm", cfg.dni_no_input_norm)):
+                if given:
+                    raise DNIUserError(f"{flag} applies to --dni-synthesizer mlp only, not {kind}")
+        condition_dim = ((recurrent.embed_dim if cfg.dni_condition_on_next_input else 0)
+                         + (recurrent.label_dim if cfg.dni_condition_on_next_target else 0))
+        try:
+            self.synthesizer = build_synthesizer(
+                kind, self.layout, hidden=cfg.dni_synthesizer_hidden, layers=cfg.dni_synthesizer_layers,
+                condition_dim=condition_dim, input_norm=not cfg.dni_no_input_norm,
+                cell=str(cfg.dni_synthesizer_cell), input_noise=cfg.dni_input_noise)
+            self.future_head = None
+            if cfg.dni_future_aux > 0:
+                self.future_head = build_synthesizer(
+                    "mlp", self.layout, hidden=cfg.dni_synthesizer_hidden, layers=cfg.dni_synthesizer_layers,
+                    input_norm=not cfg.dni_no_input_norm)
+        except ValueError as e:
+            raise DNIUserError(str(e)) from None
         for p in self.parameters():
             p.param_group = "synthesizer"
-        self._this_window = None   # what after_backward needs from the window just computed
-        self._to_regress = None    # (state, condition, target, future target) awaiting regression
-        self.pending_by_rank = None  # every rank's _to_regress, gathered by the task (several ranks)
+        self.carried = CarriedState(dataclasses_in_values=(DNICarry, SynthesizerCall, PendingRegression))
+        self._this_window: Optional[_ThisWindow] = None
 
     def set_mode(self, mode: str):
-        """real / synthetic for the coming windows (the cosine_alternating schedule calls this via the task)."""
-        if mode not in ("real", "synthetic"):
-            raise ValueError(f"unknown DNI mode {mode!r}")
+        """real / synthetic for the coming windows (the task sets it from the mode schedule, if any)."""
         self.mode = mode
 
     # ---- pieces --------------------------------------------------------------------------
@@ -138,10 +196,11 @@ class DNICrossEntropyCriterion(CrossEntropyCriterion):
                 loss = loss + F.cross_entropy(lg, tg, ignore_index=self.padding_idx, reduction="sum")
         return loss
 
-    def synthesize(self, state_flat, condition):
+    def synthesize(self, inputs, condition, own_state):
+        """The synthesizer in its own dtype: (prediction (B, D), new own state)."""
         dtype = next(self.synthesizer.parameters()).dtype
         cond = None if condition is None else condition.to(dtype)
-        return self.synthesizer(state_flat.to(dtype), cond)
+        return self.synthesizer(inputs.to(dtype), cond, tree_map(lambda t: t.to(dtype), own_state))
 
     def condition_for(self, model, next_input, next_target):
         """What the synthesizer sees besides the state (detached; None when not conditioned):
@@ -165,69 +224,70 @@ class DNICrossEntropyCriterion(CrossEntropyCriterion):
         if key is None:
             raise DNIUserError("dni_cross_entropy needs batches from --task dni_language_modeling")
         decoder = model.decoder
-        src = net_input["src_tokens"]
-        bsz = src.size(0)
+        bsz = net_input["src_tokens"].size(0)
         sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
         training = self.training and model.training
-        carried = (not reset and key in decoder.carry_state and decoder.carry_state[key][0].size(1) == bsz)
+        continues = decoder.carried.has(key, bsz) and not reset
 
         start = decoder.initial_state(bsz, key, reset)
         if training:
-            start = tuple(s.detach().requires_grad_(True) for s in start)
+            start = tree_map(lambda s: s.detach().requires_grad_(True), start)
         net_output = model(**net_input, initial_state=start)
         loss = self.lm_loss(model, net_output, sample)
-        logging_output = {
-            "loss": loss.data,
-            "ntokens": sample["ntokens"],
-            "nsentences": bsz,
-            "sample_size": sample_size,
-        }
+        logging_output = {"loss": loss.data, "ntokens": sample["ntokens"], "nsentences": bsz,
+                          "sample_size": sample_size}
         if not training:
             return loss, sample_size, logging_output
 
         final = net_output[1]["final_state"]
-        final_flat = flatten_state(final)
+        final_flat = self.layout.flatten(final)
         with torch.no_grad():
             # cell-state norm per stream (all layers): the first thing to blow up when DNI goes wrong
-            logging_output["state_norm"] = final[1].float().transpose(0, 1).reshape(bsz, -1).norm(dim=-1).mean()
+            cells = torch.cat(self.layout.hs_and_cs(final)[1], dim=-1)
+            logging_output["state_norm"] = cells.float().norm(dim=-1).mean()
         logging_output["dni_windows"] = 1
         logging_output["dni_synthetic"] = float(self.mode == "synthetic")
 
-        # 1) regress the prediction made one window ago onto the gradient that reached its successor
-        total = loss + sample_size * self.regression(logging_output, bsz)
+        carry = self.carried.get(key, bsz) or DNICarry()
+        if reset:  # a new pass: the synthesizer's own state restarts with the LM's; a pending pair still counts
+            carry = DNICarry(pending=carry.pending)
 
-        # 2) the synthetic gradient at this window's end
+        # 1) regress the call made at s_{t-2} (window t-2's end) onto the gradient that reached s_{t-2}
+        #    in window t-1's backward
+        total = loss + sample_size * self.regression(carry.pending, logging_output)
+
+        # 2) the synthetic gradient at this window's end (computed in both modes: the synthesizer learns in both)
         condition = self.condition_for(model, sample["target"][:, -1], sample.get("next_target"))
         with torch.no_grad():
-            prediction = self.synthesize(final_flat.detach(), condition)
+            inputs = self.synthesizer.perturb(final_flat.detach())
+            own = carry.own_state if carry.own_state is not None else self.synthesizer.initial_state(inputs)
+            prediction, new_own = self.synthesize(inputs, condition, own)
             finite = torch.isfinite(prediction).all()
             prediction = torch.where(finite, prediction, torch.zeros_like(prediction))
+            new_own = tree_map(lambda t: torch.where(finite, t, torch.zeros_like(t)), new_own)
         logging_output["dni_nonfinite"] = (~finite).float()
         if self.mode == "synthetic":
             total = total + synthetic_gradient_term(final_flat, prediction.to(final_flat.dtype), self.cfg.dni_scale)
 
-        # 3) remember what after_backward needs to form M(s_{t-1})'s target
-        start_condition = self.condition_for(model, src[:, 0], sample["target"][:, 0])
-        self._this_window = {
-            "leaf": start if carried else None,
-            "state": flatten_state(start).detach(),
-            "condition": start_condition,
-            "future_target": prediction.detach(),  # M(s_t): the synthetic gradient one window ahead of s_{t-1}
-        }
+        # 3) carry this call to the next window; after_backward turns the previous call into a pending pair
+        self.carried.set(key, bsz, DNICarry(own_state=new_own, last_call=SynthesizerCall(inputs, condition, own)))
+        self._this_window = _ThisWindow(key=key, streams=bsz, leaf=start if continues else None,
+                                        call=carry.last_call, future_target=prediction.detach())
         return total, sample_size, logging_output
 
-    def regression(self, logging_output, bsz):
-        """The synthesizer's loss for the pending (state, target) pair, logged; 0 when none.
+    def regression(self, pending: Optional[PendingRegression], logging_output):
+        """The synthesizer's loss for the pending pair, logged; 0 when none.
 
-        A non-finite target (fp16 overflow, a diverging LM) or prediction (diverged synthesizer)
-        skips this regression and is counted in ``dni_nonfinite``; the host check costs one
-        synchronisation per window, and keeps NaN out of every gradient.
+        The call is re-evaluated with gradients on exactly what was fed (same input, same own
+        state). A non-finite target (fp16 overflow, a diverging LM) or prediction (diverged
+        synthesizer) skips this regression and is counted in ``dni_nonfinite``; the host check
+        costs one synchronisation per window, and keeps NaN out of every gradient.
         """
-        pending, self._to_regress = self._to_regress, None
         prediction = None
-        if pending is not None and pending["state"].size(0) == bsz:
-            prediction = self.synthesize(pending["state"], pending["condition"])
-            if not bool(torch.isfinite(prediction).all() & torch.isfinite(pending["target"]).all()):
+        if pending is not None:
+            call = pending.call
+            prediction, _ = self.synthesize(call.inputs, call.condition, call.own_state)
+            if not bool(torch.isfinite(prediction).all() & torch.isfinite(pending.target).all()):
                 logging_output["dni_nonfinite_target"] = 1.0
                 prediction = None
         if prediction is None:
@@ -235,7 +295,7 @@ class DNICrossEntropyCriterion(CrossEntropyCriterion):
             # with a zero (never NaN) gradient even if a parameter has gone non-finite
             total = sum(p.sum() for p in self.parameters())
             return torch.where(torch.isfinite(total), total, torch.zeros_like(total)) * 0.0
-        target = pending["target"]
+        target = pending.target
         loss = synthesizer_loss(prediction, target)
         with torch.no_grad():
             # prequential: this pair has not been trained on yet; the ratio to the zero predictor's
@@ -243,8 +303,8 @@ class DNICrossEntropyCriterion(CrossEntropyCriterion):
             logging_output["dni_mse"] = loss.detach().float()
             logging_output["dni_zero_mse"] = target.float().pow(2).sum(-1).mean()
         if self.future_head is not None:
-            future = self.future_head(pending["state"].to(prediction.dtype))
-            loss = loss + self.cfg.dni_future_aux * synthesizer_loss(future, pending["future_target"])
+            future, _ = self.future_head(pending.call.inputs.to(prediction.dtype))
+            loss = loss + self.cfg.dni_future_aux * synthesizer_loss(future, pending.future_target)
         with torch.no_grad():
             logging_output["dni_loss"] = loss.detach().float()
             logging_output["dni_cos"] = cosine_similarity(prediction, target)
@@ -254,47 +314,26 @@ class DNICrossEntropyCriterion(CrossEntropyCriterion):
         return loss
 
     def after_backward(self, loss_scale: float = 1.0, valid: bool = True):
-        """Turn the gradient now sitting on this window's initial state into M(s_{t-1})'s target."""
+        """Turn the gradient now sitting on this window's initial state into the target of the
+        call made at that state (the previous window's end): a pending pair for the next window."""
         window, self._this_window = self._this_window, None
-        if window is None or window["leaf"] is None or not valid:
+        if window is None or window.leaf is None or window.call is None or not valid:
             return
-        grads = [s.grad for s in window["leaf"]]
+        grads = [s.grad for s in tree_leaves(window.leaf)]
         if any(g is None for g in grads):
             return
-        target = bootstrapped_target(flatten_state(tuple(grads)), loss_scale)
+        target = bootstrapped_target(self.layout.flatten(tree_replace_leaves(window.leaf, grads)), loss_scale)
         if self.cfg.dni_target_clip > 0:
             norms = target.norm(dim=-1, keepdim=True).clamp_min(1e-12)
             target = target * (self.cfg.dni_target_clip / norms).clamp(max=1.0)
-        self._to_regress = {
-            "state": window["state"],
-            "condition": window["condition"],
-            "target": target,
-            "future_target": window["future_target"],
-        }
+        carry = self.carried.get(window.key, window.streams)
+        pending = PendingRegression(call=window.call, target=target, future_target=window.future_target)
+        self.carried.set(window.key, window.streams, dataclasses.replace(carry, pending=pending))
 
-    # the pending (state, target) pair travels in checkpoints, so a resumed run regresses the
-    # same pair at its first window as the uninterrupted run does; with several ranks rank 0
-    # writes every rank's (gathered by the task each micro-batch)
-    def get_extra_state(self):
-        if world_size() > 1:
-            return {"to_regress_by_rank": self.pending_by_rank}
-        pending = self._to_regress
-        if pending is None:
-            return {"to_regress": None}
-        return {"to_regress": {k: (None if v is None else v.detach().cpu()) for k, v in pending.items()}}
-
-    def set_extra_state(self, state):
-        state = state or {}
-        pending = state.get("to_regress")
-        by_rank = state.get("to_regress_by_rank")
-        if by_rank is not None:
-            pending = this_rank_entry(by_rank)
-        if pending is None:
-            self._to_regress = None
-            return
-        device = next(self.synthesizer.parameters()).device
-        self._to_regress = {k: (None if v is None else v.to(device)) for k, v in pending.items()}
-        self._to_regress.setdefault("condition", None)
+    def pending(self, key: str = "train") -> Optional[PendingRegression]:
+        """The pair awaiting regression for stream set ``key`` (None: none)."""
+        carry = self.carried.peek(key)
+        return None if carry is None else carry.pending
 
     # ---- logging -------------------------------------------------------------------------
     @staticmethod

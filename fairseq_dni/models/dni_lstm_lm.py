@@ -26,14 +26,21 @@ from fairseq.models import (
 )
 from fairseq.modules import AdaptiveSoftmax
 
+from fairseq_dni.carried_state import CarriedState, StateLayout
 from fairseq_dni.errors import DNIUserError
-from fairseq_dni.rank_state import this_rank_entry, world_size
 
 logger = logging.getLogger(__name__)
 
-State = Tuple[torch.Tensor, torch.Tensor]  # (h, c), each (layers, batch, hidden)
+State = Tuple[torch.Tensor, torch.Tensor]  # (h, c), each (layers, batch, hidden); see StateLayout
 
 
+@dataclass(frozen=True)
+class RecurrentInterface:
+    """What a DNI criterion needs to know of the model to build its synthesizer."""
+
+    layout: StateLayout  # the carried state's layout and flat size
+    embed_dim: int       # size of a token's input embedding (--dni-condition-on-next-input)
+    label_dim: int       # size of a token's label vector: its output-layer row (the embedding with adaptive softmax)
 
 @dataclass
 class DNILSTMLMConfig(FairseqDataclass):
@@ -143,46 +150,36 @@ class DNILSTMDecoder(FairseqIncrementalDecoder):
             if not cfg.share_decoder_input_output_embed:
                 nn.init.uniform_(self.output_projection.weight, -cfg.init_range, cfg.init_range)
 
-        # carried (h, c) per stream set, always detached: no gradient crosses a window
-        self.carry_state: Dict[str, State] = {}
+        self.state_layout = StateLayout((hidden,) * cfg.decoder_layers, stacked=True)
+        # (h, c) carried per stream set, detached: no gradient crosses a window; the training
+        # streams' state travels in checkpoints (see fairseq_dni/carried_state.py)
+        self.carried = CarriedState()
 
     # ---- state ---------------------------------------------------------------------------
+    def recurrent_interface(self) -> RecurrentInterface:
+        projection = self.output_projection
+        return RecurrentInterface(
+            layout=self.state_layout, embed_dim=self.embed_tokens.embedding_dim,
+            label_dim=projection.in_features if projection is not None else self.embed_tokens.embedding_dim)
+
     def zero_state(self, batch_size: int) -> State:
-        weight = self.lstm.weight_hh_l0
-        shape = (self.lstm.num_layers, batch_size, self.lstm.hidden_size)
-        return weight.new_zeros(shape), weight.new_zeros(shape)
+        return self.state_layout.zeros(batch_size, self.lstm.weight_hh_l0)
 
     def initial_state(self, batch_size: int, state_key: Optional[str], reset_state: bool) -> State:
-        """The state a window starts from: the carried one, or zeros when there is none to carry."""
-        carried = None if (state_key is None or reset_state) else self.carry_state.get(state_key)
-        if carried is None or carried[0].size(1) != batch_size:
-            if carried is not None:
-                logger.info("batch shape changed (%d -> %d streams): state of '%s' reset",
-                            carried[0].size(1), batch_size, state_key)
-            return self.zero_state(batch_size)
+        """The state a window starts from: the carried one (in the parameters' dtype and device,
+        e.g. after .half() or .cuda()), or zeros when there is none to carry."""
         weight = self.lstm.weight_hh_l0
-        # follow the parameters' dtype/device (e.g. after .half() or .cuda(), or a fp16 autocast output)
-        return tuple(t.to(device=weight.device, dtype=weight.dtype) for t in carried)
+        carried = self.carried.get(state_key, batch_size, reset_state, device=weight.device, dtype=weight.dtype)
+        return self.zero_state(batch_size) if carried is None else carried
 
-    # the training streams' carried state travels in checkpoints (resume continues the stream);
-    # with several ranks, rank 0 writes every rank's (gathered by the task each micro-batch)
-    def get_extra_state(self):
-        if world_size() > 1:
-            return {"carry_state_by_rank": getattr(self, "carry_state_by_rank", None)}
-        return {"carry_state": {k: (h.detach().cpu(), c.detach().cpu()) for k, (h, c) in self.carry_state.items()
-                                if k == "train"}}
-
-    def set_extra_state(self, state):
-        state = state or {}
-        by_rank = state.get("carry_state_by_rank")
-        if by_rank is not None:
-            mine = this_rank_entry(by_rank)
-            self.carry_state = {"train": mine} if mine is not None else {}
-            if mine is None:
-                logger.info("checkpoint holds the carried training state of %d ranks, this process "
-                            "has %d: training streams would restart from zero state", len(by_rank), world_size())
-            return
-        self.carry_state = {k: (h, c) for k, (h, c) in state.get("carry_state", {}).items()}
+    def upgrade_state_dict_named(self, state_dict, name):
+        """Checkpoints of fairseq-dni 0.1.0 kept the carried state in the decoder's own extra state."""
+        old = f"{name}._extra_state" if name else "_extra_state"
+        if old in state_dict:
+            legacy = state_dict.pop(old) or {}
+            train = (legacy.get("carry_state") or {}).get("train")
+            state_dict[f"{name}.carried._extra_state" if name else "carried._extra_state"] = {
+                "train": None if train is None else (int(train[0].size(1)), tuple(train))}
 
     # ---- forward -------------------------------------------------------------------------
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -216,8 +213,8 @@ class DNILSTMDecoder(FairseqIncrementalDecoder):
 
         if incremental_state is not None:
             self.set_incremental_state(incremental_state, "lstm_state", {"h": final_state[0], "c": final_state[1]})
-        elif state_key is not None:
-            self.carry_state[state_key] = (final_state[0].detach(), final_state[1].detach())
+        else:
+            self.carried.set(state_key, src_tokens.size(0), final_state)
         # the un-detached states let a criterion reach the window's boundaries (DNI)
         return x, {"initial_state": initial_state, "final_state": final_state}
 
@@ -237,6 +234,20 @@ class DNILSTMDecoder(FairseqIncrementalDecoder):
         initial_state: Optional[State] = None,
         **unused,
     ):
+        """One window over B streams.
+
+        Args:
+            src_tokens: (B, T) input tokens.
+            state_key: the stream set it continues (the task passes the split); None: start from zeros
+                and carry nothing (a stock fairseq task).
+            reset_state: start this stream set from zeros (the first window of a pass).
+            initial_state: start from this state instead (the DNI criterion passes a leaf).
+
+        Returns:
+            ``(x, extra)``: x is (B, T, V) logits, or (B, T, d) features with ``features_only`` or an
+            adaptive softmax; ``extra["initial_state"]`` and ``extra["final_state"]`` are the window's
+            first and last LSTM states (laid out as ``self.state_layout`` says), not detached.
+        """
         x, extra = self.extract_features(src_tokens, state_key, reset_state, incremental_state, initial_state)
         if not features_only:
             x = self.output_layer(x)

@@ -7,9 +7,12 @@ synthesizer (parameters tagged ``param_group = "synthesizer"`` by ``dni_cross_en
 with its own optimizer state and a constant ``--dni-lr``: the synthesizer keeps learning
 at the same pace in both modes and through learning-rate restarts.
 
-It holds the current mode (``real`` / ``synthetic``), which the ``cosine_alternating``
-scheduler sets as a pure function of the update number and the task hands to the
-criterion before every window. ``--clip-norm`` clips the language model's gradient only
+It is where the task finds the mode schedule (``real`` / ``synthetic`` as a pure function of the
+update number) that ``--lr-scheduler cosine_alternating`` attaches to it: fairseq hands the
+optimizer to both the scheduler and the task's ``train_step``, which sets the criterion's mode
+before every window (see ``DNILanguageModelingTask.train_step``). A change of
+``--base-optimizer`` or ``--dni-optimizer`` between a checkpoint and the resuming run is refused
+with fairseq's own "Optimizer does not match" line. ``--clip-norm`` clips the language model's gradient only
 (the synthesizer's has its own ``--dni-clip-norm``); the norm fairseq logs as ``gnorm``
 is the language model's.
 
@@ -32,7 +35,6 @@ from omegaconf import II
 from fairseq_dni.errors import DNIUserError
 
 BASE_OPTIMIZERS = ChoiceEnum(["adam", "adamw", "sgd", "nag"])
-MODES = ("synthetic", "real")
 
 
 @dataclass
@@ -49,6 +51,16 @@ class AlternatingOptimizerConfig(FairseqDataclass):
     weight_decay: float = field(default=0.0, metadata={"help": "weight decay of the language model"})
     momentum: float = field(default=0.0, metadata={"help": "momentum for sgd (nag: 0 means 0.99)"})
     lr: List[float] = II("optimization.lr")
+
+
+def optimizer_kind(state_dict) -> str:
+    """Which of adam/adamw/sgd/nag wrote a torch optimizer state dict (read off its param groups)."""
+    group = (state_dict.get("param_groups") or [{}])[0]
+    if "betas" in group:
+        return "adamw" if group.get("decoupled_weight_decay") else "adam"
+    if "nesterov" in group:
+        return "nag" if group["nesterov"] else "sgd"
+    return "unknown"
 
 
 def build_torch_optimizer(name: str, params, lr: float, cfg: AlternatingOptimizerConfig, weight_decay: float):
@@ -99,6 +111,12 @@ class TwoOptimizers(torch.optim.Optimizer):
     def load_state_dict(self, state_dict):
         if "lm" not in state_dict:
             raise DNIUserError("this optimizer state was not written by --optimizer alternating")
+        for part, name in (("lm", "--base-optimizer"), ("synthesizer", "--dni-optimizer")):
+            mine, saved = getattr(self, part), state_dict.get(part)
+            if mine is not None and saved is not None and optimizer_kind(saved) != optimizer_kind(mine.state_dict()):
+                raise DNIUserError(
+                    f"Optimizer does not match; please reset the optimizer (--reset-optimizer). The checkpoint's "
+                    f"{name} is {optimizer_kind(saved)}, this run's is {optimizer_kind(mine.state_dict())}")
         self.lm.load_state_dict(state_dict["lm"])
         if self.synthesizer is not None and state_dict.get("synthesizer") is not None:
             self.synthesizer.load_state_dict(state_dict["synthesizer"])
@@ -126,7 +144,9 @@ class AlternatingOptimizer(FairseqOptimizer):
             build_torch_optimizer(cfg.base_optimizer, lm, lr, cfg, cfg.weight_decay),
             build_torch_optimizer(cfg.dni_optimizer, synth, cfg.dni_lr, cfg, 0.0) if synth else None,
         )
-        self.mode = "synthetic"
+        # set by --lr-scheduler cosine_alternating: an object with mode_at(update) -> "real"/"synthetic"
+        # and fixed_mode (the mode when it never switches, else None); read by the task
+        self.mode_schedule = None
 
     @property
     def optimizer_config(self):
@@ -139,11 +159,6 @@ class AlternatingOptimizer(FairseqOptimizer):
     def set_lr(self, lr):
         for group in self._optimizer.lm.param_groups:
             group["lr"] = lr
-
-    def set_mode(self, mode: str):
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
-        self.mode = mode
 
     def load_state_dict(self, state_dict, optimizer_overrides=None):
         self._optimizer.load_state_dict(state_dict)
@@ -166,6 +181,22 @@ class AlternatingOptimizer(FairseqOptimizer):
     @property
     def supports_memory_efficient_fp16(self):
         return False
+
+
+def current_loss_scale(optimizer) -> float:
+    """The factor fairseq's optimizer wrapper multiplied the loss by before the last backward.
+
+    FP16Optimizer / MemoryEfficientFP16Optimizer: ``scaler`` is fairseq's DynamicLossScaler
+    (``loss_scale``; None under bf16); AMPOptimizer: ``scaler`` is torch's GradScaler.
+    """
+    scaler = getattr(optimizer, "scaler", None)
+    if scaler is None:
+        return 1.0
+    if hasattr(scaler, "loss_scale"):
+        return float(scaler.loss_scale)
+    if scaler.is_enabled():
+        return float(scaler.get_scale())
+    return 1.0
 
 
 def find_alternating(optimizer):

@@ -14,18 +14,24 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-import numpy as np
 import torch
 from fairseq import utils
-from fairseq.data import Dictionary, FairseqDataset, data_utils, iterators
-from fairseq.data.indexed_dataset import MMapIndexedDataset
+from fairseq.data import Dictionary, data_utils, iterators
 from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
+from fairseq_dni.carried_state import carried_states, world_size
 from fairseq_dni.data.stream_windows import StreamWindows
+from fairseq_dni.data.token_stream import TokenStream, flat_tokens
 from fairseq_dni.errors import DNIDataNotFound, DNIUserError
-from fairseq_dni.rank_state import share_training_state, world_size
+from fairseq_dni.models.dni_lstm_lm import DNILSTMDecoder, RecurrentInterface
+from fairseq_dni.optim.alternating import current_loss_scale, find_alternating
+
+try:  # fairseq's AMP wrapper; the task only needs its type
+    from fairseq.optim.amp_optimizer import AMPOptimizer
+except ImportError:  # pragma: no cover
+    AMPOptimizer = ()
 
 logger = logging.getLogger(__name__)
 
@@ -52,46 +58,11 @@ class DNILanguageModelingConfig(FairseqDataclass):
     seed: int = II("common.seed")
 
 
-class TokenStream(FairseqDataset):
-    """One split as a flat token sequence (memory-mapped when the data is)."""
-
-    def __init__(self, split: str, tokens: np.ndarray, keep_alive=None):
-        self.split = split
-        self.tokens = tokens
-        self._keep_alive = keep_alive  # the indexed dataset that owns the memory map
-
-    def __len__(self):
-        return len(self.tokens)
-
-    def __getitem__(self, index):
-        raise TypeError("read TokenStream through the task's batch iterator")
-
-
-def flat_tokens(indexed) -> np.ndarray:
-    """All items of a fairseq indexed dataset, concatenated, without copying mmap data."""
-    if isinstance(indexed, MMapIndexedDataset) and len(indexed) > 0:
-        count = int(indexed.sizes.sum())
-        first = int(indexed._index._pointers[0])
-        return np.frombuffer(indexed._bin_buffer, dtype=indexed._index.dtype, count=count, offset=first)
-    if len(indexed) == 0:
-        return np.zeros(0, dtype=np.int64)
-    return torch.cat([indexed[i] for i in range(len(indexed))]).numpy()
-
-
-def current_loss_scale(optimizer) -> float:
-    """The factor fairseq's optimizer wrapper multiplied the loss by before the last backward.
-
-    FP16Optimizer / MemoryEfficientFP16Optimizer: ``scaler`` is fairseq's DynamicLossScaler
-    (``loss_scale``; None under bf16); AMPOptimizer: ``scaler`` is torch's GradScaler.
-    """
-    scaler = getattr(optimizer, "scaler", None)
-    if scaler is None:
-        return 1.0
-    if hasattr(scaler, "loss_scale"):
-        return float(scaler.loss_scale)
-    if scaler.is_enabled():
-        return float(scaler.get_scale())
-    return 1.0
+def unwrap(module):
+    """The module inside fairseq's distributed wrappers (which keep it as ``.module``)."""
+    while isinstance(getattr(module, "module", None), torch.nn.Module):
+        module = module.module
+    return module
 
 
 @register_task("dni_language_modeling", dataclass=DNILanguageModelingConfig)
@@ -99,6 +70,9 @@ class DNILanguageModelingTask(FairseqTask):
     def __init__(self, cfg: DNILanguageModelingConfig, dictionary: Dictionary):
         super().__init__(cfg)
         self.dictionary = dictionary
+        # the model's recurrent state layout and sizes, for a DNI criterion (fairseq builds the
+        # criterion after the model, from the task); None until build_model, or for other models
+        self.recurrent: Optional[RecurrentInterface] = None
 
     @classmethod
     def setup_task(cls, cfg: DNILanguageModelingConfig, **kwargs):
@@ -179,30 +153,64 @@ class DNILanguageModelingTask(FairseqTask):
 
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
-        lstm = getattr(getattr(model, "decoder", None), "lstm", None)
-        if isinstance(lstm, torch.nn.LSTM):
-            # what a DNI criterion needs to size its synthesizer (fairseq builds the criterion after the model)
-            projection = getattr(model.decoder, "output_projection", None)
-            self.recurrent_state_dims = {
-                "layers": lstm.num_layers, "hidden": lstm.hidden_size, "embed": lstm.input_size,
-                # size of a token's label vector (its output-layer row; the embedding with adaptive softmax)
-                "label": projection.in_features if projection is not None else lstm.input_size}
+        decoder = getattr(model, "decoder", None)
+        self.recurrent = decoder.recurrent_interface() if isinstance(decoder, DNILSTMDecoder) else None
         return model
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
-        mode = getattr(optimizer, "dni_mode", None)  # set by --lr-scheduler cosine_alternating
-        if mode is not None and hasattr(criterion, "set_mode"):
-            criterion.set_mode(mode)
-        loss, sample_size, logging_output = super().train_step(
-            sample, model, criterion, optimizer, update_num, ignore_grad)
-        after_backward = getattr(criterion, "after_backward", None)
-        if after_backward is not None:
-            # the gradient on the window's initial state exists only now; it is still multiplied
-            # by the fp16/AMP loss scale, which only the optimizer knows
-            after_backward(loss_scale=current_loss_scale(optimizer), valid=not ignore_grad)
+        """One truncated-BPTT window over this rank's B streams (one micro-batch).
+
+        The whole DNI step, in order (``--criterion dni_cross_entropy``; any other criterion does 2 and 3):
+
+        1. mode: the mode schedule's (``cosine_alternating``) for this update, else ``--dni-mode``;
+        2. forward: the LM loss from the carried state s_{t-1} (made a leaf), + the synthesizer's
+           regression loss for the pair whose target arrived last window, + in synthetic mode
+           ``scale * <s_t, M(s_t)>``, which injects the synthetic gradient at the window's end;
+        3. backward (fairseq's optimizer wrapper: loss scaling, fp16/AMP);
+        4. the gradient left on s_{t-1}, unscaled, becomes the target of the prediction made at
+           s_{t-1}: the pending pair, regressed at the next window (``after_backward``);
+        5. s_t (the model's) and the synthesizer's carry (the criterion's) go to the next window;
+           with several ranks every rank's copy is gathered, for rank 0's checkpoint.
+        """
+        from fairseq_dni.criterions.dni_cross_entropy import DNICrossEntropyCriterion
+
+        dni = unwrap(criterion)
+        dni = dni if isinstance(dni, DNICrossEntropyCriterion) else None
+        if dni is not None:
+            dni.set_mode(self.mode_at(dni, optimizer, update_num))                    # 1
+        model.train()
+        model.set_num_updates(update_num)
+        with torch.autograd.profiler.record_function("forward"):
+            with torch.autocast("cuda", enabled=isinstance(optimizer, AMPOptimizer)):
+                loss, sample_size, logging_output = criterion(model, sample)            # 2
+        if ignore_grad:
+            loss *= 0
+        with torch.autograd.profiler.record_function("backward"):
+            optimizer.backward(loss)                                                     # 3
+        if dni is not None:
+            dni.after_backward(loss_scale=current_loss_scale(optimizer), valid=not ignore_grad)  # 4
         if world_size() > 1:
-            share_training_state(model.decoder, criterion)
+            for carried in carried_states(model, criterion):                             # 5
+                carried.share_across_ranks()
         return loss, sample_size, logging_output
+
+    @staticmethod
+    def mode_at(dni, optimizer, update_num: int) -> str:
+        """The mode of this update: the schedule's, else ``--dni-mode`` (synthetic by default)."""
+        alternating = find_alternating(optimizer)
+        if alternating is None:
+            raise DNIUserError(
+                "--criterion dni_cross_entropy trains its synthesizer with its own optimizer, apart from the LM's "
+                "(else its gradient would change the LM's update, e.g. through --clip-norm): use --optimizer "
+                "alternating --base-optimizer adam|adamw|sgd|nag; for plain TBPTT use --criterion cross_entropy")
+        schedule, given = alternating.mode_schedule, dni.cfg.dni_mode
+        if schedule is None:
+            return str(given or "synthetic")
+        if given is not None and schedule.fixed_mode != str(given):
+            raise DNIUserError(
+                f"--dni-mode {given} disagrees with --lr-scheduler cosine_alternating --mode-schedule "
+                f"{schedule.cfg.mode_schedule}, which decides the mode: drop --dni-mode, or use --mode-schedule {given}")
+        return schedule.mode_at(update_num)
 
     def begin_epoch(self, epoch, model):
         # only training calls this; --max-tokens alone cannot say how many streams to cut

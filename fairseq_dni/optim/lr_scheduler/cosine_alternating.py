@@ -14,9 +14,16 @@ The mode is a pure function of the update number (Shang & Zhang, arXiv 1902.1063
 ``synthetic`` keep one mode throughout. Nothing about the schedule needs saving: resuming
 at update ``u`` recomputes the learning rate and the mode of ``u``.
 
+Who decides the mode: this schedule, whenever it is used with ``--optimizer alternating`` (it
+attaches itself to that optimizer, where the task reads it before every window). The
+criterion's ``--dni-mode`` is the mode when no schedule decides; given together with this
+schedule, it must agree with it (``--mode-schedule real`` with ``--dni-mode real``), or training
+stops at once with a one-line error.
+
 Everything in this module above the fairseq class is plain Python, testable on its own.
 """
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import List, Tuple
@@ -26,6 +33,9 @@ from fairseq.optim.lr_scheduler import FairseqLRScheduler, register_lr_scheduler
 from omegaconf import II
 
 from fairseq_dni.errors import DNIUserError
+from fairseq_dni.optim.alternating import find_alternating
+
+logger = logging.getLogger(__name__)
 
 MODE_SCHEDULES = ChoiceEnum(["alternate", "real", "synthetic"])
 MODES = ChoiceEnum(["synthetic", "real"])
@@ -128,6 +138,12 @@ class CosineAlternatingSchedule(FairseqLRScheduler):
         if self.max_lr < cfg.min_lr:
             raise DNIUserError(f"--lr ({self.max_lr}) must be >= --min-lr ({cfg.min_lr})")
         self.warmup_init_lr = cfg.min_lr if cfg.warmup_init_lr < 0 else cfg.warmup_init_lr
+        alternating = find_alternating(optimizer)
+        if alternating is not None:
+            alternating.mode_schedule = self  # the task reads mode_at(update) there
+        elif str(cfg.mode_schedule) != "real":
+            logger.info("cosine_alternating: --optimizer %s trains no synthesizer, so --mode-schedule has no "
+                        "effect (warm restarts only)", optimizer.__class__.__name__)
         self.step_update(0)
 
     def lr_at(self, update: int) -> float:
@@ -136,28 +152,22 @@ class CosineAlternatingSchedule(FairseqLRScheduler):
                              self.warmup_init_lr, c.lr_shrink)
 
     def mode_at(self, update: int) -> str:
+        """The mode of the (0-based) update ``update``."""
         c = self.cfg
         return mode_at(update, c.lr_period_updates, c.t_mult, c.warmup_updates, str(c.mode_schedule),
                        str(c.first_mode), c.restarts_per_switch)
+
+    @property
+    def fixed_mode(self):
+        """The mode when the schedule never switches (``--mode-schedule real|synthetic``), else None."""
+        return None if str(self.cfg.mode_schedule) == "alternate" else str(self.cfg.mode_schedule)
 
     def step(self, epoch, val_loss=None):
         super().step(epoch, val_loss)
         return self.optimizer.get_lr()
 
     def step_update(self, num_updates):
-        """Learning rate and mode of the update about to run (``num_updates`` are done)."""
+        """Learning rate of the update about to run (``num_updates`` are done)."""
         lr = self.lr_at(num_updates)
         self.optimizer.set_lr(lr)
-        set_mode(self.optimizer, self.mode_at(num_updates))
         return lr
-
-
-def set_mode(optimizer, mode: str):
-    """Record the mode on fairseq's optimizer object (the one the task sees) and on the
-    AlternatingOptimizer inside it, if any."""
-    from fairseq_dni.optim.alternating import find_alternating
-
-    optimizer.dni_mode = mode
-    inner = find_alternating(optimizer)
-    if inner is not None:
-        inner.set_mode(mode)

@@ -1,0 +1,82 @@
+"""Synthesizers: small modules that predict dLoss_future/d(state) at a window's end.
+
+torch only (no fairseq import). A synthesizer is any :class:`Synthesizer`: the criterion knows
+this interface, not the classes. Two implementations:
+
+* ``mlp`` (:class:`~fairseq_dni.synthesizers.mlp.MLPSynthesizer`): Jaderberg et al. (2016)'s
+  feed-forward synthesizer over the whole flattened state, optionally conditioned (cDNI).
+* ``coordinatewise`` (:class:`~fairseq_dni.synthesizers.coordinatewise.CoordinatewiseSynthesizer`):
+  the seed paper's (Shang & Zhang, arXiv 1902.10630): every scalar coordinate of the state goes
+  through one small shared recurrent network whose own state is carried across windows.
+
+Both start with an exactly-zero output (their last layer is zero-initialised), so training
+starts as plain TBPTT.
+"""
+from typing import Any, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+
+class Synthesizer(nn.Module):
+    """Interface. Shapes: ``state`` (B, D) is the LSTM's flattened state of B streams
+    (:meth:`fairseq_dni.carried_state.StateLayout.flatten`); ``condition`` (B, C) or None;
+    ``own_state`` whatever :meth:`initial_state` returns (None for a stateless synthesizer).
+    The prediction is (B, D), in the units of the target it is regressed onto (the gradient of
+    the summed future loss of each stream, see ``fairseq_dni/dni.py``)."""
+
+    #: size C of the condition vector it takes (0: none)
+    condition_dim: int = 0
+
+    def initial_state(self, state: torch.Tensor) -> Any:
+        """Its own state for fresh streams whose LSTM state is ``state`` (B, D) (None: it has none)."""
+        return None
+
+    def perturb(self, state: torch.Tensor) -> torch.Tensor:
+        """The input it is fed during training (e.g. with multiplicative noise); the identity here.
+        The criterion keeps what this returned so that the prediction it regresses later is the
+        one it injected."""
+        return state
+
+    def forward(self, state: torch.Tensor, condition: Optional[torch.Tensor] = None,
+                own_state: Any = None) -> Tuple[torch.Tensor, Any]:
+        """(prediction (B, D), its new own state)."""
+        raise NotImplementedError
+
+
+def build_synthesizer(kind: str, layout, *, hidden: Optional[int] = None, layers: Optional[int] = None,
+                      condition_dim: int = 0, input_norm: bool = True, cell: str = "gru",
+                      input_noise: Optional[float] = None) -> Synthesizer:
+    """The synthesizer called ``kind`` for an LSTM state laid out as ``layout`` (a StateLayout).
+
+    None takes the synthesizer's own default: ``mlp`` 2 layers of width 256 (width 0: the state
+    size), no input noise; ``coordinatewise`` 1 recurrent layer of 50 units, noise N(1, 0.5)
+    (the seed paper's ``--sg_hidden_num 50 --sg_nlayers 1``). Raises ValueError for a setting that
+    does not apply (the criterion turns it into a one-line user error)."""
+    from fairseq_dni.synthesizers.coordinatewise import CELLS, CoordinatewiseSynthesizer
+    from fairseq_dni.synthesizers.mlp import MLPSynthesizer
+
+    if input_noise is not None and input_noise < 0:
+        raise ValueError(f"--dni-input-noise must be >= 0, got {input_noise}")
+    if layers is not None and layers < 1:
+        raise ValueError(f"--dni-synthesizer-layers must be >= 1, got {layers}")
+    if kind == "mlp":
+        hidden = 256 if hidden is None else hidden
+        if hidden < 0:
+            raise ValueError(f"--dni-synthesizer-hidden must be >= 1 (or 0: the state size), got {hidden}")
+        return MLPSynthesizer(layout.dim, hidden_dim=hidden or layout.dim, num_layers=layers or 2,
+                              condition_dim=condition_dim, slices=layout.slices if input_norm else (),
+                              input_noise=input_noise or 0.0)
+    if kind == "coordinatewise":
+        hidden = 50 if hidden is None else hidden
+        if hidden < 1:
+            raise ValueError(f"--dni-synthesizer-hidden must be >= 1, got {hidden}")
+        if condition_dim:
+            raise ValueError("the coordinate-wise synthesizer sees one state coordinate at a time and takes no "
+                             "condition: drop --dni-condition-on-next-input/--dni-condition-on-next-target, "
+                             "or use --dni-synthesizer mlp")
+        if cell not in CELLS:
+            raise ValueError(f"unknown --dni-synthesizer-cell {cell!r}; choose one of {', '.join(CELLS)}")
+        return CoordinatewiseSynthesizer(hidden=hidden, layers=layers or 1, cell=cell,
+                                         input_noise=0.5 if input_noise is None else input_noise)
+    raise ValueError(f"unknown synthesizer {kind!r}; choose mlp or coordinatewise")
