@@ -15,7 +15,6 @@ too: the gap is overfitting to noise.
 import argparse
 import os
 import sys
-import types
 
 import numpy as np
 import torch
@@ -27,14 +26,10 @@ from fairseq.data import Dictionary, data_utils  # noqa: E402
 
 from fairseq_dni.criterions.dni_cross_entropy import DNICrossEntropyConfig, DNICrossEntropyCriterion  # noqa: E402
 from fairseq_dni.data.stream_windows import StreamWindows  # noqa: E402
+from fairseq_dni.data.token_stream import flat_tokens  # noqa: E402
 from fairseq_dni.models.dni_lstm_lm import DNILSTMLanguageModel, DNILSTMLMConfig  # noqa: E402
-from fairseq_dni.tasks.dni_language_modeling import flat_tokens  # noqa: E402
-
-
-def chunk_normed(x, chunks):
-    p = x.reshape(len(x), chunks, -1)
-    p = (p - p.mean(-1, keepdims=True)) / (p.std(-1, keepdims=True) + 1e-6)
-    return p.reshape(len(x), -1)
+from fairseq_dni.synthesizers.mlp import SliceNorm  # noqa: E402
+from fairseq_dni.tasks.dni_language_modeling import DNILanguageModelingConfig, DNILanguageModelingTask  # noqa: E402
 
 
 def ridge_cos(features, targets, lam, train, test):
@@ -61,10 +56,11 @@ def main():
     dictionary = Dictionary.load(os.path.join(args.data_bin, "dict.txt"))
     indexed = data_utils.load_indexed_dataset(os.path.join(args.data_bin, "train"), dictionary)
     tokens = flat_tokens(indexed)  # a view into indexed's memory map: keep indexed alive
-    dims = {"layers": 2, "hidden": 200, "embed": 200}
-    task = types.SimpleNamespace(target_dictionary=dictionary, source_dictionary=dictionary, recurrent_state_dims=dims)
+    task = DNILanguageModelingTask(DNILanguageModelingConfig(), dictionary)
     model = DNILSTMLanguageModel.build_model(
         DNILSTMLMConfig(decoder_embed_dim=200, decoder_hidden_size=200, decoder_layers=2, dropout=0.0), task).train()
+    task.recurrent = model.decoder.recurrent_interface()
+    normed = SliceNorm(task.recurrent.layout.slices)  # the MLP synthesizer's own input normalisation
     criterion = DNICrossEntropyCriterion(task, DNICrossEntropyConfig(
         dni_mode="real", sentence_avg=False, dni_condition_on_next_input=True)).train()
     optimizer = torch.optim.Adam(list(model.parameters()) + list(criterion.parameters()), lr=1e-3)
@@ -81,11 +77,11 @@ def main():
             if p.grad is not None:
                 p.grad /= sample_size  # what fairseq's trainer does
         optimizer.step()
-        pending = criterion._to_regress
+        pending = criterion.pending()
         if i >= args.windows - args.collect and pending is not None:
-            states.append(pending["state"].numpy().copy())
-            targets.append(pending["target"].numpy().copy())
-            conditions.append(pending["condition"].numpy().copy())
+            states.append(normed(pending.call.inputs).numpy().copy())
+            targets.append(pending.target.numpy().copy())
+            conditions.append(pending.call.condition.numpy().copy())
             # the first target of this window (the label cDNI-style conditioning would add):
             # its row of the LM's output layer, the direction the first step's loss pushes h in
             labels.append(model.decoder.output_projection.weight[sample["target"][:, 0]].detach().numpy().copy())
@@ -98,11 +94,11 @@ def main():
     mean_cos = float(((y[test] @ mean_dir) / (np.linalg.norm(y[test], axis=1) * np.linalg.norm(mean_dir))).mean())
     rows = []
     for lam in (1.0, 10.0, 100.0):
-        rows.append((f"state, ridge {lam:g}", *ridge_cos(chunk_normed(x, 4), y, lam, train, test)))
+        rows.append((f"state, ridge {lam:g}", *ridge_cos(x, y, lam, train, test)))
         rows.append((f"state + next input, ridge {lam:g}",
-                     *ridge_cos(np.concatenate([chunk_normed(x, 4), c], 1), y, lam, train, test)))
+                     *ridge_cos(np.concatenate([x, c], 1), y, lam, train, test)))
         rows.append((f"state + next input + next target's output row, ridge {lam:g}",
-                     *ridge_cos(np.concatenate([chunk_normed(x, 4), c, l], 1), y, lam, train, test)))
+                     *ridge_cos(np.concatenate([x, c, l], 1), y, lam, train, test)))
     lines = [
         f"Probe (`python examples/dni_probe.py`): 2x200 LSTM trained {args.windows} windows in real mode "
         f"(train loss {np.mean(losses):.2f} bits over the collected windows), {len(x)} (state, target) pairs "

@@ -50,15 +50,24 @@ def free_port():
         return s.getsockname()[1]
 
 
-def launch_ranks(args, world=2, timeout=300):
-    """Run fairseq-train as ``world`` gloo processes on this machine; rank 0's output."""
+def rank_commands(args, world=2):
+    """The fairseq-train command of each of ``world`` gloo ranks on this machine."""
     port = free_port()
     common = [*map(str, args), "--distributed-world-size", str(world), "--distributed-backend", "gloo",
               "--ddp-backend", "legacy_ddp", "--distributed-no-spawn",
               "--distributed-init-method", f"tcp://127.0.0.1:{port}"]
-    procs = [subprocess.Popen([os.path.join(BIN, "fairseq-train"), *common, "--distributed-rank", str(rank)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=dict(os.environ, OMP_NUM_THREADS="1")) for rank in range(world)]
+    return [[os.path.join(BIN, "fairseq-train"), *common, "--distributed-rank", str(rank)] for rank in range(world)]
+
+
+def start_ranks(args, world=2, **env):
+    return [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env=dict(os.environ, OMP_NUM_THREADS="1", **env))
+            for command in rank_commands(args, world)]
+
+
+def launch_ranks(args, world=2, timeout=300):
+    """Run fairseq-train as ``world`` gloo processes on this machine; rank 0's output."""
+    procs = start_ranks(args, world)
     outs = [p.communicate(timeout=timeout)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n".join(out[-3000:] for out in outs)
     return outs[0]

@@ -84,3 +84,19 @@ def test_impossible_schedule_is_a_clear_error(tiny_data, tmp_path, flags, messag
     out = fairseq("fairseq-train", *args, *flags, check=False)
     assert message in out
 
+
+
+@pytest.mark.parametrize("before,after", [("adam", "sgd"), ("sgd", "nag")])  # a KeyError; silently plain SGD
+def test_resuming_with_another_base_optimizer_says_reset_the_optimizer(tiny_data, tmp_path, before, after):
+    """fairseq compares only the optimizer's class (here always 'alternating'); we compare the base
+    optimizers, and say it as fairseq does, in one line, before any update."""
+    run(tiny_data, tmp_path, "--max-update", "3", "--base-optimizer", before)
+    out = fairseq("fairseq-train", *alternating_args(tiny_data, tmp_path, "--max-update", "6",
+                                                     "--base-optimizer", after), check=False)
+    assert ("fairseq-dni: error: Optimizer does not match; please reset the optimizer (--reset-optimizer). "
+            f"The checkpoint's --base-optimizer is {before}, this run's is {after}") in out
+    assert "Traceback" not in out
+    if before == "adam":  # the way out fairseq names works (it also restarts the update count)
+        resumed = fairseq("fairseq-train", *alternating_args(tiny_data, tmp_path, "--max-update", "6",
+                                                             "--base-optimizer", after, "--reset-optimizer"))
+        assert "Loaded checkpoint" in resumed and len(train_inner(resumed)) == 6

@@ -78,8 +78,9 @@ def test_fresh_synthesizer_gives_real_mode_updates():
             assert torch.equal(a, b)
 
 
-def test_oracle_injection_through_the_criterion_equals_full_bptt():
-    model, criterion, samples = setup("synthetic", scale=1.0)
+@pytest.mark.parametrize("synthesizer", ["mlp", "coordinatewise"])
+def test_oracle_injection_through_the_criterion_equals_full_bptt(synthesizer):
+    model, criterion, samples = setup("synthetic", scale=1.0, dni_synthesizer=synthesizer)
     s0 = model.decoder.zero_state(B)
     # reference: full BPTT over windows 1 and 2 (summed loss, as the criterion returns)
     l1, s1 = lm_window(model, samples[0], s0)
@@ -96,20 +97,59 @@ def test_oracle_injection_through_the_criterion_equals_full_bptt():
     assert (num / sum((f ** 2).sum() for f in full).sqrt()).item() < 1e-8
 
 
+def make_nontrivial(criterion):
+    """Give the synthesizer a non-zero last layer, as after some training."""
+    last = criterion.synthesizer.net[-1] if hasattr(criterion.synthesizer, "net") else criterion.synthesizer.decoder
+    torch.nn.init.normal_(last.weight, std=0.3, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize("synthesizer", ["mlp", "coordinatewise"])
 @pytest.mark.parametrize("loss_scale", [1.0, 1024.0])
-def test_regression_target_equals_autograd_reference(loss_scale):
-    model, criterion, samples = setup("synthetic", scale=0.1)
-    torch.nn.init.normal_(criterion.synthesizer.net[-1].weight, std=0.3)
+def test_regression_target_equals_autograd_reference(loss_scale, synthesizer):
+    model, criterion, samples = setup("synthetic", scale=0.1, dni_synthesizer=synthesizer)
+    make_nontrivial(criterion)
     step(model, criterion, samples[0], loss_scale)
     s1 = tuple(s.clone() for s in model.decoder.carried.peek("train"))
     step(model, criterion, samples[1], loss_scale)
     target = pending_target(criterion)
-    # reference: d/ds1 [ L2_sum(s1) + 0.1 * <s2(s1), M(s2) held constant> ]
+    # reference: d/ds1 [ L2_sum(s1) + 0.1 * <s2(s1), M(s2) held constant> ], M(s2) evaluated on exactly
+    # the call made at s2 (its noisy input, its own recurrent state) and checked to be that state
     s1_leaf = tuple(s.detach().requires_grad_(True) for s in s1)
     l2, s2 = lm_window(model, samples[1], s1_leaf)
-    m = criterion.synthesizer(flatten_state(s2).detach())[0].detach()
+    call = criterion.carried.peek("train").last_call
+    if synthesizer == "mlp":
+        torch.testing.assert_close(call.inputs, flatten_state(s2).detach(), rtol=0, atol=0)
+    else:  # multiplicative noise N(1, 0.5): the input is the state times a factor around 1
+        assert 0.4 < float((call.inputs / flatten_state(s2).detach()).std()) < 0.6
+    m = criterion.synthesizer(call.inputs, call.condition, call.own_state)[0].detach()
     ref = torch.autograd.grad(l2 + 0.1 * (flatten_state(s2) * m).sum(), s1_leaf)
     torch.testing.assert_close(target, flatten_state(ref).float(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm", "qrnn"])
+def test_the_regression_re_evaluates_exactly_the_injected_call(cell):
+    """Coordinate-wise synthesizer (input noise on): the prediction regressed at window t+2 is
+    bitwise the one made at window t's end (same noisy input, same own recurrent state), and
+    its own state runs on from window to window and restarts with a new pass."""
+    model, criterion, samples = setup("synthetic", dni_synthesizer="coordinatewise", dni_synthesizer_cell=cell)
+    make_nontrivial(criterion)
+    calls = []
+    synthesize = criterion.synthesize
+    criterion.synthesize = lambda x, c, own: calls.append((x, own, synthesize(x, c, own))) or calls[-1][2]
+    for w in range(4):
+        step(model, criterion, samples[w])
+    # calls: end 0, end 1, [window 2: regression of end 0's call (its target: the gradient at window 1's
+    # start), end 2], [window 3: regression of end 1's call, end 3]; no optimizer step in between
+    for made, regressed in ((calls[0], calls[2]), (calls[1], calls[4])):
+        torch.testing.assert_close(regressed[0], made[0], rtol=0, atol=0)
+        torch.testing.assert_close(regressed[2][0], made[2][0], rtol=0, atol=0)
+    # own state: each window's call starts from the state the previous call returned
+    for before, after in ((calls[0], calls[1]), (calls[1], calls[3]), (calls[3], calls[5])):
+        for a, b in zip(before[2][1], after[1]):
+            torch.testing.assert_close(b, a, rtol=0, atol=0)
+    # a new pass (reset_state) restarts it from zeros
+    step(model, criterion, samples[0])
+    assert all(not t.any() for t in calls[-1][1])
 
 
 def test_targets_pair_windows_with_their_successors_under_gradient_accumulation():

@@ -1,4 +1,5 @@
 """dni_cross_entropy through stock fairseq-train / fairseq-eval-lm on tiny generated data."""
+import pytest
 import torch
 
 from conftest import USER_DIR, fairseq, train_args, train_inner
@@ -54,3 +55,47 @@ def test_dni_criterion_refuses_a_task_without_carried_state(tiny_data, tmp_path)
                   "--tokens-per-sample", "8", "--optimizer", "adam", "--lr", "0.01", "--max-update", "1",
                   "--save-dir", tmp_path, "--cpu", check=False)
     assert "dni_cross_entropy needs --task dni_language_modeling" in out
+
+
+def test_a_stock_optimizer_with_the_dni_criterion_is_refused_in_one_line(tiny_data, tmp_path):
+    """With --optimizer adam the synthesizer's gradient would enter the LM's clipped norm (and its
+    optimizer): refused before the first update, nothing written."""
+    out = fairseq("fairseq-train", *train_args(tiny_data, tmp_path, "--criterion", "dni_cross_entropy",
+                                               "--dni-mode", "real", "--clip-norm", "0.05", "--max-update", "3"),
+                  check=False)
+    assert "fairseq-dni: error: --criterion dni_cross_entropy trains its synthesizer with its own optimizer" in out
+    assert "Traceback" not in out and not list(tmp_path.glob("*.pt"))
+
+
+def test_real_mode_is_plain_tbptt_even_with_clipping(tiny_data, tmp_path):
+    """dni_cross_entropy in real mode leaves the LM's update exactly as plain cross_entropy with the
+    same optimizer: same logged gradient norm at every update, bitwise the same weights."""
+    common = ["--optimizer", "alternating", "--base-optimizer", "adam", "--clip-norm", "0.05", "--max-update", "30"]
+    ce = train_inner(fairseq("fairseq-train", *train_args(tiny_data, tmp_path / "ce", *common,
+                                                         "--criterion", "cross_entropy")))
+    real = train_inner(fairseq("fairseq-train", *train_args(tiny_data, tmp_path / "real", *common, *DNI,
+                                                           "--dni-mode", "real", "--dni-lr", "0.01")))
+    assert [r["gnorm"] for r in ce] == [r["gnorm"] for r in real]
+    assert float(real[-1]["dni_loss"]) > 0  # the synthesizer did train meanwhile
+    assert same_lm(params(tmp_path / "ce" / "checkpoint_last.pt"), params(tmp_path / "real" / "checkpoint_last.pt"))
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--dni-mode", "real", "--lr-scheduler", "cosine_alternating", "--lr-period-updates", "5"],
+     "--dni-mode real disagrees with --lr-scheduler cosine_alternating --mode-schedule alternate"),
+    (["--dni-synthesizer", "coordinatewise", "--dni-condition-on-next-target"],
+     "--dni-condition-on-next-target applies to --dni-synthesizer mlp only"),
+    (["--dni-synthesizer", "coordinatewise", "--dni-synthesizer-hidden", "0"], "--dni-synthesizer-hidden must be >= 1"),
+    (["--dni-input-noise", "-1"], "--dni-input-noise must be >= 0"),
+])
+def test_conflicting_or_inapplicable_dni_settings_are_one_line(tiny_data, tmp_path, flags, message):
+    out = fairseq("fairseq-train", *train_args(tiny_data, tmp_path, *DNI, "--max-update", "2", *flags), check=False)
+    assert f"fairseq-dni: error: {message}" in out
+    assert "Traceback" not in out and not list(tmp_path.glob("*.pt"))
+
+
+def test_dni_mode_that_agrees_with_the_schedule_runs(tiny_data, tmp_path):
+    rows = train_inner(fairseq("fairseq-train", *train_args(
+        tiny_data, tmp_path, *DNI, "--dni-mode", "real", "--lr-scheduler", "cosine_alternating",
+        "--lr-period-updates", "5", "--mode-schedule", "real", "--max-update", "12")))
+    assert len(rows) == 12 and all(float(r["dni_synthetic"]) == 0 for r in rows)

@@ -11,7 +11,7 @@ from fairseq.optim.amp_optimizer import AMPOptimizer
 from fairseq.optim.fp16_optimizer import FP16Optimizer, MemoryEfficientFP16Optimizer
 
 import fairseq_dni  # noqa: F401  (registers --optimizer alternating)
-from fairseq_dni.optim.alternating import AlternatingOptimizer, current_loss_scale, find_alternating
+from fairseq_dni.optim.alternating import AlternatingOptimizer, current_loss_scale, find_alternating, optimizer_kind
 from fairseq_dni.optim.lr_scheduler.cosine_alternating import CosineAlternatingSchedule
 
 
@@ -109,3 +109,23 @@ def test_optimizer_state_round_trip_restores_both_parts():
     other.load_state_dict(state)
     with pytest.raises(ValueError, match="not written by --optimizer alternating"):
         other.load_state_dict({"state": {}, "param_groups": []})
+
+
+def test_every_base_optimizer_change_is_refused_on_load():
+    """adam/adamw/sgd/nag are told apart from their saved state alone (also in checkpoints written
+    before the kind was checked), and any change between them is refused in fairseq's words."""
+    kinds = ["adam", "adamw", "sgd", "nag"]
+    states = {}
+    for kind in kinds:
+        lm, synth = params()
+        states[kind] = AlternatingOptimizer(config("--base-optimizer", kind).optimizer, lm + synth)
+        assert optimizer_kind(states[kind].state_dict()["lm"]) == kind
+    for saved in kinds:
+        for current in kinds:
+            if saved == current:
+                states[current].load_state_dict(states[saved].state_dict())
+                continue
+            with pytest.raises(ValueError, match=f"Optimizer does not match; please reset the optimizer "
+                                                 rf"\(--reset-optimizer\). The checkpoint's --base-optimizer is "
+                                                 f"{saved}, this run's is {current}"):
+                states[current].load_state_dict(states[saved].state_dict())

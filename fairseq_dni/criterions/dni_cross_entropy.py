@@ -103,6 +103,42 @@ class DNICrossEntropyConfig(FairseqDataclass):
         default=0.0,
         metadata={"help": "clip each stream's regression target to this L2 norm (0: no clipping)"})
     sentence_avg: bool = II("optimization.sentence_avg")
+    # checked when the criterion is built, before anything runs or is written:
+    optimizer: Optional[str] = II("optimizer._name")  # must be 'alternating'
+    # cosine_alternating's --mode-schedule (null with another scheduler); must agree with dni_mode
+    mode_schedule: Optional[str] = "${oc.select:lr_scheduler.mode_schedule,null}"
+
+
+def resolved(cfg, name: str) -> Optional[str]:
+    """A field interpolated from another config group, or None where that group has no such field."""
+    try:
+        value = getattr(cfg, name)
+    except Exception:  # e.g. no lr_scheduler.mode_schedule: another scheduler
+        return None
+    value = None if value is None else str(value)
+    return None if value is None or value.startswith("${") else value  # "${...}": built outside a fairseq config
+
+
+def check_optimizer_and_mode(cfg: DNICrossEntropyConfig):
+    """Refuse, before anything runs, an optimizer that would train the synthesizer with the LM, and a
+    --dni-mode that the mode schedule contradicts."""
+    optimizer = resolved(cfg, "optimizer")
+    if optimizer is not None and optimizer != "alternating":
+        raise DNIUserError(NEEDS_ALTERNATING)
+    schedule = resolved(cfg, "mode_schedule")
+    if schedule is not None and cfg.dni_mode is not None and schedule != str(cfg.dni_mode):
+        raise DNIUserError(mode_conflict(str(cfg.dni_mode), schedule))
+
+
+def mode_conflict(given: str, schedule: str) -> str:
+    return (f"--dni-mode {given} disagrees with --lr-scheduler cosine_alternating --mode-schedule {schedule}, "
+            f"which decides the mode: drop --dni-mode, or use --mode-schedule {given}")
+
+
+NEEDS_ALTERNATING = (
+    "--criterion dni_cross_entropy trains its synthesizer with its own optimizer, apart from the LM's (else its "
+    "gradient would change the LM's update, e.g. through --clip-norm): use --optimizer alternating "
+    "--base-optimizer adam|adamw|sgd|nag; for plain TBPTT use --criterion cross_entropy")
 
 
 @dataclass
@@ -148,6 +184,7 @@ class DNICrossEntropyCriterion(CrossEntropyCriterion):
             raise DNIUserError(
                 "dni_cross_entropy needs --task dni_language_modeling and an LSTM model from fairseq_dni "
                 "(--arch dni_lstm_lm*): it reads the carried state the task threads through the windows")
+        check_optimizer_and_mode(cfg)
         self.cfg = cfg
         self.mode = str(cfg.dni_mode or "synthetic")
         self.layout = recurrent.layout
@@ -179,8 +216,23 @@ class DNICrossEntropyCriterion(CrossEntropyCriterion):
         self._this_window: Optional[_ThisWindow] = None
 
     def set_mode(self, mode: str):
-        """real / synthetic for the coming windows (the task sets it from the mode schedule, if any)."""
+        """real / synthetic for the coming windows."""
         self.mode = mode
+
+    def set_mode_for_update(self, alternating, update_num: int):
+        """The mode of update ``update_num`` (0-based), decided here and nowhere else: the mode schedule
+        of ``--lr-scheduler cosine_alternating`` (attached to ``alternating``, the ``--optimizer
+        alternating`` instance), else ``--dni-mode`` (synthetic by default). Both are checked to
+        agree when this criterion is built; checked again here for criteria built outside fairseq-train."""
+        if alternating is None:
+            raise DNIUserError(NEEDS_ALTERNATING)
+        schedule, given = alternating.mode_schedule, self.cfg.dni_mode
+        if schedule is None:
+            self.set_mode(str(given or "synthetic"))
+            return
+        if given is not None and schedule.fixed_mode != str(given):
+            raise DNIUserError(mode_conflict(str(given), str(schedule.cfg.mode_schedule)))
+        self.set_mode(schedule.mode_at(update_num))
 
     # ---- pieces --------------------------------------------------------------------------
     def lm_loss(self, model, net_output, sample):

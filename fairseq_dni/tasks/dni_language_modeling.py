@@ -177,7 +177,7 @@ class DNILanguageModelingTask(FairseqTask):
         dni = unwrap(criterion)
         dni = dni if isinstance(dni, DNICrossEntropyCriterion) else None
         if dni is not None:
-            dni.set_mode(self.mode_at(dni, optimizer, update_num))                    # 1
+            dni.set_mode_for_update(find_alternating(optimizer), update_num)             # 1
         model.train()
         model.set_num_updates(update_num)
         with torch.autograd.profiler.record_function("forward"):
@@ -193,24 +193,6 @@ class DNILanguageModelingTask(FairseqTask):
             for carried in carried_states(model, criterion):                             # 5
                 carried.share_across_ranks()
         return loss, sample_size, logging_output
-
-    @staticmethod
-    def mode_at(dni, optimizer, update_num: int) -> str:
-        """The mode of this update: the schedule's, else ``--dni-mode`` (synthetic by default)."""
-        alternating = find_alternating(optimizer)
-        if alternating is None:
-            raise DNIUserError(
-                "--criterion dni_cross_entropy trains its synthesizer with its own optimizer, apart from the LM's "
-                "(else its gradient would change the LM's update, e.g. through --clip-norm): use --optimizer "
-                "alternating --base-optimizer adam|adamw|sgd|nag; for plain TBPTT use --criterion cross_entropy")
-        schedule, given = alternating.mode_schedule, dni.cfg.dni_mode
-        if schedule is None:
-            return str(given or "synthetic")
-        if given is not None and schedule.fixed_mode != str(given):
-            raise DNIUserError(
-                f"--dni-mode {given} disagrees with --lr-scheduler cosine_alternating --mode-schedule "
-                f"{schedule.cfg.mode_schedule}, which decides the mode: drop --dni-mode, or use --mode-schedule {given}")
-        return schedule.mode_at(update_num)
 
     def begin_epoch(self, epoch, model):
         # only training calls this; --max-tokens alone cannot say how many streams to cut
