@@ -15,9 +15,28 @@ class DNIDataNotFound(DNIUserError, FileNotFoundError):
     """A data directory, dictionary or split that is not there."""
 
 
+def stock_model_on_our_task(exc) -> str:
+    """The one-line explanation when a stock fairseq model's config reads a field of fairseq's
+    ``language_modeling`` task that ``dni_language_modeling`` does not have (e.g. ``--arch
+    transformer_lm``: ``task.max_target_positions``), else ''. fairseq resolves the whole config before
+    any model is built, so our task's own refusal of stock models cannot run first."""
+    text = str(exc)
+    if type(exc).__name__ != "InterpolationKeyError" or "Interpolation key 'task." not in text:
+        return ""
+    key = text.split("Interpolation key '", 1)[1].split("'", 1)[0]
+    owner = text.split("object_type=", 1)[1].split()[0] if "object_type=" in text else "the model's config"
+    return (f"{owner} reads {key}, which --task dni_language_modeling does not have: that task trains fairseq-dni's "
+            f"models (--arch dni_lstm_lm, dni_lstm_lm_small, ...); for a stock fairseq model use --task "
+            f"language_modeling")
+
+
 def _excepthook(exc_type, exc, tb, _previous=None):
     if isinstance(exc, DNIUserError):
         print(f"fairseq-dni: error: {exc}", file=sys.stderr)
+        return
+    line = stock_model_on_our_task(exc)
+    if line:
+        print(f"fairseq-dni: error: {line}", file=sys.stderr)
         return
     (_previous or sys.__excepthook__)(exc_type, exc, tb)
 

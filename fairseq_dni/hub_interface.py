@@ -62,12 +62,12 @@ class DNILMHubInterface(GeneratorHubInterface):
 
     def reset(self):
         """Forget the carried state: the next sentence starts a new document."""
-        self.lm.decoder.carry_state.pop(STATE_KEY, None)
+        self.lm.decoder.carried.pop(STATE_KEY)
         self._previous = self.src_dict.eos()  # the corpus convention: the stream opens after </s>
 
     def _advance(self, inputs: torch.Tensor) -> torch.Tensor:
         """Run the LSTM over ``inputs`` (1-D) from the carried state; log-probs (T, V)."""
-        first = STATE_KEY not in self.lm.decoder.carry_state
+        first = STATE_KEY not in self.lm.decoder.carried.keys()
         net_output = self.lm(inputs.unsqueeze(0).to(self.device), state_key=STATE_KEY, reset_state=first)
         return self.lm.get_normalized_probs(net_output, log_probs=True)[0].float()
 

@@ -100,3 +100,33 @@ def test_resuming_with_another_base_optimizer_says_reset_the_optimizer(tiny_data
         resumed = fairseq("fairseq-train", *alternating_args(tiny_data, tmp_path, "--max-update", "6",
                                                              "--base-optimizer", after, "--reset-optimizer"))
         assert "Loaded checkpoint" in resumed and len(train_inner(resumed)) == 6
+
+
+def test_epoch_cycles_with_variable_windows_through_fairseq_train(tiny_data, tmp_path):
+    """--lr-period-epochs 1,1,2 over 4 epochs of AWD-style variable windows (their number changes from
+    epoch to epoch): every update's learning rate is the cosine at the fraction of epochs done, the
+    first epoch is real (--real-first-epochs 1), the mode switches exactly at the epoch boundaries."""
+    import math
+
+    import numpy as np
+
+    from fairseq_dni.data.stream_windows import StreamWindows, window_boundaries
+
+    args = train_args(tiny_data, tmp_path, "--criterion", "dni_cross_entropy", "--optimizer", "alternating",
+                      "--dni-lr", "0.003", "--lr-scheduler", "cosine_alternating", "--lr-period-epochs", "1,1,2",
+                      "--real-first-epochs", "1", "--max-epoch", "4", "--tokens-per-sample", "10",
+                      "--variable-window", "--seed", "5")
+    rows = train_inner(fairseq("fairseq-train", *args))
+    length = StreamWindows(np.zeros(2233), 4, 10, 1, 2).stream_length
+    per_epoch = [len(window_boundaries(length, 10, True, 5, e)) - 1 for e in range(1, 5)]
+    assert len(set(per_epoch)) > 1 and len(rows) == sum(per_epoch)
+    expected = []
+    for epoch, n in enumerate(per_epoch, start=1):
+        for i in range(n):
+            done = epoch - 1 + i / n
+            start, span = (0, 1) if done < 1 else (1, 1) if done < 2 else (2, 2)
+            mode = "real" if epoch == 1 else ("synthetic", "real", "synthetic")[[0, 1, 2, 2][epoch - 1]]
+            expected.append((0.01 * 0.5 * (1 + math.cos(math.pi * (done - start) / span)), mode))
+    for row, (lr, mode) in zip(rows, expected):
+        assert float(row["lr"]) == pytest.approx(lr, rel=1e-4, abs=1e-9), row["num_updates"]
+        assert float(row["dni_synthetic"]) == (1.0 if mode == "synthetic" else 0.0), row["num_updates"]

@@ -164,3 +164,23 @@ def test_stock_task_with_our_arch_trains_statelessly(tiny_data, tmp_path):
                   "--tokens-per-sample", "8", "--batch-size", "4", "--optimizer", "adam", "--lr", "0.01",
                   "--max-update", "3", "--save-dir", tmp_path, "--cpu", "--num-workers", "0")
     assert "done training" in out
+
+
+@pytest.mark.parametrize("args,message", [
+    # an adaptive softmax whose cutoffs are not below the vocabulary (the WikiText-103 model on a small corpus)
+    (["--arch", "dni_lstm_lm_wikitext103", "--criterion", "adaptive_loss"],
+     "--adaptive-softmax-cutoff 20000,60000: cutoffs must increase and stay below the vocabulary size (56 types"),
+    # an adaptive softmax with a criterion that cannot train it (an in-place autograd error at the first backward)
+    (["--adaptive-softmax-cutoff", "20,40"], "--criterion cross_entropy cannot train an adaptive softmax"),
+    # a stock fairseq model on our task (it would die on the 'state_key' keyword)
+    (["--arch", "lstm_lm"], "--task dni_language_modeling feeds windows that continue a carried state"),
+    (["--arch", "transformer_lm"], "TransformerLanguageModelConfig reads task.max_target_positions, which --task "
+                                   "dni_language_modeling does not have"),
+])
+def test_combinations_that_cannot_work_are_one_line(tiny_data, tmp_path, args, message):
+    command = train_args(tiny_data, tmp_path / "ckpt", "--max-update", "2", *args)
+    if "transformer_lm" in args:  # our tiny sizes' flags are the LSTM's
+        command = [a for a in command if a not in ("--decoder-hidden-size", "--decoder-embed-dim", "16")]
+    out = fairseq("fairseq-train", *command, check=False)
+    assert f"fairseq-dni: error: {message}" in out and "Traceback" not in out
+    assert not (tmp_path / "ckpt").exists() or not any((tmp_path / "ckpt").iterdir())

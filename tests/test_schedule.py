@@ -94,3 +94,93 @@ def test_impossible_schedules_are_refused(bad, message):
     args.update(bad)
     with pytest.raises(ValueError, match=message):
         check_schedule(**args)
+
+
+# ---- the seed paper's epoch schedules ------------------------------------------------------------
+def paper_epochs(epochs, restart_base, restart_lr=True, mixture=False, whenswitch=()):
+    """Reference: the learning rate (peak 1) and mode of every epoch as the seed paper's training
+    loop sets them (parap1uie-s/alternate_sg main.py, restated here: one learning rate per epoch
+    from a cosine over the current cycle, ``restart_base`` giving the cycles' ends; at every
+    restart the mode flips if ``mixture``, and at the epochs in ``whenswitch``; it starts real)."""
+    synthetic, restarted, step, end = False, False, 0, restart_base[0]
+    out = []
+    for epoch in range(1, epochs + 1):
+        lr = 1.0
+        if restart_lr:
+            length = end - end / 2 if restarted else end  # after the first restart a cycle is half its end
+            t = epoch - 1 - (end / 2 if restarted else 0)
+            lr = 0.5 * (math.cos(math.pi * (t % length) / length) + 1)
+        if epoch > end:
+            restarted = True
+            if len(restart_base) > 1:
+                step += 1
+                end = restart_base[step]
+            else:
+                end *= 2
+            lr = 1.0
+            if mixture:
+                synthetic = not synthetic
+        if epoch in whenswitch:
+            synthetic = not synthetic
+        out.append((lr, "synthetic" if synthetic else "real"))
+    return out
+
+
+PAPER_ARMS = {  # arm of the alternate_sg README: (its flags, as paper_epochs arguments; our cosine_alternating flags)
+    "DNI": (dict(restart_base=[9999], restart_lr=False, whenswitch=(2,)),
+            ["--lr-period-epochs", "320", "--min-lr", "1.0", "--mode-schedule", "synthetic", "--real-first-epochs", "1"]),
+    "DNI restart 160": (dict(restart_base=[160, 320], whenswitch=(2,)),
+                        ["--lr-period-epochs", "160,160", "--mode-schedule", "synthetic", "--real-first-epochs", "1"]),
+    "DNI restart 5": (dict(restart_base=[5], whenswitch=(2,)),
+                      ["--lr-period-epochs", "5,5,10,20,40,80,160", "--mode-schedule", "synthetic",
+                       "--real-first-epochs", "1"]),
+    "alternating 160 (PTB)": (dict(restart_base=[160, 320], mixture=True),
+                              ["--lr-period-epochs", "160,160", "--first-mode", "real"]),
+    "alternating 5 (PTB)": (dict(restart_base=[5], mixture=True),
+                            ["--lr-period-epochs", "5,5,10,20,40,80,160", "--first-mode", "real"]),
+    "alternating 160 (WT2)": (dict(restart_base=[160, 320], mixture=True, whenswitch=(2,)),
+                              ["--lr-period-epochs", "160,160", "--first-mode", "synthetic", "--real-first-epochs", "1"]),
+    "alternating 5 (WT2)": (dict(restart_base=[5], mixture=True, whenswitch=(2,)),
+                            ["--lr-period-epochs", "5,5,10,20,40,80,160", "--first-mode", "synthetic",
+                             "--real-first-epochs", "1"]),
+}
+
+
+def schedule(*flags):
+    import torch
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    import fairseq_dni  # noqa: F401
+    from fairseq_dni.optim.alternating import AlternatingOptimizer
+    from fairseq_dni.optim.lr_scheduler.cosine_alternating import CosineAlternatingSchedule
+
+    args = options.parse_args_and_arch(options.get_training_parser(), [
+        "unused", "--task", "language_modeling", "--arch", "lstm_lm", "--optimizer", "alternating", "--lr", "1.0",
+        "--lr-scheduler", "cosine_alternating", "--max-epoch", "320", "--cpu", *flags])
+    cfg = convert_namespace_to_omegaconf(args)
+    optimizer = AlternatingOptimizer(cfg.optimizer, [torch.nn.Parameter(torch.zeros(1))])
+    return CosineAlternatingSchedule(cfg.lr_scheduler, optimizer), optimizer
+
+
+@pytest.mark.parametrize("arm", list(PAPER_ARMS))
+@pytest.mark.parametrize("per_epoch", [True, False], ids=["paper-step-per-epoch", "annealed-within-epochs"])
+def test_paper_epoch_schedules_match_the_papers_training_loop(arm, per_epoch):
+    from fairseq_dni.optim.lr_scheduler.cosine_alternating import Clock
+
+    paper, flags = PAPER_ARMS[arm]
+    sched, optimizer = schedule(*flags, *(["--lr-step-per-epoch"] if per_epoch else []))
+    reference = paper_epochs(320, **paper)
+    windows = 8  # every window of every epoch (epochs of 8 windows here; their number does not matter)
+    update = 0
+    for epoch, (lr, mode) in enumerate(reference, start=1):
+        for j in range(windows):
+            clock = Clock(update=update, epoch=epoch - 1 + j / windows)
+            sched.set_clock(clock)
+            assert sched.mode_at(clock) == mode, (arm, epoch, j)
+            if per_epoch or j == 0:  # the paper holds each epoch's rate; we match it at the epoch's start
+                assert optimizer.get_lr() == pytest.approx(lr, abs=1e-12), (arm, epoch, j)
+            elif paper.get("restart_lr", True):  # and anneal in between: between this epoch's rate and the next's
+                following = reference[epoch][0] if epoch < 320 and reference[epoch][0] < lr else 0.0
+                assert following <= optimizer.get_lr() <= lr, (arm, epoch, j)
+            update += 1

@@ -219,20 +219,21 @@ class DNICrossEntropyCriterion(CrossEntropyCriterion):
         """real / synthetic for the coming windows."""
         self.mode = mode
 
-    def set_mode_for_update(self, alternating, update_num: int):
-        """The mode of update ``update_num`` (0-based), decided here and nowhere else: the mode schedule
-        of ``--lr-scheduler cosine_alternating`` (attached to ``alternating``, the ``--optimizer
-        alternating`` instance), else ``--dni-mode`` (synthetic by default). Both are checked to
-        agree when this criterion is built; checked again here for criteria built outside fairseq-train."""
+    def set_mode_for(self, alternating, clock):
+        """The mode of the window about to run, decided here and nowhere else: the mode schedule of
+        ``--lr-scheduler cosine_alternating`` (attached to ``alternating``, the ``--optimizer
+        alternating`` instance) at ``clock`` (where training is), else ``--dni-mode`` (synthetic by
+        default). That both agree is checked when this criterion is built; again here, for criteria
+        built outside fairseq-train."""
         if alternating is None:
             raise DNIUserError(NEEDS_ALTERNATING)
         schedule, given = alternating.mode_schedule, self.cfg.dni_mode
         if schedule is None:
             self.set_mode(str(given or "synthetic"))
             return
-        if given is not None and schedule.fixed_mode != str(given):
+        if given is not None and str(schedule.cfg.mode_schedule) != str(given):
             raise DNIUserError(mode_conflict(str(given), str(schedule.cfg.mode_schedule)))
-        self.set_mode(schedule.mode_at(update_num))
+        self.set_mode(schedule.mode_at(clock))
 
     # ---- pieces --------------------------------------------------------------------------
     def lm_loss(self, model, net_output, sample):

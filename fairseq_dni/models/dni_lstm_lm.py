@@ -41,6 +41,7 @@ class RecurrentInterface:
     layout: StateLayout  # the carried state's layout and flat size
     embed_dim: int       # size of a token's input embedding (--dni-condition-on-next-input)
     label_dim: int       # size of a token's label vector: its output-layer row (the embedding with adaptive softmax)
+    adaptive_softmax: bool = False  # the output layer is an adaptive softmax (only some criteria can train it)
 
 @dataclass
 class DNILSTMLMConfig(FairseqDataclass):
@@ -132,8 +133,15 @@ class DNILSTMDecoder(FairseqIncrementalDecoder):
         if cfg.adaptive_softmax_cutoff:
             if cfg.share_decoder_input_output_embed:
                 raise DNIUserError("--share-decoder-input-output-embed cannot be combined with --adaptive-softmax-cutoff")
+            cutoff = utils.eval_str_list(cfg.adaptive_softmax_cutoff, type=int)
+            if list(cutoff) != sorted(set(cutoff)) or cutoff[0] < 1 or cutoff[-1] >= vocab:
+                raise DNIUserError(
+                    f"--adaptive-softmax-cutoff {cfg.adaptive_softmax_cutoff}: cutoffs must increase and stay below "
+                    f"the vocabulary size ({vocab} types in dict.txt); for a small vocabulary drop the adaptive "
+                    f"softmax (e.g. --arch dni_lstm_lm instead of dni_lstm_lm_wikitext103, or "
+                    f"--adaptive-softmax-cutoff with smaller values)")
             self.adaptive_softmax = AdaptiveSoftmax(
-                vocab, out_dim, utils.eval_str_list(cfg.adaptive_softmax_cutoff, type=int),
+                vocab, out_dim, cutoff,
                 dropout=cfg.adaptive_softmax_dropout, factor=cfg.adaptive_softmax_factor,
             )
         else:
@@ -160,7 +168,8 @@ class DNILSTMDecoder(FairseqIncrementalDecoder):
         projection = self.output_projection
         return RecurrentInterface(
             layout=self.state_layout, embed_dim=self.embed_tokens.embedding_dim,
-            label_dim=projection.in_features if projection is not None else self.embed_tokens.embedding_dim)
+            label_dim=projection.in_features if projection is not None else self.embed_tokens.embedding_dim,
+            adaptive_softmax=self.adaptive_softmax is not None)
 
     def zero_state(self, batch_size: int) -> State:
         return self.state_layout.zeros(batch_size, self.lstm.weight_hh_l0)

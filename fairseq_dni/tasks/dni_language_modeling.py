@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
+import numpy as np
 import torch
 from fairseq import utils
 from fairseq.data import Dictionary, data_utils, iterators
@@ -27,6 +28,7 @@ from fairseq_dni.data.token_stream import TokenStream, flat_tokens
 from fairseq_dni.errors import DNIDataNotFound, DNIUserError
 from fairseq_dni.models.dni_lstm_lm import DNILSTMDecoder, RecurrentInterface
 from fairseq_dni.optim.alternating import current_loss_scale, find_alternating
+from fairseq_dni.optim.lr_scheduler.cosine_alternating import Clock
 
 try:  # fairseq's AMP wrapper; the task only needs its type
     from fairseq.optim.amp_optimizer import AMPOptimizer
@@ -48,6 +50,12 @@ class DNILanguageModelingConfig(FairseqDataclass):
         metadata={"help": "window length T: tokens per truncated-BPTT window "
                           "(the carried state crosses window boundaries, gradients do not)"},
     )
+    variable_window: bool = field(
+        default=False,
+        metadata={"help": "training windows of AWD-LSTM's variable length: around T (probability 0.95) or T/2, "
+                          "std 5, at least 5 tokens, drawn anew each epoch from --seed; the learning rate of each "
+                          "update is scaled by its window length / T (validation and eval-lm keep T)"},
+    )
     eval_streams: int = field(
         default=10,
         metadata={"help": "streams for validation/test/eval-lm when no --batch-size(-valid) is given"},
@@ -56,6 +64,51 @@ class DNILanguageModelingConfig(FairseqDataclass):
     batch_size: Optional[int] = II("dataset.batch_size")
     batch_size_valid: Optional[int] = II("dataset.batch_size_valid")
     seed: int = II("common.seed")
+
+
+ADAPTIVE_CRITERIA = ("adaptive_loss", "dni_cross_entropy")
+
+
+def windows_of_epoch(windows: StreamWindows, epoch: int):
+    """fairseq's per-epoch batch sampler: one batch per window of ``epoch``."""
+    return [[i] for i in range(len(windows.boundaries(epoch)) - 1)]
+
+
+class StreamBatchIterator(iterators.EpochBatchIterator):
+    """fairseq's epoch iterator over :class:`StreamWindows`. Its saved position (the window index in
+    the epoch) also records the stream layout and the token position it stands for, so that a run
+    resumed with another ``--batch-size``/``--tokens-per-sample``/world size never applies a window
+    index to the wrong tokens: it continues at the same token position when the new layout has a
+    window starting there (same streams), else the epoch restarts from its first window, logged."""
+
+    def layout(self):
+        return {"streams": self.dataset.num_streams, "window": self.dataset.window,
+                "variable_window": self.dataset.variable_window}
+
+    def state_dict(self):
+        state = super().state_dict()
+        position = int(self.dataset.boundaries(state["epoch"])[state["iterations_in_epoch"]])
+        return dict(state, stream_layout=dict(self.layout(), position=position))
+
+    def load_state_dict(self, state_dict):
+        saved = state_dict.get("stream_layout")
+        done = state_dict.get("iterations_in_epoch", 0)
+        if saved is not None and done > 0 and {k: saved[k] for k in self.layout()} != self.layout():
+            epoch, position = state_dict["epoch"], saved["position"]
+            bounds = self.dataset.boundaries(epoch)
+            index = int(np.searchsorted(bounds[:-1], position))
+            if saved["streams"] == self.layout()["streams"] and index < len(bounds) - 1 and bounds[index] == position:
+                logger.info("resuming %d tokens into each of the %d streams: window %d of the new layout "
+                            "(was window %d)", position, saved["streams"], index, done)
+            else:
+                logger.warning(
+                    "fairseq-dni: this checkpoint stopped %d tokens into each of %d streams (%s-token windows); this "
+                    "run reads %d streams of %s-token windows, where no window starts at that position, so epoch %d "
+                    "restarts from its first window (from a zero state)", position, saved["streams"],
+                    saved["window"], self.layout()["streams"], self.layout()["window"], epoch)
+                index = 0
+            state_dict = dict(state_dict, iterations_in_epoch=index)
+        super().load_state_dict(state_dict)
 
 
 def unwrap(module):
@@ -73,6 +126,7 @@ class DNILanguageModelingTask(FairseqTask):
         # the model's recurrent state layout and sizes, for a DNI criterion (fairseq builds the
         # criterion after the model, from the task); None until build_model, or for other models
         self.recurrent: Optional[RecurrentInterface] = None
+        self._update_windows = (None, [])  # (update number, its windows' lengths): --variable-window's lr scale
 
     @classmethod
     def setup_task(cls, cfg: DNILanguageModelingConfig, **kwargs):
@@ -125,6 +179,7 @@ class DNILanguageModelingTask(FairseqTask):
         if not isinstance(dataset, TokenStream):
             raise TypeError("dni_language_modeling batches only its own splits")
         streams = max_sentences if max_sentences is not None else self.cfg.eval_streams
+        variable = self.cfg.variable_window and dataset.split == "train"
         windows = StreamWindows(
             dataset.tokens,
             streams_per_rank=streams,
@@ -134,17 +189,22 @@ class DNILanguageModelingTask(FairseqTask):
             rank=shard_id,
             world_size=num_shards,
             state_key=dataset.split,
+            variable_window=variable,
+            seed=self.cfg.seed,
+            epoch=epoch,
         )
         logger.info(
-            "%s: rank %d/%d reads streams [%d, %d) of %d, %d windows of %d tokens",
+            "%s: rank %d/%d reads streams [%d, %d) of %d, %d windows of %s tokens",
             dataset.split, shard_id, num_shards, shard_id * streams, (shard_id + 1) * streams,
-            streams * num_shards, len(windows), self.cfg.tokens_per_sample,
+            streams * num_shards, len(windows),
+            f"about {self.cfg.tokens_per_sample} (variable)" if variable else self.cfg.tokens_per_sample,
         )
-        return iterators.EpochBatchIterator(
+        return StreamBatchIterator(
             dataset=windows,
             collate_fn=windows.collater,
-            # every dataset item is already a whole batch; never shuffle, never re-shard
-            batch_sampler=[[i] for i in range(len(windows))],
+            # every dataset item is already a whole batch (one window); never shuffled, never re-sharded;
+            # with variable windows the number of windows changes from epoch to epoch
+            batch_sampler=windows_of_epoch if variable else [[i] for i in range(len(windows))],
             num_workers=num_workers,
             epoch=epoch,
             buffer_size=data_buffer_size,
@@ -154,15 +214,28 @@ class DNILanguageModelingTask(FairseqTask):
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
         decoder = getattr(model, "decoder", None)
-        self.recurrent = decoder.recurrent_interface() if isinstance(decoder, DNILSTMDecoder) else None
+        if not isinstance(decoder, DNILSTMDecoder):
+            raise DNIUserError(
+                f"--task dni_language_modeling feeds windows that continue a carried state, which only fairseq-dni's "
+                f"models read: use --arch dni_lstm_lm (or dni_lstm_lm_small, dni_lstm_lm_wikitext103, ...); for "
+                f"--arch {getattr(cfg, '_name', None) or 'this model'} use --task language_modeling")
+        self.recurrent = decoder.recurrent_interface()
         return model
+
+    def build_criterion(self, cfg, from_checkpoint=False):
+        if self.recurrent is not None and self.recurrent.adaptive_softmax and cfg._name not in ADAPTIVE_CRITERIA:
+            raise DNIUserError(
+                f"--criterion {cfg._name} cannot train an adaptive softmax (--adaptive-softmax-cutoff, or "
+                f"--arch dni_lstm_lm_wikitext103): use --criterion adaptive_loss, or dni_cross_entropy")
+        return super().build_criterion(cfg, from_checkpoint)
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         """One truncated-BPTT window over this rank's B streams (one micro-batch).
 
         The whole DNI step, in order (``--criterion dni_cross_entropy``; any other criterion does 2 and 3):
 
-        1. mode: the mode schedule's (``cosine_alternating``) for this update, else ``--dni-mode``;
+        1. where training is (update, epochs done): ``cosine_alternating`` sets this window's learning
+           rate (epoch clock) and the criterion its mode (the schedule's, else ``--dni-mode``);
         2. forward: the LM loss from the carried state s_{t-1} (made a leaf), + the synthesizer's
            regression loss for the pair whose target arrived last window, + in synthetic mode
            ``scale * <s_t, M(s_t)>``, which injects the synthetic gradient at the window's end;
@@ -176,8 +249,12 @@ class DNILanguageModelingTask(FairseqTask):
 
         dni = unwrap(criterion)
         dni = dni if isinstance(dni, DNICrossEntropyCriterion) else None
+        alternating = find_alternating(optimizer)
+        clock = Clock(update=update_num, epoch=sample["epochs_done"])                   # 1
+        if alternating is not None and alternating.mode_schedule is not None:
+            alternating.mode_schedule.set_clock(clock)
         if dni is not None:
-            dni.set_mode_for_update(find_alternating(optimizer), update_num)             # 1
+            dni.set_mode_for(alternating, clock)
         model.train()
         model.set_num_updates(update_num)
         with torch.autograd.profiler.record_function("forward"):
@@ -185,6 +262,9 @@ class DNILanguageModelingTask(FairseqTask):
                 loss, sample_size, logging_output = criterion(model, sample)            # 2
         if ignore_grad:
             loss *= 0
+        if self.cfg.variable_window:
+            update, lengths = self._update_windows
+            self._update_windows = (update_num, (lengths if update == update_num else []) + [sample["target"].size(1)])
         with torch.autograd.profiler.record_function("backward"):
             optimizer.backward(loss)                                                     # 3
         if dni is not None:
@@ -193,6 +273,20 @@ class DNILanguageModelingTask(FairseqTask):
             for carried in carried_states(model, criterion):                             # 5
                 carried.share_across_ranks()
         return loss, sample_size, logging_output
+
+    def optimizer_step(self, optimizer, model, update_num):
+        """fairseq's step; with ``--variable-window`` the LM's learning rate is scaled for this step by
+        the window length over T (AWD-LSTM; the mean over the update's windows with --update-freq),
+        then restored, so the schedule's learning rate is what fairseq logs."""
+        update, lengths = self._update_windows
+        factor = sum(lengths) / len(lengths) / self.cfg.tokens_per_sample if update == update_num and lengths else 1.0
+        if factor == 1.0:
+            optimizer.step()
+            return
+        lr = optimizer.get_lr()
+        optimizer.set_lr(lr * factor)
+        optimizer.step()
+        optimizer.set_lr(lr)
 
     def begin_epoch(self, epoch, model):
         # only training calls this; --max-tokens alone cannot say how many streams to cut

@@ -26,7 +26,7 @@ Everything in this module above the fairseq class is plain Python, testable on i
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import List, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.optim.lr_scheduler import FairseqLRScheduler, register_lr_scheduler
@@ -41,13 +41,21 @@ MODE_SCHEDULES = ChoiceEnum(["alternate", "real", "synthetic"])
 MODES = ChoiceEnum(["synthetic", "real"])
 
 
-def check_schedule(period: int, t_mult: int, warmup: int, lr_shrink: float, restarts_per_switch: int,
-                   mode_schedule: str, first_mode: str):
+Periods = Union[int, Sequence[int]]
+
+
+def cycle_lengths(period: Periods) -> Tuple[int, ...]:
+    return tuple(period) if isinstance(period, (tuple, list)) else (period,)
+
+
+def check_schedule(period: Periods, t_mult: int, warmup: int, lr_shrink: float, restarts_per_switch: int,
+                   mode_schedule: str, first_mode: str, unit: str = "updates"):
     """One clear error per impossible setting (raised before any training happens)."""
-    if period is None or int(period) != period or period < 1:
-        raise DNIUserError(f"--lr-period-updates must be a positive integer, got {period}")
+    if period is None or any(int(p) != p or p < 1 for p in cycle_lengths(period)):
+        what = "a positive integer" if unit == "updates" else "positive integers"
+        raise DNIUserError(f"--lr-period-{unit} must be {what}, got {period}")
     if int(t_mult) != t_mult or t_mult < 1:
-        raise DNIUserError(f"--t-mult must be an integer >= 1 (restarts fall on whole updates), got {t_mult}")
+        raise DNIUserError(f"--t-mult must be an integer >= 1 (restarts fall on whole {unit}), got {t_mult}")
     if warmup < 0:
         raise DNIUserError(f"--warmup-updates must be >= 0, got {warmup}")
     if not 0 < lr_shrink <= 1:
@@ -60,38 +68,45 @@ def check_schedule(period: int, t_mult: int, warmup: int, lr_shrink: float, rest
         raise DNIUserError(f"--first-mode must be synthetic or real, got {first_mode!r}")
 
 
-def cycle_of(update: int, period: int, t_mult: int, warmup: int = 0) -> Tuple[int, int, int]:
-    """(cycle index, first update of the cycle, cycle length) for a 0-based update number.
+def cycle_of(position, period: Periods, t_mult: int, warmup: int = 0):
+    """(cycle index, start of the cycle, cycle length) for a 0-based position (an update number,
+    or epochs done as a float).
 
-    Warm-up updates belong to cycle 0 (start 0, length warmup + P).
+    ``period`` is the first cycle's length, or the lengths of the first cycles (e.g. the seed
+    paper's 5, 5, 10, 20, 40, 80, 160 epochs); after the last listed one, each cycle is ``t_mult``
+    times the previous. Warm-up belongs to cycle 0 (start 0, length warmup + the first period).
+    Integer positions give integer boundaries (no floating-point logarithm).
     """
-    if update < warmup:
-        return 0, 0, warmup + period
-    u = update - warmup
-    if t_mult == 1:
-        i = u // period
-        return i, warmup + i * period, period
-    i, start, length = 0, 0, period
-    while u >= start + length:  # geometric growth: O(log u) steps, all integers
+    lengths = cycle_lengths(period)
+    if position < warmup:
+        return 0, 0, warmup + lengths[0]
+    u = position - warmup
+    if len(lengths) == 1 and t_mult == 1:
+        i = int(u // lengths[0])
+        return i, warmup + i * lengths[0], lengths[0]
+    i, start, length = 0, 0, lengths[0]
+    while u >= start + length:  # O(log u) steps
         start += length
-        length *= t_mult
         i += 1
+        length = lengths[i] if i < len(lengths) else length * t_mult
     return i, warmup + start, length
 
 
-def restart_updates(limit: int, period: int, t_mult: int, warmup: int = 0) -> List[int]:
-    """Every update < limit at which a new cycle (a warm restart) begins, excluding 0."""
-    out, start, length = [], warmup, period
+def restart_updates(limit: int, period: Periods, t_mult: int, warmup: int = 0) -> List[int]:
+    """Every position < limit at which a new cycle (a warm restart) begins, excluding 0."""
+    out, position = [], 0
     while True:
-        start += length
-        length *= t_mult
-        if start >= limit:
+        i, start, length = cycle_of(position, period, t_mult, warmup)
+        position = start + length
+        if position >= limit:
             return out
-        out.append(start)
+        out.append(position)
 
 
-def learning_rate(update: int, max_lr: float, min_lr: float, period: int, t_mult: int, warmup: int = 0,
+def learning_rate(update, max_lr: float, min_lr: float, period: Periods, t_mult: int, warmup: int = 0,
                   warmup_init_lr: float = 0.0, lr_shrink: float = 1.0) -> float:
+    """SGDR (Loshchilov & Hutter 2017, eq. 5): ``min + (peak_i - min) (1 + cos(pi x)) / 2`` with ``x``
+    the fraction of cycle ``i`` done and ``peak_i = max_lr * lr_shrink**i``; linear warm-up first."""
     if update < warmup:
         return warmup_init_lr + (max_lr - warmup_init_lr) * update / warmup
     i, start, length = cycle_of(update, period, t_mult, warmup)  # cycle 0 anneals from the end of warm-up
@@ -100,8 +115,13 @@ def learning_rate(update: int, max_lr: float, min_lr: float, period: int, t_mult
     return min_lr + 0.5 * (peak - min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def mode_at(update: int, period: int, t_mult: int, warmup: int = 0, mode_schedule: str = "alternate",
-            first_mode: str = "synthetic", restarts_per_switch: int = 1) -> str:
+def mode_at(update, period: Periods, t_mult: int, warmup: int = 0, mode_schedule: str = "alternate",
+            first_mode: str = "synthetic", restarts_per_switch: int = 1, real_first=0) -> str:
+    """The mode at a position: real during the first ``real_first`` positions (the seed paper's
+    ``--whenswitch 2``: epoch 1 real), then by cycle: ``first_mode`` in cycle 0 and switching every
+    ``restarts_per_switch`` restarts (``alternate``), or one mode throughout."""
+    if update < real_first:
+        return "real"
     if mode_schedule in ("real", "synthetic"):
         return mode_schedule
     i, _, _ = cycle_of(update, period, t_mult, warmup)
@@ -109,11 +129,32 @@ def mode_at(update: int, period: int, t_mult: int, warmup: int = 0, mode_schedul
     return first_mode if (i // restarts_per_switch) % 2 == 0 else other
 
 
+@dataclass(frozen=True)
+class Clock:
+    """Where training is, as the task sees it before a window: the update about to run (0-based)
+    and the epochs done (a float: epoch 3, window 50 of 200 is 2.25)."""
+    update: int
+    epoch: float
+
+
 @dataclass
 class CosineAlternatingConfig(FairseqDataclass):
     warmup_updates: int = field(default=0, metadata={"help": "linear warm-up updates (part of cycle 0)"})
     warmup_init_lr: float = field(default=-1, metadata={"help": "learning rate at update 0 of the warm-up (-1: --min-lr)"})
-    lr_period_updates: int = field(default=1000, metadata={"help": "length P of the first cosine cycle, in updates"})
+    lr_period_updates: Optional[int] = field(
+        default=None,
+        metadata={"help": "length P of the first cosine cycle, in updates (default 1000 when --lr-period-epochs "
+                          "is not given)"})
+    lr_period_epochs: Optional[str] = field(
+        default=None,
+        metadata={"help": "count cycles in epochs instead: the first cycle's length, or comma-separated lengths of "
+                          "the first cycles (the seed paper: 5,5,10,20,40,80,160 or 160,160); after the last, each "
+                          "cycle is --t-mult times the previous. The learning rate anneals within epochs (fraction "
+                          "of the epoch's windows done); needs --optimizer alternating"})
+    lr_step_per_epoch: bool = field(
+        default=False,
+        metadata={"help": "with --lr-period-epochs: hold the learning rate for a whole epoch at the cosine's value at "
+                          "the epoch's start, as the seed paper's code does"})
     t_mult: int = field(default=1, metadata={"help": "each cycle is t_mult times longer than the previous one (integer >= 1)"})
     lr_shrink: float = field(default=1.0, metadata={"help": "the peak learning rate is multiplied by this at every restart"})
     min_lr: float = field(default=0.0, metadata={"help": "learning rate at the end of every cycle"})
@@ -123,51 +164,113 @@ class CosineAlternatingConfig(FairseqDataclass):
                           "real / synthetic: one mode throughout"})
     first_mode: MODES = field(default="synthetic", metadata={"help": "mode of the first cycle (alternate)"})
     restarts_per_switch: int = field(default=1, metadata={"help": "restarts between two mode switches (alternate)"})
+    real_first_updates: int = field(
+        default=0, metadata={"help": "the first N updates use real gradients whatever the mode schedule says"})
+    real_first_epochs: int = field(
+        default=0,
+        metadata={"help": "with --lr-period-epochs: the first N epochs use real gradients whatever the mode schedule "
+                          "says (the seed paper's --whenswitch 2 is 1)"})
     lr: List[float] = II("optimization.lr")
+    max_update: int = II("optimization.max_update")
+    max_epoch: int = II("optimization.max_epoch")
 
 
 @register_lr_scheduler("cosine_alternating", dataclass=CosineAlternatingConfig)
 class CosineAlternatingSchedule(FairseqLRScheduler):
+    """Learning rate and mode as pure functions of where training is. Clock: updates
+    (``--lr-period-updates``; fairseq's ``step_update`` sets the learning rate after every update),
+    or epochs (``--lr-period-epochs``; the task calls :meth:`set_clock` before every window with the
+    fraction of epochs done, so cycles stay whole epochs when epochs differ in length)."""
+
     def __init__(self, cfg: CosineAlternatingConfig, optimizer):
         super().__init__(cfg, optimizer)
         if len(cfg.lr) > 1:
             raise DNIUserError("cosine_alternating takes one --lr (the peak learning rate)")
-        check_schedule(cfg.lr_period_updates, cfg.t_mult, cfg.warmup_updates, cfg.lr_shrink,
-                       cfg.restarts_per_switch, str(cfg.mode_schedule), str(cfg.first_mode))
+        if cfg.lr_period_updates is not None and cfg.lr_period_epochs is not None:
+            raise DNIUserError("give the cosine cycles in updates (--lr-period-updates) or in epochs "
+                               "(--lr-period-epochs), not both")
+        self.counts_epochs = cfg.lr_period_epochs is not None
+        unit = "epochs" if self.counts_epochs else "updates"
+        if self.counts_epochs:
+            try:
+                self.period = tuple(int(p) for p in str(cfg.lr_period_epochs).split(","))
+            except ValueError:
+                raise DNIUserError(f"--lr-period-epochs takes comma-separated integers, got {cfg.lr_period_epochs}")
+        else:
+            self.period = 1000 if cfg.lr_period_updates is None else cfg.lr_period_updates
+        check_schedule(self.period, cfg.t_mult, cfg.warmup_updates, cfg.lr_shrink,
+                       cfg.restarts_per_switch, str(cfg.mode_schedule), str(cfg.first_mode), unit)
         self.max_lr = cfg.lr[0]
         if self.max_lr < cfg.min_lr:
             raise DNIUserError(f"--lr ({self.max_lr}) must be >= --min-lr ({cfg.min_lr})")
         self.warmup_init_lr = cfg.min_lr if cfg.warmup_init_lr < 0 else cfg.warmup_init_lr
+        self.real_first = self.check_units(cfg)
         alternating = find_alternating(optimizer)
         if alternating is not None:
-            alternating.mode_schedule = self  # the task reads mode_at(update) there
+            alternating.mode_schedule = self  # the task reads it there before every window
+        elif self.counts_epochs:
+            raise DNIUserError("--lr-period-epochs needs --optimizer alternating (with --base-optimizer adam|adamw|"
+                               "sgd|nag): the task hands the epoch clock to the schedule through it")
         elif str(cfg.mode_schedule) != "real":
             logger.info("cosine_alternating: --optimizer %s trains no synthesizer, so --mode-schedule has no "
                         "effect (warm restarts only)", optimizer.__class__.__name__)
-        self.step_update(0)
+        self.clock = Clock(0, 0.0)
+        self.set_clock(self.clock) if self.counts_epochs else self.step_update(0)
 
-    def lr_at(self, update: int) -> float:
+    def check_units(self, cfg) -> int:
+        """The real-first phase in the clock's unit; refuses settings that cannot do what they say."""
+        if self.counts_epochs:
+            if cfg.warmup_updates or cfg.real_first_updates:
+                raise DNIUserError("with --lr-period-epochs give the real first phase in epochs "
+                                   "(--real-first-epochs), and no --warmup-updates")
+            real_first, length, unit = cfg.real_first_epochs, cfg.max_epoch, "epochs"
+        else:
+            if cfg.real_first_epochs or cfg.lr_step_per_epoch:
+                raise DNIUserError("--real-first-epochs and --lr-step-per-epoch need --lr-period-epochs")
+            real_first, length, unit = cfg.real_first_updates, cfg.max_update, "updates"
+        if real_first < 0:
+            raise DNIUserError(f"--real-first-{unit} must be >= 0, got {real_first}")
+        first = cycle_lengths(self.period)[0] + (cfg.warmup_updates if not self.counts_epochs else 0)
+        if length and length > 0:
+            if real_first >= length:
+                raise DNIUserError(f"--real-first-{unit} {real_first} covers the whole run (--max-{unit[:-1]} "
+                                   f"{length}): no synthetic gradient would ever be used")
+            if first > length:
+                raise DNIUserError(f"the first cosine cycle ({first} {unit}) is longer than the run (--max-{unit[:-1]} "
+                                   f"{length}): the learning rate would never anneal; shorten --lr-period-{unit}")
+        return real_first
+
+    def position(self, clock: Clock):
+        return clock.epoch if self.counts_epochs else clock.update
+
+    def lr_at(self, position) -> float:
         c = self.cfg
-        return learning_rate(update, self.max_lr, c.min_lr, c.lr_period_updates, c.t_mult, c.warmup_updates,
-                             self.warmup_init_lr, c.lr_shrink)
+        if self.counts_epochs and c.lr_step_per_epoch:
+            position = math.floor(position)
+        return learning_rate(position, self.max_lr, c.min_lr, self.period, c.t_mult,
+                             0 if self.counts_epochs else c.warmup_updates, self.warmup_init_lr, c.lr_shrink)
 
-    def mode_at(self, update: int) -> str:
-        """The mode of the (0-based) update ``update``."""
+    def mode_at(self, clock: Clock) -> str:
+        """The mode of the window about to run."""
         c = self.cfg
-        return mode_at(update, c.lr_period_updates, c.t_mult, c.warmup_updates, str(c.mode_schedule),
-                       str(c.first_mode), c.restarts_per_switch)
+        return mode_at(self.position(clock), self.period, c.t_mult, 0 if self.counts_epochs else c.warmup_updates,
+                       str(c.mode_schedule), str(c.first_mode), c.restarts_per_switch, self.real_first)
 
-    @property
-    def fixed_mode(self):
-        """The mode when the schedule never switches (``--mode-schedule real|synthetic``), else None."""
-        return None if str(self.cfg.mode_schedule) == "alternate" else str(self.cfg.mode_schedule)
+    def set_clock(self, clock: Clock):
+        """Called by the task before every window. With the epoch clock, sets this window's learning rate."""
+        self.clock = clock
+        if self.counts_epochs:
+            self.optimizer.set_lr(self.lr_at(clock.epoch))
 
     def step(self, epoch, val_loss=None):
         super().step(epoch, val_loss)
         return self.optimizer.get_lr()
 
     def step_update(self, num_updates):
-        """Learning rate of the update about to run (``num_updates`` are done)."""
+        """Update clock: the learning rate of the update about to run (``num_updates`` are done).
+        Epoch clock: unchanged (the task sets it before every window)."""
+        if self.counts_epochs:
+            return self.optimizer.get_lr()
         lr = self.lr_at(num_updates)
         self.optimizer.set_lr(lr)
         return lr
