@@ -7,7 +7,7 @@ learns in real mode too, so its cosine with the true gradient is measured in bot
 script writes each run's log, a CSV of the logged curves, a markdown summary and (with
 matplotlib installed) a PNG; every number in them is read from the fairseq logs.
 
-    python examples/dni_stability.py --text-dir ../shared/data/ptb --out docs/dni_stability
+    python examples/dni_stability.py --text-dir ../shared/data/ptb --out docs/dni_stability --arms all
     python examples/dni_stability.py --arms real,synthetic --epochs 1 --max-update 300   # quicker look
 """
 
@@ -22,26 +22,31 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 
-# name -> extra fairseq-train flags (on top of the common setting below)
+# name -> extra fairseq-train flags (on top of the common setting below: the LM's Adam 1e-3 and the
+# synthesizer's own optimizer, --optimizer alternating)
+MLP_LR_1E3 = ["--dni-lr", "1e-3"]  # the synthesizer learning as fast as the LM (the study's first arms)
+PAPER_SYNTH = ["--dni-synthesizer", "coordinatewise", "--dni-lr", "1e-3", "--dni-weight-decay", "1.2e-6"]
 ARMS = {
-    "real": ["--dni-mode", "real"],
-    "synthetic": ["--dni-mode", "synthetic"],
-    "synthetic-no-input-norm": ["--dni-mode", "synthetic", "--dni-no-input-norm"],
-    "synthetic-scale1": ["--dni-mode", "synthetic", "--dni-scale", "1.0"],
-    # the synthesizer with its own optimizer state and a 10x smaller learning rate
-    "synthetic-dni-lr-1e-4": ["--dni-mode", "synthetic", "--optimizer", "alternating", "--base-optimizer", "adam",
-                              "--dni-lr", "1e-4"],
+    "real": ["--dni-mode", "real", *MLP_LR_1E3],
+    "synthetic": ["--dni-mode", "synthetic", *MLP_LR_1E3],
+    "synthetic-no-input-norm": ["--dni-mode", "synthetic", "--dni-no-input-norm", *MLP_LR_1E3],
+    "synthetic-scale1": ["--dni-mode", "synthetic", "--dni-scale", "1.0", *MLP_LR_1E3],
+    # the synthesizer with a 10x smaller learning rate
+    "synthetic-dni-lr-1e-4": ["--dni-mode", "synthetic", "--dni-lr", "1e-4"],
     # ... and conditioned on the next window's first input token
-    "synthetic-cond-dni-lr-1e-4": ["--dni-mode", "synthetic", "--optimizer", "alternating", "--base-optimizer", "adam",
-                                   "--dni-lr", "1e-4", "--dni-condition-on-next-input"],
+    "synthetic-cond-dni-lr-1e-4": ["--dni-mode", "synthetic", "--dni-lr", "1e-4", "--dni-condition-on-next-input"],
     # ... and on the label of the next window's first target too (conditional DNI, as cDNI conditions on labels)
-    "synthetic-cond-target-dni-lr-1e-4": ["--dni-mode", "synthetic", "--optimizer", "alternating",
-                                          "--base-optimizer", "adam", "--dni-lr", "1e-4",
+    "synthetic-cond-target-dni-lr-1e-4": ["--dni-mode", "synthetic", "--dni-lr", "1e-4",
                                           "--dni-condition-on-next-input", "--dni-condition-on-next-target"],
-    # ... with the synthesizer learning 10x faster (its own Adam state, lr 1e-3)
-    "synthetic-cond-target-dni-lr-1e-3": ["--dni-mode", "synthetic", "--optimizer", "alternating",
-                                          "--base-optimizer", "adam", "--dni-lr", "1e-3",
+    # ... with the synthesizer learning 10x faster (lr 1e-3)
+    "synthetic-cond-target-dni-lr-1e-3": ["--dni-mode", "synthetic", "--dni-lr", "1e-3",
                                           "--dni-condition-on-next-input", "--dni-condition-on-next-target"],
+    # the seed paper's coordinate-wise recurrent synthesizer (50 units, input noise N(1, 0.5), Adam 1e-3,
+    # weight decay 1.2e-6), with each cell; and in real mode (it still learns: is it any good?)
+    "real-coordinatewise-gru": ["--dni-mode", "real", *PAPER_SYNTH, "--dni-synthesizer-cell", "gru"],
+    "synthetic-coordinatewise-gru": ["--dni-mode", "synthetic", *PAPER_SYNTH, "--dni-synthesizer-cell", "gru"],
+    "synthetic-coordinatewise-lstm": ["--dni-mode", "synthetic", *PAPER_SYNTH, "--dni-synthesizer-cell", "lstm"],
+    "synthetic-coordinatewise-qrnn": ["--dni-mode", "synthetic", *PAPER_SYNTH, "--dni-synthesizer-cell", "qrnn"],
 }
 CURVES = ["loss", "state_norm", "dni_cos", "dni_rel_loss", "dni_loss", "dni_pred_norm", "dni_target_norm", "dni_nonfinite", "gnorm"]
 
@@ -62,7 +67,8 @@ def run_arm(name, data, out, args):
     cmd = [os.path.join(BIN, "fairseq-train"), data, "--user-dir", os.path.join(REPO, "fairseq_dni"),
            "--task", "dni_language_modeling", "--arch", "dni_lstm_lm_small",
            "--criterion", "dni_cross_entropy", "--tokens-per-sample", "35", "--batch-size", "20",
-           "--optimizer", "adam", "--lr", "1e-3", "--dni-scale", "0.1", "--seed", str(args.seed),
+           "--optimizer", "alternating", "--base-optimizer", "adam", "--lr", "1e-3", "--dni-scale", "0.1",
+           "--seed", str(args.seed),
            "--max-epoch", str(args.epochs), "--cpu", "--num-workers", "0", "--no-save",
            "--log-format", "json", "--log-interval", str(args.log_interval), "--no-progress-bar",
            *ARMS[name]]
@@ -97,12 +103,12 @@ def main():
     parser.add_argument("--arms", default="real,synthetic,synthetic-no-input-norm")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--max-update", type=int, default=0)
-    parser.add_argument("--validate-interval-updates", type=int, default=0)
+    parser.add_argument("--validate-interval-updates", type=int, default=332)
     parser.add_argument("--log-interval", type=int, default=50)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--reuse-logs", action="store_true", help="only re-read existing logs")
     args = parser.parse_args()
-    arms = args.arms.split(",")
+    arms = list(ARMS) if args.arms == "all" else args.arms.split(",")
     os.makedirs(os.path.join(args.out, "logs"), exist_ok=True)
     data = binarize(args.text_dir, args.data_bin)
 
@@ -157,15 +163,16 @@ def main():
     except ImportError:
         print("(matplotlib not installed: no plot)")
         return
-    panels = [("loss", "train loss (base 2)"), ("state_norm", "cell-state norm"),
-              ("dni_cos", "cos(synthetic, true gradient)"), ("dni_pred_norm", "|synthetic gradient|")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
+    panels = [("valid_ppl", "valid perplexity"), ("loss", "train loss (base 2)"), ("state_norm", "cell-state norm"),
+              ("dni_cos", "cos(synthetic, true gradient)"), ("dni_rel_loss", "dni_rel_loss (1 - R^2)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
     for ax, (key, title) in zip(axes, panels):
-        for name, (train, _) in results.items():
-            xs = [int(r["num_updates"]) for r in train if key in r]
-            ax.plot(xs, [float(r[key]) for r in train if key in r], label=name)
+        for name, (train, valid) in results.items():
+            rows = valid if key == "valid_ppl" else train
+            xs = [int(r.get("num_updates", r.get("valid_num_updates"))) for r in rows if key in r]
+            ax.plot(xs, [float(r[key]) for r in rows if key in r], label=name, marker="." if key == "valid_ppl" else None)
         ax.set_title(title)
-        if key == "state_norm":
+        if key in ("state_norm", "valid_ppl"):
             ax.set_yscale("log")
         ax.set_xlabel("update")
     axes[0].legend(fontsize=8)

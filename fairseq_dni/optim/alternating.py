@@ -46,6 +46,8 @@ class AlternatingOptimizerConfig(FairseqDataclass):
     dni_optimizer: BASE_OPTIMIZERS = field(default="adam", metadata={"help": "the synthesizer's optimizer"})
     dni_lr: float = field(default=1e-4, metadata={"help": "the synthesizer's learning rate (constant)"})
     dni_clip_norm: float = field(default=0.0, metadata={"help": "clip the synthesizer's gradient norm (0: off)"})
+    dni_weight_decay: float = field(
+        default=0.0, metadata={"help": "the synthesizer's weight decay (the seed paper: 1.2e-6, with Adam)"})
     adam_betas: str = field(default="(0.9, 0.999)", metadata={"help": "betas for adam/adamw"})
     adam_eps: float = field(default=1e-8, metadata={"help": "epsilon for adam/adamw"})
     weight_decay: float = field(default=0.0, metadata={"help": "weight decay of the language model"})
@@ -142,7 +144,7 @@ class AlternatingOptimizer(FairseqOptimizer):
         self.lm_params, self.synthesizer_params = lm, synth
         self._optimizer = TwoOptimizers(
             build_torch_optimizer(cfg.base_optimizer, lm, lr, cfg, cfg.weight_decay),
-            build_torch_optimizer(cfg.dni_optimizer, synth, cfg.dni_lr, cfg, 0.0) if synth else None,
+            build_torch_optimizer(cfg.dni_optimizer, synth, cfg.dni_lr, cfg, cfg.dni_weight_decay) if synth else None,
         )
         # set by --lr-scheduler cosine_alternating: an object with mode_at(update) -> "real"/"synthetic"
         # and fixed_mode (the mode when it never switches, else None); read by the task
