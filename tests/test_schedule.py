@@ -1,5 +1,6 @@
 """cosine_alternating: restart boundaries and modes against an independent reference."""
 import math
+import re
 
 import pytest
 
@@ -184,3 +185,36 @@ def test_paper_epoch_schedules_match_the_papers_training_loop(arm, per_epoch):
                 following = reference[epoch][0] if epoch < 320 and reference[epoch][0] < lr else 0.0
                 assert following <= optimizer.get_lr() <= lr, (arm, epoch, j)
             update += 1
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--lr-period-epochs", "5", "--lr-period-updates", "100"], "not both"),
+    (["--lr-period-epochs", "400"], "the first cosine cycle (400 epochs) is longer than the run (--max-epoch 320)"),
+    (["--lr-period-epochs", "5", "--real-first-epochs", "320"], "--real-first-epochs 320 covers the whole run"),
+    (["--lr-period-epochs", "5,0,10"], "--lr-period-epochs must be positive integers"),
+    (["--lr-period-epochs", "5,x"], "--lr-period-epochs takes comma-separated integers"),
+    (["--lr-period-updates", "10", "--real-first-epochs", "1"], "--real-first-epochs and --lr-step-per-epoch need"),
+    (["--lr-period-epochs", "5", "--warmup-updates", "10"], "with --lr-period-epochs give the real first phase"),
+])
+def test_epoch_schedule_settings_that_cannot_work_are_refused(flags, message):
+    from fairseq_dni.errors import DNIUserError
+
+    with pytest.raises(DNIUserError, match=re.escape(message)):
+        schedule(*flags)
+
+
+def test_epoch_clock_needs_the_alternating_optimizer():
+    import torch
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq.optim.sgd import SGD
+
+    from fairseq_dni.errors import DNIUserError
+    from fairseq_dni.optim.lr_scheduler.cosine_alternating import CosineAlternatingSchedule
+
+    args = options.parse_args_and_arch(options.get_training_parser(), [
+        "unused", "--task", "language_modeling", "--arch", "lstm_lm", "--optimizer", "sgd", "--lr", "1.0",
+        "--lr-scheduler", "cosine_alternating", "--lr-period-epochs", "2", "--max-epoch", "4", "--cpu"])
+    cfg = convert_namespace_to_omegaconf(args)
+    with pytest.raises(DNIUserError, match="--lr-period-epochs needs --optimizer alternating"):
+        CosineAlternatingSchedule(cfg.lr_scheduler, SGD(cfg.optimizer, [torch.nn.Parameter(torch.zeros(1))]))
