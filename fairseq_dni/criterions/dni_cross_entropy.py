@@ -315,9 +315,9 @@ class DNICrossEntropyCriterion(CrossEntropyCriterion):
             inputs = self.synthesizer.perturb(final_flat.detach())
             own = carry.own_state if carry.own_state is not None else self.synthesizer.initial_state(inputs)
             prediction, new_own = self.synthesize(inputs, condition, own)
-            finite = torch.isfinite(prediction).all()
-            prediction = torch.where(finite, prediction, torch.zeros_like(prediction))
-            new_own = tree_map(lambda t: torch.where(finite, t, torch.zeros_like(t)), new_own)
+            finite = torch.isfinite(prediction).all()  # no host synchronisation: where() keeps it on the device
+            prediction = torch.where(finite, prediction, 0.0)
+            new_own = tree_map(lambda t: torch.where(finite, t, 0.0), new_own)
         logging_output["dni_nonfinite"] = (~finite).float()
         if self.mode == "synthetic":
             total = total + synthetic_gradient_term(final_flat, prediction.to(final_flat.dtype), self.cfg.dni_scale)
