@@ -887,35 +887,44 @@ def main():
     # seconds a run of each kind is expected to take until one has been timed
     expected_s = {"env": 15, "bare": 15, "train": 30, "eval": 20}
     took: Dict[str, List[float]] = {}
-    for job in jobs:
-        now = time.time()
-        if job.kind == "eval" and not results.rows[job.checks["after"]]["status"].startswith("ok"):
-            results.rows[job.id]["status"] = "skipped: its training run failed"
-            continue
-        guess = max(took.get(job.kind, [expected_s[job.kind]]))
-        if opts.deadline and now + guess > opts.deadline:
-            print(f"[gpu_check] {job.id}: skipped, {opts.deadline - now:.0f} s left, it needs about {guess:.0f}",
-                  flush=True)
-            results.rows[job.id]["status"] = "skipped: time budget"
-            continue
-        limit = 600 if opts.cpu else 150
-        if opts.deadline:
-            limit = min(limit, max(10, opts.deadline - now))
-        print(f"[gpu_check] {job.id} ...", flush=True)
-        result = runner.run(job, limit)
-        if job.kind == "env" and not result.get("ok") and not runner.spawn:
-            print("[gpu_check] a forked child could not start; from here on every run is a fresh process", flush=True)
-            runner.spawn = True
+    stopped = "time budget"
+    try:
+        for job in jobs:
+            now = time.time()
+            row = results.rows.get(job.id)
+            if job.kind == "eval" and not results.rows[job.checks["after"]]["status"].startswith("ok"):
+                row["status"] = "skipped: no checkpoint (its training run did not pass)"
+                continue
+            guess = max(took.get(job.kind, [expected_s[job.kind]]))
+            if job.kind == "bare":  # worth its time only if an arm of its configuration runs after it
+                guess += max(took.get("train", [expected_s["train"]]))
+            if job.kind != "env" and opts.deadline and now + guess > opts.deadline:
+                print(f"[gpu_check] {job.id}: skipped, {opts.deadline - now:.0f} s left, it needs about {guess:.0f}",
+                      flush=True)
+                row["status"] = "skipped: time budget"
+                continue
+            limit = 600 if opts.cpu else 150
+            if opts.deadline:
+                limit = min(limit, max(10, opts.deadline - now))
+            print(f"[gpu_check] {job.id} ...", flush=True)
             result = runner.run(job, limit)
-        took.setdefault(job.kind, []).append(result.get("wall_s", time.time() - now))
-        results.record(job, result, opts.sizes)
-        row = results.rows.get(job.id, {})
-        print(f"[gpu_check] {job.id}: {row.get('status', 'ok' if result.get('ok') else result.get('error'))}"
-              f" ({time.time() - now:.1f} s)", flush=True)
-        results.write(f"\n===== {job.id} ({time.time() - now:.1f} s) =====\n{result['log']}")
-    results.skip_rest("time budget")
-    results.write()
-    print(f"[gpu_check] results in {opts.results}" + (f" and {opts.out}" if opts.out else ""), flush=True)
+            if job.kind == "env" and not result.get("ok") and not runner.spawn:
+                print("[gpu_check] a forked child could not start; from here on every run is a fresh process",
+                      flush=True)
+                runner.spawn = True
+                result = runner.run(job, limit)
+            took.setdefault(job.kind, []).append(result.get("wall_s", time.time() - now))
+            results.record(job, result, opts.sizes)
+            status = row["status"] if row else ("ok" if result.get("ok") else result.get("error"))
+            print(f"[gpu_check] {job.id}: {status} ({time.time() - now:.1f} s)", flush=True)
+            results.write(f"\n===== {job.id} ({time.time() - now:.1f} s) =====\n{result['log']}")
+    except BaseException as e:  # noqa: B902 - whatever stops the check, what it measured is written
+        stopped = f"not reached: the check stopped ({type(e).__name__}: {e})"
+        raise
+    finally:
+        results.skip_rest(stopped)
+        results.write()
+        print(f"[gpu_check] results in {opts.results}" + (f" and {opts.out}" if opts.out else ""), flush=True)
     return 0 if results.ok() else 1
 
 
