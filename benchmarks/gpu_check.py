@@ -758,7 +758,7 @@ class Results:
             f"{o.sizes.timed} updates timed after {o.sizes.interval} of warm-up (fairseq's `wps`), each against "
             "the bare PyTorch `nn.LSTM` loop of the same sizes, dropouts and optimizer (`benchmarks/bare_lstm.py`) "
             "run just before it. Epoch: the real training split (WikiText-103 103,227,021 tokens, PTB 929,589, "
-            "one `</s>` per line included) at that rate, on this one GPU. Memory: peak of torch's CUDA "
+            "one `</s>` per line included) at that rate on this one device. Memory: peak of torch's CUDA "
             "allocator, allocated / reserved.", "",
             "| configuration | arm | sizes | streams x window | tokens/s | bare loop tokens/s | / bare | epoch | "
             "peak MiB | status |",

@@ -139,8 +139,9 @@ if [ "$install" = 1 ] || ! imports_all; then
     # CUDA kernels, for translation only, would take minutes); setuptools builds the six C++/Cython
     # extensions in parallel threads (DIST_EXTRA_CONFIG), with plain compiler calls, since torch's ninja
     # backend writes one build.ninja per build folder, which parallel builds would share (a 'ninja' that
-    # fails its --version check makes torch fall back); CFLAGS=-g0 drops the debug information Python's
-    # flags ask for (about 40% of each torch extension's compile time here).
+    # fails its --version check makes torch fall back); -g0 drops the debug information Python's flags
+    # ask for (about 40% of each torch extension's compile time here; newer setuptools compile C++ with
+    # CXXFLAGS, older ones with CFLAGS).
     printf '[build_ext]\nparallel = %s\n' "$jobs" > "$work/build_ext.cfg"
     mkdir -p "$work/no-ninja" && printf '#!/bin/sh\nexit 1\n' > "$work/no-ninja/ninja" && chmod +x "$work/no-ninja/ninja"
     # the log: pip -v, time-stamped, without its thousands of file-copying lines
@@ -148,7 +149,8 @@ if [ "$install" = 1 ] || ! imports_all; then
       case "$l" in *copying\ *|*creating\ *|*adding\ \'*|*changing\ mode*) ;; *) printf '%(%H:%M:%S)T %s\n' -1 "$l" ;; esac
     done; }
     if ! env -u CUDA_HOME -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL -u PIP_INDEX_URL PIP_CONFIG_FILE=/dev/null \
-        DIST_EXTRA_CONFIG="$work/build_ext.cfg" PATH="$work/no-ninja:$PATH" CFLAGS="${CFLAGS:-} -g0" \
+        DIST_EXTRA_CONFIG="$work/build_ext.cfg" PATH="$work/no-ninja:$PATH" \
+        CFLAGS="${CFLAGS:-} -g0" CXXFLAGS="${CXXFLAGS:-} -g0" \
         "$python" -m pip install -v --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir \
         --disable-pip-version-check --target "$site" "$wheels"/*.whl "$wheels"/*.tar.gz 2>&1 | stamp >> "$log"; then
       mirror
