@@ -903,7 +903,7 @@ def main():
                       flush=True)
                 row["status"] = "skipped: time budget"
                 continue
-            limit = 600 if opts.cpu else 150
+            limit = 60 if job.kind == "env" else (600 if opts.cpu else 150)
             if opts.deadline:
                 limit = min(limit, max(10, opts.deadline - now))
             print(f"[gpu_check] {job.id} ...", flush=True)
