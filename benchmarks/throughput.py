@@ -27,12 +27,12 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bare_lstm import BareSizes, tbptt_tokens_per_s  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -56,43 +56,11 @@ def vocab_size(data_bin):
 
 
 def bare_pytorch(args, tokens, vocab):
-    """(a): the hand-written loop, PyTorch word_language_model style, batch-first like (b)."""
-    torch.manual_seed(args.seed)
-
-    class LM(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embed = nn.Embedding(vocab, args.embed_dim)
-            self.lstm = nn.LSTM(args.embed_dim, args.hidden, args.layers, batch_first=True)
-            self.out = nn.Linear(args.hidden, vocab)
-
-        def forward(self, x, state):
-            y, state = self.lstm(self.embed(x), state)
-            return self.out(y), state
-
-    model = LM()
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    stream_len = (len(tokens) - 1) // args.batch_size
-    data = torch.from_numpy(tokens[: stream_len * args.batch_size + 1])
-    src_all = data[:-1].view(args.batch_size, stream_len)
-    tgt_all = data[1:].view(args.batch_size, stream_len)
-    state = None
-    total = args.warmup + args.updates
-    t0 = None
-    for step in range(total):
-        if step == args.warmup:
-            t0 = time.perf_counter()
-        i = (step * args.window) % (stream_len - args.window)
-        src, tgt = src_all[:, i : i + args.window], tgt_all[:, i : i + args.window]
-        logits, state = model(src, state)
-        state = tuple(s.detach() for s in state)
-        loss = F.cross_entropy(logits.reshape(-1, vocab), tgt.reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-        opt.step()
-    elapsed = time.perf_counter() - t0
-    return args.updates * args.batch_size * args.window / elapsed
+    """(a): the hand-written loop (benchmarks/bare_lstm.py), no dropout, full softmax, Adam."""
+    sizes = BareSizes(vocab=vocab, embed=args.embed_dim, hidden=args.hidden, layers=args.layers)
+    tokens_per_s, _ = tbptt_tokens_per_s(tokens, sizes, args.batch_size, args.window, optimizer="adam", lr=args.lr,
+                                         clip=args.clip, warmup=args.warmup, updates=args.updates, seed=args.seed)
+    return tokens_per_s
 
 
 def fairseq_wps(args, extra, label):
@@ -113,7 +81,16 @@ def fairseq_wps(args, extra, label):
     if out.returncode != 0:
         sys.exit(f"{label} failed:\n{out.stdout[-3000:]}")
     inner = [json.loads(m) for m in re.findall(r"\| train_inner \| (\{.*\})", out.stdout)]
-    measured = [r for r in inner if int(r["num_updates"]) > args.warmup]
+    return measured_tokens_per_s(inner, args.warmup, interval)
+
+
+def measured_tokens_per_s(inner, warmup, interval):
+    """Tokens/s over the ``train_inner`` records after update ``warmup``: total tokens / total time.
+
+    fairseq's ``wps`` of a record is that interval's tokens (``wpb`` x ``interval`` updates)
+    over its wall time, so the intervals are combined by their times, not averaged.
+    """
+    measured = [r for r in inner if int(r["num_updates"]) > warmup]
     tokens = sum(float(r["wpb"]) * interval for r in measured)
     seconds = sum(float(r["wpb"]) * interval / float(r["wps"]) for r in measured)
     return tokens / seconds
