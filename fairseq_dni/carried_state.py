@@ -192,6 +192,13 @@ class CarriedState(nn.Module):
     def keys(self):
         return self._values.keys()
 
+    def snapshot(self):
+        """What is carried now (values are replaced, never changed in place, so this is cheap)."""
+        return dict(self._values)
+
+    def restore(self, snapshot):
+        self._values = dict(snapshot)
+
     # ---- several ranks: rank 0 writes the checkpoint, so it must hold every rank's value --------
     def share_across_ranks(self):
         """Gather every rank's ``train`` value onto every rank (one all_gather of a flat buffer)."""

@@ -92,3 +92,53 @@ def test_resume_with_another_layout_restarts_the_epoch_and_says_why(tiny_data, t
     assert f"this run reads {layout}" in line[0] and "epoch 1 restarts from its first window" in line[0]
     windows = len(StreamWindows(np.zeros(2233), int(layout.split()[0]), int(layout.split()[3].split("-")[0]), PAD, EOS))
     assert [round(float(r["update"]) * windows) for r in rows] == [1, 2, 3]
+
+
+def test_an_update_run_again_after_an_amp_overflow_starts_from_the_same_carried_state():
+    """fairseq's --amp retries an overflowed update by running its window again (reseeded); the
+    carried LSTM state and the synthesizer's carry (coordinate-wise: its own state, its last call,
+    the pending pair) must be those of the update's start, so the retry computes exactly the same."""
+    from fairseq import options
+    from fairseq.data import Dictionary
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    from fairseq_dni.criterions.dni_cross_entropy import DNICrossEntropyConfig, DNICrossEntropyCriterion
+    from fairseq_dni.models.dni_lstm_lm import DNILSTMLanguageModel, DNILSTMLMConfig
+    from fairseq_dni.optim.alternating import AlternatingOptimizer
+    from fairseq_dni.tasks.dni_language_modeling import DNILanguageModelingConfig, DNILanguageModelingTask
+
+    dictionary = Dictionary()
+    for i in range(20):
+        dictionary.add_symbol(f"w{i}")
+    tokens = np.random.RandomState(1).randint(4, len(dictionary), size=300)
+    windows = StreamWindows(tokens, 3, 6, dictionary.pad(), dictionary.eos(), state_key="train")
+    samples = [windows.collater([windows[i]]) for i in range(4)]
+    opt_cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), [
+        "unused", "--task", "language_modeling", "--arch", "lstm_lm", "--optimizer", "alternating", "--lr", "0.01",
+        "--dni-lr", "0.01", "--cpu"])).optimizer
+
+    def run(schedule):
+        torch.manual_seed(0)
+        task = DNILanguageModelingTask(DNILanguageModelingConfig(), dictionary)
+        model = DNILSTMLanguageModel.build_model(DNILSTMLMConfig(decoder_embed_dim=4, decoder_hidden_size=5,
+                                                                 dropout=0.0), task)
+        task.recurrent = model.decoder.recurrent_interface()
+        criterion = DNICrossEntropyCriterion(task, DNICrossEntropyConfig(
+            dni_synthesizer="coordinatewise", dni_synthesizer_hidden=3, sentence_avg=False))
+        optimizer = AlternatingOptimizer(opt_cfg, list(model.parameters()) + list(criterion.parameters()))
+        losses = []
+        for k, (update, window) in enumerate(schedule):
+            torch.manual_seed(100 + update)  # fairseq reseeds every update (retries included)
+            optimizer.zero_grad()
+            loss, _, _ = task.train_step(samples[window], model, criterion, optimizer, update)
+            losses.append(float(loss))
+            if (update, window) not in schedule[k + 1:]:  # the overflowed try takes no step
+                optimizer.step()
+        return losses, model.decoder.carried.peek("train"), criterion.carried.peek("train")
+
+    plain = run([(0, 0), (1, 1), (2, 2), (3, 3)])
+    retried = run([(0, 0), (1, 1), (2, 2), (2, 2), (3, 3)])  # update 2 run again, then stepped once
+    assert retried[0][2] == retried[0][3] == plain[0][2] and retried[0][4] == plain[0][3]
+    for a, b in zip(plain[1], retried[1]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(plain[2].own_state, retried[2].own_state, rtol=0, atol=0)

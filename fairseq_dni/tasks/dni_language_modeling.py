@@ -127,6 +127,7 @@ class DNILanguageModelingTask(FairseqTask):
         # criterion after the model, from the task); None until build_model, or for other models
         self.recurrent: Optional[RecurrentInterface] = None
         self._update_windows = (None, [])  # (update number, its windows' lengths): --variable-window's lr scale
+        self._update_start = (None, None, [])  # (update, its first window, carried values then): AMP retries
 
     @classmethod
     def setup_task(cls, cfg: DNILanguageModelingConfig, **kwargs):
@@ -247,6 +248,7 @@ class DNILanguageModelingTask(FairseqTask):
         """
         from fairseq_dni.criterions.dni_cross_entropy import DNICrossEntropyCriterion
 
+        self.rewind_if_retried(update_num, sample, model, criterion)
         dni = unwrap(criterion)
         dni = dni if isinstance(dni, DNICrossEntropyCriterion) else None
         alternating = find_alternating(optimizer)
@@ -273,6 +275,22 @@ class DNILanguageModelingTask(FairseqTask):
             for carried in carried_states(model, criterion):                             # 5
                 carried.share_across_ranks()
         return loss, sample_size, logging_output
+
+    def rewind_if_retried(self, update_num, sample, model, criterion):
+        """fairseq's ``--amp`` retries an update whose gradients overflowed by running its windows again
+        (``amp_batch_retries``); by then the carried state (and the synthesizer's carry) has moved on by
+        those windows. Keep what was carried when an update starts and put it back if the same update
+        starts again with the same window."""
+        first_window = (sample["epochs_done"], int(sample["id"][0]))
+        stores = carried_states(model, criterion)
+        update, window, snapshots = self._update_start
+        if update == update_num and window == first_window:
+            logger.info("update %d is run again (AMP overflow): carried state rewound to its start", update_num)
+            for store, snapshot in zip(stores, snapshots):
+                store.restore(snapshot)
+            self._update_windows = (None, [])
+        elif update != update_num:
+            self._update_start = (update_num, first_window, [store.snapshot() for store in stores])
 
     def optimizer_step(self, optimizer, model, update_num):
         """fairseq's step; with ``--variable-window`` the LM's learning rate is scaled for this step by
