@@ -88,9 +88,10 @@ def dni_arms(tbptt_criterion):
         "real": Arm(["--criterion", "dni_cross_entropy", "--dni-mode", "real", "--mode-schedule", "real"]),
         "synthetic": Arm(["--criterion", "dni_cross_entropy", "--dni-mode", "synthetic",
                           "--mode-schedule", "synthetic"]),
-        # LEAD: the coordinate-wise synthesizer arm goes here once the flag exists, e.g.
-        # "synthetic-coordinatewise": Arm(["--criterion", "dni_cross_entropy", "--dni-mode", "synthetic",
-        #                                  "--mode-schedule", "synthetic", "--dni-synthesizer", "coordinatewise"]),
+        # the seed paper's coordinate-wise recurrent synthesizer (GRU, 50 units; its Adam 1e-3)
+        "synthetic-coordinatewise": Arm(["--criterion", "dni_cross_entropy", "--dni-mode", "synthetic",
+                                         "--mode-schedule", "synthetic", "--dni-synthesizer", "coordinatewise",
+                                         "--dni-lr", "1e-3"]),
     }
 
 
