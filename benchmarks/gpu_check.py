@@ -324,7 +324,11 @@ def plan(opts, data_dirs, vocabs):
         first = None
         for arm_name, arm in cfg.arms.items():
             job_id = f"{cfg.name}.{arm_name}"
-            flags = merged(base, arm.flags + [
+            # a throughput run is a slice of the recipe: its cosine cycle must fit in it (cosine_alternating refuses
+            # a first cycle longer than the run); the rate's shape does not change the tokens/s
+            period = (["--lr-period-updates", str(total), "--warmup-updates", "0"]
+                      if "--lr-period-updates" in base else [])
+            flags = merged(base, arm.flags + period + [
                 "--max-update", str(total), "--disable-validation", "--no-save",
                 "--save-dir", os.path.join(opts.work, "checkpoints", job_id), "--log-interval", str(sizes.interval)]
                 + log + device, drop=arm.drop)

@@ -64,7 +64,7 @@ def test_every_configuration_ran_with_finite_numbers(tiny_run):
             assert number(r["epoch_hours"]) == pytest.approx(epoch / tps / 3600, rel=1e-4)
             assert r["losses_finite"] == "True"
             # the arm really ran in its mode: dni_synthetic of every logged interval
-            want = {"real": "0", "synthetic": "1"}.get(arm)
+            want = {"real": "0", "synthetic": "1", "synthetic-coordinatewise": "1"}.get(arm)
             logged = r["dni_synthetic"].split(",") if r["dni_synthetic"] else []
             assert logged == ([want] * 3 if want else []), (arm, logged)
             assert r["sizes"] == bare["sizes"] and r["vocab"] == bare["vocab"]
