@@ -1,18 +1,22 @@
-"""Synthetic-gradient training throughput against real mode, measured in one run.
+"""Synthetic-gradient training throughput against plain TBPTT, measured in one run.
 
-Arms (stock fairseq-train, same model, data, optimizer, updates; see throughput.py for
-how tokens/s are read from fairseq's own wps meter):
+Arms (stock fairseq-train, same model, data, optimizer, updates; every arm uses
+``--optimizer alternating --base-optimizer adam``, which ``dni_cross_entropy`` needs; see
+throughput.py for how tokens/s are read from fairseq's own wps meter):
 
-  real-tbptt   --criterion cross_entropy                         plain TBPTT, no synthesizer
-  real         --criterion dni_cross_entropy --dni-mode real      synthesizer still learning
-  synthetic    --criterion dni_cross_entropy --dni-mode synthetic
+  real-tbptt                --criterion cross_entropy                        plain TBPTT, no synthesizer
+  real                      --criterion dni_cross_entropy --dni-mode real     MLP synthesizer still learning
+  synthetic                 --criterion dni_cross_entropy --dni-mode synthetic
+  synthetic-coordinatewise  ... --dni-synthesizer coordinatewise              the seed paper's synthesizer
 
-This machine's throughput drifts by several percent between identical runs, so the arms
-run interleaved ``--repeats`` times (in rotating order) and each arm's median is used.
-Prints and writes synthetic/real and synthetic/real-tbptt to
-benchmarks/results/dni_throughput.{md,csv}.
+This machine's throughput drifts by several percent between identical runs, so the arms run
+interleaved ``--repeats`` times (in rotating order) and each arm's median is used. Writes the
+ratios to plain TBPTT to benchmarks/results/<out>.{md,csv}, and the memory the coordinate-wise
+synthesizer carries across windows for ``dni_lstm_lm_wikitext103`` at 32 streams (measured on
+the criterion's carried values after a few windows).
 
-    python benchmarks/dni_throughput.py        # after examples/quickstart.sh (its PTB data-bin)
+    python benchmarks/dni_throughput.py                                  # 2x200 (after examples/quickstart.sh)
+    python benchmarks/dni_throughput.py --hidden 650 --embed-dim 650 --out benchmarks/results/dni_throughput_650
 """
 
 import argparse
@@ -25,6 +29,40 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from throughput import HERE, REPO, fairseq_wps, write_results  # noqa: E402
+
+
+def carried_memory(streams=32, hidden=1024, layers=2, embed=512, cell="gru"):
+    """Bytes the coordinate-wise synthesizer carries across windows (its own state, its last call, the
+    pending pair) for an LSTM of ``layers`` x ``hidden`` at ``streams`` streams, after three windows
+    through the real criterion (a small vocabulary: the carried values do not depend on it)."""
+    sys.path.insert(0, REPO)
+    from fairseq.data import Dictionary
+
+    from fairseq_dni.carried_state import tree_leaves
+    from fairseq_dni.criterions.dni_cross_entropy import DNICrossEntropyConfig, DNICrossEntropyCriterion
+    from fairseq_dni.data.stream_windows import StreamWindows
+    from fairseq_dni.models.dni_lstm_lm import DNILSTMLanguageModel, DNILSTMLMConfig
+    from fairseq_dni.tasks.dni_language_modeling import DNILanguageModelingConfig, DNILanguageModelingTask
+
+    dictionary = Dictionary()
+    for i in range(50):
+        dictionary.add_symbol(f"w{i}")
+    task = DNILanguageModelingTask(DNILanguageModelingConfig(), dictionary)
+    model = DNILSTMLanguageModel.build_model(DNILSTMLMConfig(
+        decoder_embed_dim=embed, decoder_hidden_size=hidden, decoder_layers=layers, dropout=0.0), task)
+    task.recurrent = model.decoder.recurrent_interface()
+    criterion = DNICrossEntropyCriterion(task, DNICrossEntropyConfig(
+        dni_synthesizer="coordinatewise", dni_synthesizer_cell=cell, sentence_avg=False))
+    tokens = torch.randint(4, len(dictionary), (streams * 8 * 3,)).numpy()
+    windows = StreamWindows(tokens, streams, 8, dictionary.pad(), dictionary.eos(), state_key="train")
+    for i in range(3):
+        loss, _, _ = criterion(model, windows.collater([windows[i]]))
+        loss.backward()
+        criterion.after_backward()
+    carry = criterion.carried.peek("train")
+    total = sum(t.numel() * t.element_size() for t in tree_leaves(carry))
+    own = sum(t.numel() * t.element_size() for t in tree_leaves(carry.own_state))
+    return total, own
 
 
 def main():
@@ -46,27 +84,36 @@ def main():
 
     base = ["--user-dir", os.path.join(REPO, "fairseq_dni"), "--task", "dni_language_modeling",
             "--arch", "dni_lstm_lm", "--dropout", "0"]
+    dni = base + ["--criterion", "dni_cross_entropy"]
     arms = {
         "real-tbptt": ("cross_entropy (no synthesizer)", base + ["--criterion", "cross_entropy"]),
-        "real": ("dni_cross_entropy --dni-mode real", base + ["--criterion", "dni_cross_entropy", "--dni-mode", "real"]),
-        "synthetic": ("dni_cross_entropy --dni-mode synthetic",
-                      base + ["--criterion", "dni_cross_entropy", "--dni-mode", "synthetic"]),
+        "real": ("dni_cross_entropy --dni-mode real (MLP)", dni + ["--dni-mode", "real"]),
+        "synthetic": ("dni_cross_entropy --dni-mode synthetic (MLP)", dni + ["--dni-mode", "synthetic"]),
+        "synthetic-coordinatewise": ("... --dni-synthesizer coordinatewise (GRU, 50 units)",
+                                     dni + ["--dni-mode", "synthetic", "--dni-synthesizer", "coordinatewise"]),
     }
+    optimizer = ["--optimizer", "alternating", "--base-optimizer", "adam", "--dni-lr", "1e-4"]
     names = list(arms)
     measured = {name: [] for name in names}
     for r in range(args.repeats):
         for name in names[r % len(names):] + names[: r % len(names)]:
-            measured[name].append(fairseq_wps(args, arms[name][1], name))
+            measured[name].append(fairseq_wps(args, arms[name][1], name, after=optimizer))
     median = {name: statistics.median(v) for name, v in measured.items()}
-    rows = [(name, arms[name][0], median[name], " / ".join(f"{x:.0f}" for x in measured[name])) for name in names]
-    synthetic, real, tbptt = median["synthetic"], median["real"], median["real-tbptt"]
+    tbptt = median["real-tbptt"]
+    rows = [(name, arms[name][0], median[name],
+             f"{median[name] / tbptt:.3f}x; " + " / ".join(f"{x:.0f}" for x in measured[name])) for name in names]
+    total, own = carried_memory()
     setting = (f"{args.layers}x{args.hidden} LSTM, embed {args.embed_dim}, B={args.batch_size}, T={args.window}, "
-               f"Adam, clip {args.clip}, default synthesizer (2 layers, width 256), {args.repeats} interleaved repeats, "
+               f"Adam (--optimizer alternating), clip {args.clip}, {args.repeats} interleaved repeats, "
                f"{args.updates} timed updates after {args.warmup}; torch {torch.__version__}, "
                f"{torch.get_num_threads()} threads, {platform.machine()}")
-    write_results(args.out, rows, setting,
-                  f"**synthetic/real = {synthetic / real:.3f}**, **synthetic/real-tbptt = {synthetic / tbptt:.3f}**",
-                  tokens_header="tokens/s (median)", note_header="each repeat")
+    verdict = ", ".join(f"**{name}/real-tbptt = {median[name] / tbptt:.3f}**" for name in names[1:])
+    verdict += (f". Coordinate-wise synthesizer's carried values for dni_lstm_lm_wikitext103 (2x1024) at 32 streams: "
+                f"{total / 2 ** 20:.1f} MiB ({own / 2 ** 20:.1f} MiB its own GRU state, the rest its last call's "
+                f"input and state and the pending pair)")
+    write_results(args.out, rows, setting, verdict, tokens_header="tokens/s (median)",
+                  note_header="ratio to real-tbptt; each repeat")
+
 
 if __name__ == "__main__":
     main()

@@ -63,8 +63,9 @@ def bare_pytorch(args, tokens, vocab):
     return tokens_per_s
 
 
-def fairseq_wps(args, extra, label):
-    """Run fairseq-train for warmup+updates updates; tokens/s over the measured intervals."""
+def fairseq_wps(args, extra, label, after=()):
+    """Run fairseq-train for warmup+updates updates; tokens/s over the measured intervals.
+    ``after``: flags that override the common ones (e.g. another optimizer)."""
     interval = args.warmup
     total = args.warmup + args.updates
     cmd = [
@@ -74,7 +75,7 @@ def fairseq_wps(args, extra, label):
         "--tokens-per-sample", args.window, "--optimizer", "adam", "--lr", args.lr,
         "--clip-norm", args.clip, "--max-update", total, "--seed", args.seed,
         "--cpu", "--num-workers", "0", "--no-save", "--disable-validation",
-        "--log-format", "json", "--log-interval", interval, "--no-progress-bar",
+        "--log-format", "json", "--log-interval", interval, "--no-progress-bar", *after,
     ]
     out = subprocess.run([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          text=True, cwd=REPO)
