@@ -4,6 +4,7 @@
   alternation (the mode switches at the 10-update restarts), fairseq-eval-lm prints a perplexity;
 * every recipe's fairseq-train command and its YAML give the same fairseq configuration;
 * fairseq-hydra-train runs a YAML.
+The custom-corpus recipe and the hub interface it feeds: tests/test_hub.py.
 """
 import json
 import math
@@ -136,67 +137,6 @@ def test_hydra_train_runs_a_recipe_config(local_corpora, tmp_path):
     # 5-update cycles with t_mult 2 from the YAML: 5 synthetic, then 10 real
     assert [float(r["dni_synthetic"]) for r in rows] == [1.0, 0.0, 0.0]
     assert os.path.exists(tmp_path / "ck" / "checkpoint_last.pt")
-
-
-def write_raw_text(path, lines, seed):
-    """Raw English-like sentences with capitals and punctuation for sacremoses to split."""
-    import random
-
-    rng = random.Random(seed)
-    words = ["cat", "dog", "sat", "on", "the", "mat", "ran", "home", "quickly", "and", "slept", "it's", "big"]
-    with open(path, "w") as f:
-        for _ in range(lines):
-            sentence = " ".join(rng.choice(words) for _ in range(rng.randint(3, 10)))
-            f.write(sentence.capitalize() + rng.choice([".", "!", "?", ", then."]) + "\n")
-
-
-@pytest.fixture(scope="module")
-def custom_model(tmp_path_factory):
-    work = tmp_path_factory.mktemp("custom")
-    write_raw_text(work / "raw.txt", 600, seed=1)
-    write_raw_text(work / "test.txt", 12, seed=2)
-    out = run_recipe("custom_corpus", "--text", str(work / "raw.txt"), "--test", str(work / "test.txt"),
-                     "--vocab-size", "60", "--cpu", "--size", "smoke", "--out", str(work / "out"))
-    assert re.search(r"custom test perplexity \(fairseq-eval-lm, smoke\): [0-9.]+", out)
-    return work
-
-
-def test_custom_corpus_hub_scores_like_eval_lm(custom_model):
-    """The hub re-encodes the raw test sentences itself (moses + sentencepiece); with the state
-    carried across them its perplexity is fairseq-eval-lm's over the binarized test split (1 stream)."""
-    from fairseq_dni.models.dni_lstm_lm import DNILSTMLanguageModel
-
-    ckpt = custom_model / "out" / "checkpoints-smoke"
-    assert (ckpt / "dict.txt").exists() and (ckpt / "sentencepiece.bpe.model").exists()
-    out = fairseq("fairseq-eval-lm", custom_model / "out" / "data-bin-smoke", "--user-dir", "fairseq_dni",
-                  "--task", "dni_language_modeling", "--path", ckpt / "checkpoint_last.pt", "--gen-subset", "test",
-                  "--batch-size", "1", "--tokens-per-sample", "7", "--cpu", "--num-workers", "0")
-    eval_ppl = float(re.search(r"Perplexity: ([0-9.]+)", out).group(1))
-
-    lm = DNILSTMLanguageModel.from_pretrained(str(ckpt), "checkpoint_last.pt")
-    raw = (custom_model / "test.txt").read_text().splitlines()
-    encoded = (custom_model / "out" / "encoded" / "test.txt").read_text().splitlines()
-    assert [lm.apply_bpe(lm.tokenize(s)) for s in raw] == encoded  # one pipeline for corpus and hub
-    assert lm.perplexity(raw) == pytest.approx(eval_ppl, abs=0.006)
-
-    # the state is carried: the second sentence scores differently after the first than after reset()
-    lm.reset()
-    after_first = lm.score(raw[:2])[1]["score"]
-    lm.reset()
-    alone = lm.score(raw[1])[0]["score"]
-    assert after_first != pytest.approx(alone, abs=1e-6)
-
-
-def test_custom_corpus_hub_samples_reproducibly(custom_model):
-    from fairseq_dni.models.dni_lstm_lm import DNILSTMLanguageModel
-
-    lm = DNILSTMLanguageModel.from_pretrained(str(custom_model / "out" / "checkpoints-smoke"))
-    first = lm.sample("The cat", max_len=12, seed=7)
-    lm.reset()
-    assert lm.sample("The cat", max_len=12, seed=7) == first
-    assert first.startswith("The cat")
-    with pytest.raises(ValueError):
-        lm.sample("The cat", temperature=0)
 
 
 def test_recipes_never_write_into_the_local_corpus(local_corpora, tmp_path):
