@@ -17,4 +17,4 @@ TRAIN_FLAGS=(
   --max-update 19920 --seed 1 --log-interval 200
 )
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
-recipe_main "$@"
+[ "${BASH_SOURCE[0]}" != "$0" ] || recipe_main "$@"  # unless sourced (the tests source it)

@@ -147,3 +147,142 @@ def test_recipes_never_write_into_the_local_corpus(local_corpora, tmp_path):
     for size in ("full", "smoke", "full", "smoke"):
         run_recipe("ptb", "--data-dir", folder, "--out", str(tmp_path), "--size", size, "--dry-run")
     assert {f: open(os.path.join(folder, f), "rb").read() for f in os.listdir(folder)} == before
+
+
+# ---------------------------------------------------------------- downloads (no network in tests)
+DOWNLOADER = r"""#!/usr/bin/env bash
+# Stand-in for curl and wget: logs every call to $STUB_LOG; serves a URL from $STUB_SRV by its
+# file name unless the URL contains $STUB_FAIL; otherwise fails like curl on a 403.
+echo "$(basename "$0") $*" >> "$STUB_LOG"
+dest="" url=""
+while [ $# -gt 0 ]; do
+  case "$1" in -o|-O) dest="$2"; shift 2 ;; --retry|--connect-timeout|--tries|--timeout) shift 2 ;; -*) shift ;; *) url="$1"; shift ;; esac
+done
+src="$STUB_SRV/$(basename "$url")"
+if [ -f "$src" ] && [[ "$url" != *"${STUB_FAIL:-never}"* ]]; then cp "$src" "$dest"; exit 0; fi
+echo "curl: (22) The requested URL returned error: 403" >&2
+exit 22
+"""
+
+
+@pytest.fixture
+def network(tmp_path):
+    """PATH with curl and wget stubs (no request leaves the machine); env, call log, served folder."""
+    stubs, served = tmp_path / "stubs", tmp_path / "served"
+    stubs.mkdir()
+    served.mkdir()
+    for tool in ("curl", "wget"):
+        (stubs / tool).write_text(DOWNLOADER)
+        (stubs / tool).chmod(0o755)
+    log = tmp_path / "calls.log"
+    env = dict(os.environ, PATH=f"{stubs}:{os.environ['PATH']}", STUB_LOG=str(log), STUB_SRV=str(served),
+               DNI_PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    return env, log, served
+
+
+def calls(log):
+    return log.read_text().splitlines() if log.exists() else []
+
+
+@pytest.mark.parametrize("name,size", [("wikitext2", "full"), ("wikitext103", "smoke")])
+def test_dry_run_downloads_nothing_and_prints_a_valid_command(name, size, network, tmp_path):
+    from fairseq import options
+
+    env, log, _ = network
+    proc = subprocess.run(["bash", f"recipes/{name}.sh", "--dry-run", "--size", size, "--out", str(tmp_path / "out")],
+                          cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert calls(log) == [] and not (tmp_path / "out").exists()
+    assert "# dry run: would download" in proc.stdout and "wikitext.smerity.com" in proc.stdout
+    argv = proc.stdout.strip().splitlines()[-1].split()[1:]
+    args = options.parse_args_and_arch(options.get_training_parser(), input_args=argv)
+    assert (args.criterion, args.optimizer, args.lr_scheduler) == ("dni_cross_entropy", "alternating",
+                                                                    "cosine_alternating")
+
+
+@pytest.mark.parametrize("name,corpus", [("wikitext2", "WikiText-2"), ("wikitext103", "WikiText-103")])
+def test_failed_download_is_one_line_saying_where_else_and_how(name, corpus, network, tmp_path):
+    env, log, _ = network  # nothing served: every mirror answers 403, like the old S3 address
+    proc = subprocess.run(["bash", f"recipes/{name}.sh", "--cpu", "--size", "smoke", "--out", str(tmp_path / "out")],
+                          cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(rf"recipes/{name}\.sh: error: could not get {corpus} from https://wikitext\.smerity\.com/\S+"
+                        rf".*; any copy of .*, then pass its folder: bash recipes/{name}\.sh --data-dir DIR", last), last
+    tried = calls(log)
+    assert tried and all("s3.amazonaws.com" not in c for c in tried)  # never the dead address
+    assert os.listdir(tmp_path / "out" / "download") == []  # no half-downloaded folder left behind
+
+
+def fetch_wikitext2(env, out, expected):
+    """fetch_corpus of the real recipes/wikitext2.sh (its mirrors), checked against ``expected``."""
+    script = f"""source recipes/wikitext2.sh
+set -euo pipefail
+EXPECTED=({" ".join(f'"{e}"' for e in expected)})
+fetch_corpus {out} {sys.executable} ."""
+    return subprocess.run(["bash", "-c", script], cwd=REPO, env=env, capture_output=True, text=True)
+
+
+@pytest.fixture
+def fake_wikitext2(tmp_path):
+    """A tiny stand-in corpus, its EXPECTED lines (split, lines, tokens, md5), and writers for the
+    mirrors' two forms: the archive wikitext-2-v1.zip and the plain files {split}.txt."""
+    import hashlib
+    import zipfile
+
+    text = tmp_path / "fake"
+    write_corpus(str(text), seed=5, sizes=(("train", 50), ("valid", 8), ("test", 9)), vocab=20)
+    expected = []
+    for split in ("train", "valid", "test"):
+        data = (text / f"{split}.txt").read_bytes()
+        lines = data.count(b"\n")
+        expected.append(f"{split} {lines} {len(data.split()) + lines} {hashlib.md5(data).hexdigest()}")
+
+    def serve_zip(served, corrupt=False):
+        with zipfile.ZipFile(served / "wikitext-2-v1.zip", "w") as z:
+            for split in ("train", "valid", "test"):
+                data = (text / f"{split}.txt").read_bytes() + (b"one more line\n" if corrupt and split == "valid" else b"")
+                z.writestr(f"wikitext-2/wiki.{split}.tokens", data)
+
+    def serve_files(served):
+        for split in ("train", "valid", "test"):
+            (served / f"{split}.txt").write_bytes((text / f"{split}.txt").read_bytes())
+
+    return expected, serve_zip, serve_files
+
+
+def test_download_is_checked_and_falls_back_to_the_next_mirror(network, fake_wikitext2, tmp_path):
+    env, log, served = network
+    expected, serve_zip, serve_files = fake_wikitext2
+    out = tmp_path / "out"
+
+    # the author's archive arrives intact: its wiki.*.tokens files are checked and kept
+    serve_zip(served)
+    proc = fetch_wikitext2(env, out, expected)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"{out}/download/wikitext-2"
+    assert sorted(os.listdir(out / "download" / "wikitext-2")) == ["wiki.test.tokens", "wiki.train.tokens",
+                                                                     "wiki.valid.tokens"]
+    assert len(calls(log)) == 1
+    # a second run finds the checked copy and downloads nothing
+    assert fetch_wikitext2(env, out, expected).returncode == 0 and len(calls(log)) == 1
+
+    # the archive arrives with a different valid split: refused, PyTorch's copy of the files is taken
+    import shutil
+
+    shutil.rmtree(out)
+    serve_zip(served, corrupt=True)
+    serve_files(served)
+    proc = fetch_wikitext2(env, out, expected)
+    assert proc.returncode == 0, proc.stderr
+    assert "wiki.valid.tokens: 9 " in proc.stderr and "not the WikiText-2 this recipe expects" in proc.stderr
+    assert sorted(os.listdir(out / "download" / "wikitext-2")) == ["test.txt", "train.txt", "valid.txt"]
+    assert calls(log)[-3:] == [c for c in calls(log) if "raw.githubusercontent.com/pytorch/examples" in c]
+
+    # every mirror delivers something else: one error line, nothing kept
+    shutil.rmtree(out)
+    (served / "valid.txt").write_bytes(b"tampered\n")
+    proc = fetch_wikitext2(env, out, expected)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1].startswith("recipes/wikitext2.sh: error: could not get WikiText-2")
+    assert os.listdir(out / "download") == []
