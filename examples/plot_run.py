@@ -84,9 +84,9 @@ def plot(png, runs, valid, train_inner, title):
     top.yaxis.set_minor_formatter(plain)
     top.set_ylabel("validation perplexity")
     top.set_title(title, fontsize=9)
-    updates = [0] + [int(r["num_updates"]) for r in train_inner]
-    lrs = [float(train_inner[0]["lr"])] + [float(r["lr"]) for r in train_inner]
-    bottom.plot(updates, lrs, color="tab:red")
+    # a record at update u logs the learning rate set for update u + 1
+    bottom.plot([int(r["num_updates"]) + 1 for r in train_inner], [float(r["lr"]) for r in train_inner],
+                color="tab:red")
     bottom.set_ylabel("learning rate")
     bottom.set_xlabel("update (shaded: synthetic gradients)")
     fig.tight_layout()
