@@ -154,10 +154,10 @@ download() {
 }
 
 # Check a corpus folder against EXPECTED ("split lines tokens md5-or-x" per split): every split's
-# file is there with exactly that many lines and tokens (one </s> per line counted, as
-# fairseq-preprocess counts them) and, where known, that md5. Prints the first mismatch.
+# file is there with exactly that many lines and tokens (split and counted as fairseq-preprocess
+# does, one </s> per line) and, where known, that md5. Prints the first mismatch. Args: DIR PYTHON.
 verify_corpus() {
-  local dir="$1" entry split lines tokens md5 f got name
+  local dir="$1" python="$2" entry split lines tokens md5 f got name
   for entry in "${EXPECTED[@]}"; do
     read -r split lines tokens md5 <<< "$entry"
     f=""
@@ -165,7 +165,11 @@ verify_corpus() {
       [ -f "$dir/$name" ] && { f="$dir/$name"; break; }
     done
     [ -n "$f" ] || { echo "  no $split split (wiki.$split.tokens or $split.txt) in what arrived" >&2; return 1; }
-    got="$(awk '{n += NF + 1} END {print NR, n + 0}' "$f")"
+    got="$("$python" -c 'import sys
+lines = tokens = 0
+for line in open(sys.argv[1], encoding="utf-8"):
+    lines, tokens = lines + 1, tokens + len(line.split()) + 1
+print(lines, tokens)' "$f")"
     [ "$got" = "$lines $tokens" ] || {
       echo "  $(basename "$f"): $got lines and tokens, expected $lines $tokens: not the $NAME this recipe expects" >&2; return 1; }
     if [ "$md5" != x ]; then
@@ -206,7 +210,7 @@ fetch_corpus() {
           download "${url//\{split\}/$split}" "$got/$split.txt" || { ok=0; break; }
         done
       fi
-      if [ "$ok" = 1 ] && [ -d "$got" ] && verify_corpus "$got"; then
+      if [ "$ok" = 1 ] && [ -d "$got" ] && verify_corpus "$got" "$python"; then
         mv "$got" "$final"
         rm -rf "$scratch"
         echo "$NAME: $(ls "$final" | tr '\n' ' ')match the published line and token counts (and md5s where known)" >&2
