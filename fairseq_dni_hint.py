@@ -54,7 +54,7 @@ def plugin_components(path):
 
     import fairseq_dni.checkpoint_safety  # noqa: F401  (the allow-list fairseq's loader would get)
 
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors stay on disk
     cfg = state.get("cfg")
     if cfg:
         task, arch = _name(cfg.get("task")), _name(cfg.get("model"))
