@@ -18,6 +18,7 @@ until ``reset()``.
 
 import argparse
 import math
+import numbers
 from typing import List, Optional, Union
 
 import torch
@@ -81,13 +82,13 @@ class DNILMHubInterface(GeneratorHubInterface):
                 raise TypeError(f"{caller}: sentence {i} is a {type(sentence).__name__}, not a str")
             ids = self.encode(sentence)  # subword ids followed by </s>
             if len(ids) < 2:
-                raise ValueError(f"{caller}: sentence {i} ({sentence!r}) encodes to no tokens; "
-                                 "drop empty sentences (the corpus recipes drop empty lines too)")
+                raise ValueError(f"{caller}: sentence {i} ({sentence!r}) encodes to no tokens; drop empty "
+                                 "sentences (recipes/custom_corpus.sh drops empty lines from its corpus too)")
             encoded.append(ids)
         return encoded
 
     @torch.no_grad()
-    def score(self, sentences: Union[str, List[str]], **unused) -> List[dict]:
+    def score(self, sentences: Union[str, List[str]]) -> List[dict]:
         """Log-probabilities (natural log) of each sentence's subword tokens and its ``</s>``,
         in order, each conditioned on everything scored or sampled before it.
 
@@ -115,7 +116,7 @@ class DNILMHubInterface(GeneratorHubInterface):
 
     @torch.no_grad()
     def sample(self, prefix: str = "", max_len: int = 50, temperature: float = 1.0, topk: int = 0,
-               seed: Optional[int] = None, **unused) -> str:
+               seed: Optional[int] = None) -> str:
         """Continue the stream from the carried state: feed ``prefix`` (no ``</s>``; may be empty),
         then draw up to ``max_len`` (int >= 1) tokens, stopping after ``</s>``, from the softmax of
         the logits divided by ``temperature`` (finite, > 0), keeping the ``topk`` most likely
@@ -123,21 +124,21 @@ class DNILMHubInterface(GeneratorHubInterface):
         stream. Bad arguments raise ValueError/TypeError before the state moves."""
         if not isinstance(prefix, str):
             raise TypeError(f"sample continues one stream: prefix must be a str, got {type(prefix).__name__}")
-        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
+        if isinstance(max_len, bool) or not isinstance(max_len, numbers.Integral) or max_len < 1:
             raise ValueError(f"sample: max_len must be an integer >= 1, got {max_len!r}")
-        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        if not (isinstance(temperature, numbers.Real) and math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"sample: temperature must be a finite number > 0, got {temperature!r}")
-        if isinstance(topk, bool) or not isinstance(topk, int):
+        if isinstance(topk, bool) or not isinstance(topk, numbers.Integral):
             raise ValueError(f"sample: topk must be an integer, got {topk!r}")
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         prefix_ids = self.encode(prefix)[:-1] if prefix.strip() else torch.zeros(0, dtype=torch.long)
         inputs = torch.cat([prefix_ids.new_tensor([self._previous]), prefix_ids])
         drawn = []
-        for _ in range(max_len):
+        for _ in range(int(max_len)):
             logits = self._advance(inputs)[-1].cpu() / temperature
             logits[self.src_dict.pad()] = -math.inf
             if 0 < topk < logits.numel():
-                cut = logits.topk(topk).values[-1]
+                cut = logits.topk(int(topk)).values[-1]
                 logits[logits < cut] = -math.inf
             token = int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
             drawn.append(token)

@@ -132,6 +132,7 @@ def test_topk_one_is_greedy(hub):
     ({"max_len": 2.5}, ValueError, "max_len must be an integer >= 1"),
     ({"topk": 2.5}, ValueError, "topk must be an integer"),
     ({"prefix": ["The cat", "A dog"]}, TypeError, "prefix must be a str"),
+    ({"top_k": 5}, TypeError, "unexpected keyword argument 'top_k'"),  # a misspelt option is not ignored
 ])
 def test_bad_sampling_arguments_are_refused_before_the_state_moves(hub, kwargs, error, message):
     reference = fresh_score(hub, "The dog ran home.")
