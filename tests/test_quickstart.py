@@ -47,7 +47,8 @@ def test_plot_run_reads_the_switches_from_a_run_with_the_quickstart_flags(tiny_d
     # the quickstart's command on tiny data: a tiny model, 3-update first cycle, intervals of 2
     # updates that straddle the switches (their dni_synthetic is a fraction)
     argv[0] = str(tiny_data)
-    tiny = [*TINY_MODEL, "--batch-size", "4", "--tokens-per-sample", "7", "--lr-period-updates", "3",
+    tiny = [*TINY_MODEL, "--decoder-out-embed-dim", "16", "--batch-size", "4", "--tokens-per-sample", "7",
+            "--lr-period-updates", "3",
             "--max-update", "21", "--validate-interval-updates", "7", "--log-interval", "2"]
     out = fairseq("fairseq-train", *argv, *tiny, "--save-dir", tmp_path / "ckpt")
     log = tmp_path / "train.log"
