@@ -119,6 +119,7 @@ def test_every_command_in_the_recipes_readme_works_as_written(tmp_path):
         ppl = float(re.search(rf"^{corpus} test perplexity \(fairseq-eval-lm, smoke\): ([0-9.]+)$", out, re.M).group(1))
         assert 1 < ppl < 10000, corpus
     rows = train_inner(smoke[0])
+    assert [int(r["num_updates"]) for r in rows] == [10, 20, 30, 40] * 3
     assert [float(r["dni_synthetic"]) for r in rows] == [1.0, 0.0, 1.0, 0.0] * 3
     # the dry runs printed their plans and a fairseq-train command each
     assert out.count("# dry run: would download") == 2
