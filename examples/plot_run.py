@@ -84,8 +84,8 @@ def plot(png, runs, valid, train_inner, title):
     top.yaxis.set_minor_formatter(plain)
     top.set_ylabel("validation perplexity")
     top.set_title(title, fontsize=9)
-    # a record at update u logs the learning rate set for update u + 1
-    bottom.plot([int(r["num_updates"]) + 1 for r in train_inner], [float(r["lr"]) for r in train_inner],
+    # a record at update u logs the learning rate set for update u + 1 (the last one never ran)
+    bottom.plot([int(r["num_updates"]) + 1 for r in train_inner[:-1]], [float(r["lr"]) for r in train_inner[:-1]],
                 color="tab:red")
     bottom.set_ylabel("learning rate")
     bottom.set_xlabel("update (shaded: synthetic gradients)")

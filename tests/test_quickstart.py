@@ -64,3 +64,29 @@ def test_plot_run_reads_the_switches_from_a_run_with_the_quickstart_flags(tiny_d
         ("1", "3", "synthetic"), ("4", "9", "real"), ("10", "20", "synthetic")]
     assert "mode switches at updates 4 (real), 10 (synthetic)" in report
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_committed_quickstart_logs_come_from_todays_command(tmp_path):
+    """docs/logs/quickstart_{train,eval}.log (the README quotes them) were written by the current
+    examples/quickstart.sh, and plot_run reads the switches of its schedule from them."""
+    log = os.path.join(REPO, "docs", "logs", "quickstart_train.log")
+    with open(log) as f:
+        logged = f.readline().split()
+    assert logged[:2] == ["#", "fairseq-train"]
+    updates, argv = quickstart_command(tmp_path / "work")
+
+    def relative(words, work):
+        return [w.replace(work, "WORK") for w in words]
+
+    assert relative(logged[2:], logged[2][: -len("/data-bin")]) == relative(argv, str(tmp_path / "work"))
+
+    from fairseq import options
+
+    args = options.parse_args_and_arch(options.get_training_parser(), input_args=argv)
+    starts = cycle_starts(args.lr_period_updates, args.t_mult, updates)
+    modes = ["synthetic" if i % 2 == 0 else "real" for i in range(len(starts))]
+    report = subprocess.run([sys.executable, os.path.join(REPO, "examples", "plot_run.py"), log],
+                            capture_output=True, text=True, check=True).stdout
+    assert ("mode switches at updates " + ", ".join(f"{s} ({m})" for s, m in zip(starts[1:], modes[1:]))) in report
+    with open(os.path.join(REPO, "docs", "logs", "quickstart_eval.log")) as f:
+        assert re.search(r"Perplexity: [0-9.]+", f.read())
