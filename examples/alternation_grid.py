@@ -23,7 +23,6 @@ exist are skipped, unless ``--force``).
 import argparse
 import concurrent.futures
 import csv
-import json
 import math
 import os
 import re
@@ -32,6 +31,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+import fairseq_log  # examples/fairseq_log.py: reads fairseq's json logs back
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -154,26 +155,16 @@ def commit_logs(name, log_dir):
 
 # ---------------------------------------------------------------- reading the logs back
 def parse_train(path):
-    rows = {"train_inner": [], "valid": [], "train": []}
     wall = None
     with open(path) as f:
         for line in f:
-            m = re.search(r"\| (train_inner|valid|train) \| (\{.*\})", line)
-            if m:
-                rows[m.group(1)].append(json.loads(m.group(2)))
             m = re.match(r"# exit 0 after (\d+) s", line)
             if m:
                 wall = int(m.group(1))
-    return rows, wall
+    return fairseq_log.records(path), wall
 
 
-def parse_eval(path):
-    with open(path) as f:
-        text = f.read()
-    m = re.search(r"Loss \(base 2\): ([0-9.]+), Perplexity: ([0-9.]+)", text)
-    if not m:
-        raise ValueError(f"{path}: no perplexity line")
-    return float(m.group(2))
+parse_eval = fairseq_log.eval_perplexity
 
 
 def schedule_of(path):

@@ -13,11 +13,11 @@ matplotlib installed) a PNG; every number in them is read from the fairseq logs.
 
 import argparse
 import csv
-import json
 import os
-import re
 import subprocess
 import sys
+
+import fairseq_log  # examples/fairseq_log.py: reads fairseq's json logs back
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -86,13 +86,8 @@ def run_arm(name, data, out, args):
 
 def parse(log_path):
     """train_inner rows and validation rows from a fairseq json log."""
-    train, valid = [], []
-    with open(log_path) as f:
-        for line in f:
-            m = re.search(r"\| (train_inner|valid) \| (\{.*\})", line)
-            if m:
-                (train if m.group(1) == "train_inner" else valid).append(json.loads(m.group(2)))
-    return train, valid
+    rows = fairseq_log.records(log_path)
+    return rows["train_inner"], rows["valid"]
 
 
 def main():

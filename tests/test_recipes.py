@@ -1,9 +1,13 @@
 """The corpus recipes and their Hydra twins, on tiny local data (no download).
 
-* every recipe smoke-runs end to end (--data-dir, --cpu, --size smoke): binarize, train with
-  alternation (the mode switches at the 10-update restarts), fairseq-eval-lm prints a perplexity;
+* a recipe smoke-runs end to end (--data-dir, --cpu, --size smoke): binarize, train with
+  alternation (the mode switches at the 10-update restarts), fairseq-eval-lm prints a perplexity
+  (the other recipes: as recipes/README.md shows them, in test_docs_commands.py);
+* downloads (stub curl/wget, no network): --dry-run fetches nothing, a failure is one line saying
+  where else to get the corpus, what arrives is checked and a bad mirror falls back to the next;
 * every recipe's fairseq-train command and its YAML give the same fairseq configuration;
 * fairseq-hydra-train runs a YAML.
+The custom-corpus recipe and the hub interface it feeds: tests/test_hub.py.
 """
 import json
 import math
@@ -46,7 +50,9 @@ def run_recipe(name, *args):
     return proc.stdout
 
 
-@pytest.mark.parametrize("name", sorted(RECIPES))
+# ptb.sh and wikitext103.sh (on PTB's file names, with --data-dir) and custom_corpus.sh ({split}.txt)
+# smoke-run as recipes/README.md shows them, in tests/test_docs_commands.py; here the third spelling
+@pytest.mark.parametrize("name", ["wikitext2"])
 def test_recipe_smoke_runs_on_a_local_data_directory(name, local_corpora, tmp_path):
     out = run_recipe(name, "--data-dir", local_corpora[name], "--cpu", "--size", "smoke", "--out", str(tmp_path))
     rows = train_inner(out)
@@ -138,67 +144,6 @@ def test_hydra_train_runs_a_recipe_config(local_corpora, tmp_path):
     assert os.path.exists(tmp_path / "ck" / "checkpoint_last.pt")
 
 
-def write_raw_text(path, lines, seed):
-    """Raw English-like sentences with capitals and punctuation for sacremoses to split."""
-    import random
-
-    rng = random.Random(seed)
-    words = ["cat", "dog", "sat", "on", "the", "mat", "ran", "home", "quickly", "and", "slept", "it's", "big"]
-    with open(path, "w") as f:
-        for _ in range(lines):
-            sentence = " ".join(rng.choice(words) for _ in range(rng.randint(3, 10)))
-            f.write(sentence.capitalize() + rng.choice([".", "!", "?", ", then."]) + "\n")
-
-
-@pytest.fixture(scope="module")
-def custom_model(tmp_path_factory):
-    work = tmp_path_factory.mktemp("custom")
-    write_raw_text(work / "raw.txt", 600, seed=1)
-    write_raw_text(work / "test.txt", 12, seed=2)
-    out = run_recipe("custom_corpus", "--text", str(work / "raw.txt"), "--test", str(work / "test.txt"),
-                     "--vocab-size", "60", "--cpu", "--size", "smoke", "--out", str(work / "out"))
-    assert re.search(r"custom test perplexity \(fairseq-eval-lm, smoke\): [0-9.]+", out)
-    return work
-
-
-def test_custom_corpus_hub_scores_like_eval_lm(custom_model):
-    """The hub re-encodes the raw test sentences itself (moses + sentencepiece); with the state
-    carried across them its perplexity is fairseq-eval-lm's over the binarized test split (1 stream)."""
-    from fairseq_dni.models.dni_lstm_lm import DNILSTMLanguageModel
-
-    ckpt = custom_model / "out" / "checkpoints-smoke"
-    assert (ckpt / "dict.txt").exists() and (ckpt / "sentencepiece.bpe.model").exists()
-    out = fairseq("fairseq-eval-lm", custom_model / "out" / "data-bin-smoke", "--user-dir", "fairseq_dni",
-                  "--task", "dni_language_modeling", "--path", ckpt / "checkpoint_last.pt", "--gen-subset", "test",
-                  "--batch-size", "1", "--tokens-per-sample", "7", "--cpu", "--num-workers", "0")
-    eval_ppl = float(re.search(r"Perplexity: ([0-9.]+)", out).group(1))
-
-    lm = DNILSTMLanguageModel.from_pretrained(str(ckpt), "checkpoint_last.pt")
-    raw = (custom_model / "test.txt").read_text().splitlines()
-    encoded = (custom_model / "out" / "encoded" / "test.txt").read_text().splitlines()
-    assert [lm.apply_bpe(lm.tokenize(s)) for s in raw] == encoded  # one pipeline for corpus and hub
-    assert lm.perplexity(raw) == pytest.approx(eval_ppl, abs=0.006)
-
-    # the state is carried: the second sentence scores differently after the first than after reset()
-    lm.reset()
-    after_first = lm.score(raw[:2])[1]["score"]
-    lm.reset()
-    alone = lm.score(raw[1])[0]["score"]
-    assert after_first != pytest.approx(alone, abs=1e-6)
-
-
-def test_custom_corpus_hub_samples_reproducibly(custom_model):
-    from fairseq_dni.models.dni_lstm_lm import DNILSTMLanguageModel
-
-    lm = DNILSTMLanguageModel.from_pretrained(str(custom_model / "out" / "checkpoints-smoke"))
-    first = lm.sample("The cat", max_len=12, seed=7)
-    lm.reset()
-    assert lm.sample("The cat", max_len=12, seed=7) == first
-    assert first.startswith("The cat")
-    with pytest.raises(ValueError):
-        lm.sample("The cat", temperature=0)
-
-
 def test_recipes_never_write_into_the_local_corpus(local_corpora, tmp_path):
     """Full runs link the user's files, smoke runs copy their heads: switching between the two in
     one output folder must leave the user's corpus byte for byte as it was."""
@@ -207,3 +152,142 @@ def test_recipes_never_write_into_the_local_corpus(local_corpora, tmp_path):
     for size in ("full", "smoke", "full", "smoke"):
         run_recipe("ptb", "--data-dir", folder, "--out", str(tmp_path), "--size", size, "--dry-run")
     assert {f: open(os.path.join(folder, f), "rb").read() for f in os.listdir(folder)} == before
+
+
+# ---------------------------------------------------------------- downloads (no network in tests)
+DOWNLOADER = r"""#!/usr/bin/env bash
+# Stand-in for curl and wget: logs every call to $STUB_LOG; serves a URL from $STUB_SRV by its
+# file name unless the URL contains $STUB_FAIL; otherwise fails like curl on a 403.
+echo "$(basename "$0") $*" >> "$STUB_LOG"
+dest="" url=""
+while [ $# -gt 0 ]; do
+  case "$1" in -o|-O) dest="$2"; shift 2 ;; --retry|--connect-timeout|--tries|--timeout) shift 2 ;; -*) shift ;; *) url="$1"; shift ;; esac
+done
+src="$STUB_SRV/$(basename "$url")"
+if [ -f "$src" ] && [[ "$url" != *"${STUB_FAIL:-never}"* ]]; then cp "$src" "$dest"; exit 0; fi
+echo "curl: (22) The requested URL returned error: 403" >&2
+exit 22
+"""
+
+
+@pytest.fixture
+def network(tmp_path):
+    """PATH with curl and wget stubs (no request leaves the machine); env, call log, served folder."""
+    stubs, served = tmp_path / "stubs", tmp_path / "served"
+    stubs.mkdir()
+    served.mkdir()
+    for tool in ("curl", "wget"):
+        (stubs / tool).write_text(DOWNLOADER)
+        (stubs / tool).chmod(0o755)
+    log = tmp_path / "calls.log"
+    env = dict(os.environ, PATH=f"{stubs}:{os.environ['PATH']}", STUB_LOG=str(log), STUB_SRV=str(served),
+               DNI_PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    return env, log, served
+
+
+def calls(log):
+    return log.read_text().splitlines() if log.exists() else []
+
+
+@pytest.mark.parametrize("name,size", [("wikitext2", "full"), ("wikitext103", "smoke")])
+def test_dry_run_downloads_nothing_and_prints_a_valid_command(name, size, network, tmp_path):
+    from fairseq import options
+
+    env, log, _ = network
+    proc = subprocess.run(["bash", f"recipes/{name}.sh", "--dry-run", "--size", size, "--out", str(tmp_path / "out")],
+                          cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert calls(log) == [] and not (tmp_path / "out").exists()
+    assert "# dry run: would download" in proc.stdout and "wikitext.smerity.com" in proc.stdout
+    argv = proc.stdout.strip().splitlines()[-1].split()[1:]
+    args = options.parse_args_and_arch(options.get_training_parser(), input_args=argv)
+    assert (args.criterion, args.optimizer, args.lr_scheduler) == ("dni_cross_entropy", "alternating",
+                                                                    "cosine_alternating")
+
+
+@pytest.mark.parametrize("name,corpus", [("wikitext2", "WikiText-2"), ("wikitext103", "WikiText-103")])
+def test_failed_download_is_one_line_saying_where_else_and_how(name, corpus, network, tmp_path):
+    env, log, _ = network  # nothing served: every mirror answers 403, like the old S3 address
+    proc = subprocess.run(["bash", f"recipes/{name}.sh", "--cpu", "--size", "smoke", "--out", str(tmp_path / "out")],
+                          cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(rf"recipes/{name}\.sh: error: could not get {corpus} from https://wikitext\.smerity\.com/\S+"
+                        rf".*; any copy of .*, then pass its folder: bash recipes/{name}\.sh --data-dir DIR", last), last
+    tried = calls(log)
+    assert tried and all("s3.amazonaws.com" not in c for c in tried)  # never the dead address
+    assert os.listdir(tmp_path / "out" / "download") == []  # no half-downloaded folder left behind
+
+
+def fetch_wikitext2(env, out, expected):
+    """fetch_corpus of the real recipes/wikitext2.sh (its mirrors), checked against ``expected``."""
+    script = f"""source recipes/wikitext2.sh
+set -euo pipefail
+EXPECTED=({" ".join(f'"{e}"' for e in expected)})
+fetch_corpus {out} {sys.executable} ."""
+    return subprocess.run(["bash", "-c", script], cwd=REPO, env=env, capture_output=True, text=True)
+
+
+@pytest.fixture
+def fake_wikitext2(tmp_path):
+    """A tiny stand-in corpus, its EXPECTED lines (split, lines, tokens, md5), and writers for the
+    mirrors' two forms: the archive wikitext-2-v1.zip and the plain files {split}.txt."""
+    import hashlib
+    import zipfile
+
+    text = tmp_path / "fake"
+    write_corpus(str(text), seed=5, sizes=(("train", 50), ("valid", 8), ("test", 9)), vocab=20)
+    expected = []
+    for split in ("train", "valid", "test"):
+        data = (text / f"{split}.txt").read_bytes()
+        lines = data.count(b"\n")
+        expected.append(f"{split} {lines} {len(data.split()) + lines} {hashlib.md5(data).hexdigest()}")
+
+    def serve_zip(served, corrupt=False):
+        with zipfile.ZipFile(served / "wikitext-2-v1.zip", "w") as z:
+            for split in ("train", "valid", "test"):
+                data = (text / f"{split}.txt").read_bytes() + (b"one more line\n" if corrupt and split == "valid" else b"")
+                z.writestr(f"wikitext-2/wiki.{split}.tokens", data)
+
+    def serve_files(served):
+        for split in ("train", "valid", "test"):
+            (served / f"{split}.txt").write_bytes((text / f"{split}.txt").read_bytes())
+
+    return expected, serve_zip, serve_files
+
+
+def test_download_is_checked_and_falls_back_to_the_next_mirror(network, fake_wikitext2, tmp_path):
+    env, log, served = network
+    expected, serve_zip, serve_files = fake_wikitext2
+    out = tmp_path / "out"
+
+    # the author's archive arrives intact: its wiki.*.tokens files are checked and kept
+    serve_zip(served)
+    proc = fetch_wikitext2(env, out, expected)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"{out}/download/wikitext-2"
+    assert sorted(os.listdir(out / "download" / "wikitext-2")) == ["wiki.test.tokens", "wiki.train.tokens",
+                                                                     "wiki.valid.tokens"]
+    assert len(calls(log)) == 1
+    # a second run finds the checked copy and downloads nothing
+    assert fetch_wikitext2(env, out, expected).returncode == 0 and len(calls(log)) == 1
+
+    # the archive arrives with a different valid split: refused, PyTorch's copy of the files is taken
+    import shutil
+
+    shutil.rmtree(out)
+    serve_zip(served, corrupt=True)
+    serve_files(served)
+    proc = fetch_wikitext2(env, out, expected)
+    assert proc.returncode == 0, proc.stderr
+    assert "wiki.valid.tokens: 9 " in proc.stderr and "not the WikiText-2 this recipe expects" in proc.stderr
+    assert sorted(os.listdir(out / "download" / "wikitext-2")) == ["test.txt", "train.txt", "valid.txt"]
+    assert calls(log)[-3:] == [c for c in calls(log) if "raw.githubusercontent.com/pytorch/examples" in c]
+
+    # every mirror delivers something else: one error line, nothing kept
+    shutil.rmtree(out)
+    (served / "valid.txt").write_bytes(b"tampered\n")
+    proc = fetch_wikitext2(env, out, expected)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1].startswith("recipes/wikitext2.sh: error: could not get WikiText-2")
+    assert os.listdir(out / "download") == []
