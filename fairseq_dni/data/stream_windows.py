@@ -16,9 +16,15 @@ token just before it in the corpus (for the first window of a stream that is
 the last token of the previous stream; for position 0 of the corpus it is the
 end-of-sentence symbol, fairseq's convention for "start of text"). Positions
 past the end of a shorter stream are padding and are ignored by the loss.
+
+Unscored symbols (``unscored``, the task's ``--unscored-symbols``): a position whose
+corpus token is one of them stays an input to the next position, but its target
+becomes padding, so the loss, the token count (``ntokens``) and validation skip it.
+E.g. the copy task (``examples/copy_task.py``) scores only the symbols the model must
+reproduce, not the random ones it reads.
 """
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -39,6 +45,7 @@ class StreamWindows(torch.utils.data.Dataset):
         rank: int = 0,
         world_size: int = 1,
         state_key: Optional[str] = None,
+        unscored: Sequence[int] = (),
     ):
         super().__init__()
         tokens = np.asarray(tokens)
@@ -62,6 +69,9 @@ class StreamWindows(torch.utils.data.Dataset):
         self.pad, self.eos = pad, eos
         self.window = tokens_per_window
         self.state_key = state_key
+        self.unscored = np.asarray(sorted(set(int(u) for u in unscored)), dtype=np.int64)
+        if pad in self.unscored:
+            raise DNIUserError("the padding symbol cannot be an unscored symbol: it is never a target")
         bounds = (np.arange(num_streams + 1, dtype=np.int64) * num_tokens) // num_streams
         mine = slice(rank * streams_per_rank, (rank + 1) * streams_per_rank)
         self.starts = bounds[:-1][mine]
@@ -85,6 +95,7 @@ class StreamWindows(torch.utils.data.Dataset):
         positions, valid = self.window_positions(index)
         last = len(self.tokens) - 1
         target = np.where(valid, self.tokens[np.minimum(positions, last)], self.pad)
+        target = np.where(np.isin(target, self.unscored), self.pad, target)
         previous = self.tokens[np.clip(positions - 1, 0, last)]
         source = np.where(positions > 0, previous, self.eos)
         source = np.where(valid, source, self.pad)
@@ -92,6 +103,7 @@ class StreamWindows(torch.utils.data.Dataset):
         # for a synthesizer conditioned on it (--dni-condition-on-next-target)
         after = self.starts + (index + 1) * self.window
         next_target = np.where(after < self.ends, self.tokens[np.minimum(after, last)], self.pad)
+        next_target = np.where(np.isin(next_target, self.unscored), self.pad, next_target)
         return (index, torch.from_numpy(source.astype(np.int64)), torch.from_numpy(target.astype(np.int64)),
                 torch.from_numpy(next_target.astype(np.int64)))
 
@@ -107,7 +119,7 @@ class StreamWindows(torch.utils.data.Dataset):
             "ntokens": int(not_pad.sum()),
             "net_input": {
                 "src_tokens": source,
-                "src_lengths": not_pad.sum(dim=1),
+                "src_lengths": source.ne(self.pad).sum(dim=1),
                 # which carried state this window continues, and whether it opens
                 # the pass (first window of an epoch / of a validation or test pass)
                 "state_key": self.state_key,
