@@ -17,14 +17,15 @@ target becomes padding), so the logged ``loss`` / ``valid_loss`` is the output-p
 bits per output symbol; chance is log2(symbols). Writing ``y_i`` needs ``x_i``, read L+1
 (Copy) steps earlier: at window T the information must cross about L/T window boundaries.
 
-Every split holds a multiple of ``--align`` sequences, so with a stream count dividing it every
-stream starts at a sequence start; with ``--tokens-per-sample`` equal to the sequence length
-every window is exactly one sequence (the full-BPTT ceiling).
+Every split holds a multiple of 64 sequences, so with a stream count dividing 64 every stream
+starts at a sequence start; with ``--tokens-per-sample`` equal to the sequence length every
+window is exactly one sequence (the full-BPTT ceiling). Runs are stock ``fairseq-train``; every
+number the ``table`` command prints is read back from their logs (docs/copy_task)::
 
     python examples/copy_task.py data --out data-bin/copy-L4 --length 4
-    python examples/copy_task.py train --length 4 --window 2 --arm dni --log run.log
-    python examples/copy_task.py grid --windows 2,3,4,5 --lengths ... --arms bptt,dni,ceiling
-    python examples/copy_task.py table
+    python examples/copy_task.py train --length 4 --window 2 --arm dni --log run.log [-- FAIRSEQ FLAGS]
+    python examples/copy_task.py grid --windows 2,3,4,5 --lengths T,2T --arms bptt,dni,ceiling
+    python examples/copy_task.py table --windows 2,3,4,5 --lengths T,2T --arms bptt,dni,ceiling
 """
 
 import argparse
@@ -65,7 +66,7 @@ def sequence_length(length, repeats=0):
     return length + 1 + (1 if repeats else 0) + length * max(repeats, 1) + 1
 
 
-def write_corpus(out, length, symbols=8, repeats=0, train=16384, valid=256, test=256, align=64, seed=0):
+def write_corpus(out, length, symbols=8, repeats=0, train=65536, valid=256, test=256, align=64, seed=0):
     """Text and fairseq-binarized splits under ``out`` (``out/text``, ``out`` itself for the binaries)."""
     if any(n % align for n in (train, valid, test)):
         raise SystemExit(f"copy_task: error: sequence counts must be multiples of --align {align}")
@@ -255,8 +256,10 @@ def table(args):
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
     lines.append("")
     lines.append(f"Copy-phase loss in bits per output symbol, mean over the last 10% of {args.updates} updates "
-                 f"(each sequence seen once: a held-out measure); chance {chance:.2f}; **bold**: solved "
-                 f"(< {SOLVED} bits). `boundaries`: ceil(L/T), the window boundaries the information must cross.")
+                 f"(65,536 training sequences, each seen 1 to 2 times, 5 by the ceiling; the last validation, on held-out sequences, "
+                 f"is in results.csv); chance {chance:.2f}; **bold**: solved "
+                 f"(< {SOLVED} bits); `-`: not run. `boundaries`: ceil(L/T), the window boundaries the information "
+                 f"must cross.")
     text = "\n".join(lines) + "\n"
     with open(os.path.join(args.out, "table.md"), "w") as f:
         f.write(text)
