@@ -23,9 +23,15 @@ drawn around ``T`` with probability 0.95, else around ``T/2``, from a normal wit
 truncated to an integer and at least 5 tokens; the last window ends at the stream's end. The
 draws are a pure function of (seed, epoch) (:func:`window_boundaries`), the same on every rank
 and after a resume, and every token is still a target exactly once.
+
+Unscored symbols (``unscored``, the task's ``--unscored-symbols``): a position whose
+corpus token is one of them stays an input to the next position, but its target
+becomes padding, so the loss, the token count (``ntokens``) and validation skip it.
+E.g. the copy task (``examples/copy_task.py``) scores only the symbols the model must
+reproduce, not the random ones it reads.
 """
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -73,6 +79,7 @@ class StreamWindows(torch.utils.data.Dataset):
         variable_window: bool = False,
         seed: int = 1,
         epoch: int = 1,
+        unscored: Sequence[int] = (),
     ):
         super().__init__()
         tokens = np.asarray(tokens)
@@ -101,6 +108,9 @@ class StreamWindows(torch.utils.data.Dataset):
         self.pad, self.eos = pad, eos
         self.window = tokens_per_window
         self.state_key = state_key
+        self.unscored = np.asarray(sorted(set(int(u) for u in unscored)), dtype=np.int64)
+        if pad in self.unscored:
+            raise DNIUserError("the padding symbol cannot be an unscored symbol: it is never a target")
         bounds = (np.arange(num_streams + 1, dtype=np.int64) * num_tokens) // num_streams
         mine = slice(rank * streams_per_rank, (rank + 1) * streams_per_rank)
         self.starts = bounds[:-1][mine]
@@ -137,6 +147,7 @@ class StreamWindows(torch.utils.data.Dataset):
         positions, valid = self.window_positions(index)
         last = len(self.tokens) - 1
         target = np.where(valid, self.tokens[np.minimum(positions, last)], self.pad)
+        target = np.where(np.isin(target, self.unscored), self.pad, target)
         previous = self.tokens[np.clip(positions - 1, 0, last)]
         source = np.where(positions > 0, previous, self.eos)
         source = np.where(valid, source, self.pad)
@@ -144,6 +155,7 @@ class StreamWindows(torch.utils.data.Dataset):
         # for a synthesizer conditioned on it (--dni-condition-on-next-target)
         after = self.starts + self.starts_in_stream[index + 1]
         next_target = np.where(after < self.ends, self.tokens[np.minimum(after, last)], self.pad)
+        next_target = np.where(np.isin(next_target, self.unscored), self.pad, next_target)
         return (index, torch.from_numpy(source.astype(np.int64)), torch.from_numpy(target.astype(np.int64)),
                 torch.from_numpy(next_target.astype(np.int64)))
 
@@ -159,7 +171,7 @@ class StreamWindows(torch.utils.data.Dataset):
             "ntokens": int(not_pad.sum()),
             "net_input": {
                 "src_tokens": source,
-                "src_lengths": not_pad.sum(dim=1),
+                "src_lengths": source.ne(self.pad).sum(dim=1),
                 # which carried state this window continues, and whether it opens
                 # the pass (first window of an epoch / of a validation or test pass)
                 "state_key": self.state_key,

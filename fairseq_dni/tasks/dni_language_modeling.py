@@ -60,6 +60,12 @@ class DNILanguageModelingConfig(FairseqDataclass):
         default=10,
         metadata={"help": "streams for validation/test/eval-lm when no --batch-size(-valid) is given"},
     )
+    unscored_symbols: str = field(
+        default="",
+        metadata={"help": "comma-separated dictionary symbols whose positions are not targets: they stay "
+                          "inputs, their targets become padding, so the loss, ntokens and validation skip "
+                          "them (e.g. the input phase of the copy task, examples/copy_task.py)"},
+    )
     # the stream count is fairseq's own --batch-size / --batch-size-valid
     batch_size: Optional[int] = II("dataset.batch_size")
     batch_size_valid: Optional[int] = II("dataset.batch_size_valid")
@@ -118,6 +124,15 @@ def unwrap(module):
     return module
 
 
+def unscored_ids(dictionary: Dictionary, symbols: str):
+    """Dictionary ids of the comma-separated ``symbols`` (sorted); unknown ones are a user error."""
+    names = [name for name in (symbols or "").split(",") if name]
+    missing = [name for name in names if dictionary.index(name) == dictionary.unk() and name != dictionary.unk_word]
+    if missing:
+        raise DNIUserError(f"--unscored-symbols: {', '.join(missing)} not in the dictionary")
+    return sorted({dictionary.index(name) for name in names})
+
+
 @register_task("dni_language_modeling", dataclass=DNILanguageModelingConfig)
 class DNILanguageModelingTask(FairseqTask):
     def __init__(self, cfg: DNILanguageModelingConfig, dictionary: Dictionary):
@@ -128,6 +143,7 @@ class DNILanguageModelingTask(FairseqTask):
         self.recurrent: Optional[RecurrentInterface] = None
         self._update_windows = (None, [])  # (update number, its windows' lengths): --variable-window's lr scale
         self._update_start = (None, None, [])  # (update, its first window, carried values then): AMP retries
+        self.unscored = unscored_ids(dictionary, cfg.unscored_symbols)
 
     @classmethod
     def setup_task(cls, cfg: DNILanguageModelingConfig, **kwargs):
@@ -193,6 +209,7 @@ class DNILanguageModelingTask(FairseqTask):
             variable_window=variable,
             seed=self.cfg.seed,
             epoch=epoch,
+            unscored=self.unscored,
         )
         logger.info(
             "%s: rank %d/%d reads streams [%d, %d) of %d, %d windows of %s tokens",
@@ -314,6 +331,10 @@ class DNILanguageModelingTask(FairseqTask):
     def eval_lm_dataloader(self, dataset, max_tokens=36000, batch_size=None, max_positions=None,
                            num_shards=1, shard_id=0, num_workers=1, data_buffer_size=10,
                            context_window=0):
+        if self.unscored:
+            raise DNIUserError(
+                "fairseq-eval-lm cannot skip --unscored-symbols (its scorer assumes padding only at the "
+                "end of a row); score with fairseq-validate, which uses the criterion")
         if context_window > 0:
             raise DNIUserError(
                 "dni_language_modeling scores with the LSTM state carried across windows; "
