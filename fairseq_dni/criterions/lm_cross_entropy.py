@@ -126,7 +126,7 @@ class LMCrossEntropyCriterion(CrossEntropyCriterion):
         for name in ("ar", "tar"):
             if sample_size > 0 and any(name in log for log in logging_outputs):
                 value = sum(float(log.get(name, 0)) for log in logging_outputs)
-                metrics.log_scalar(name, value / sample_size, sample_size, round=4)
+                metrics.log_scalar(name, value / sample_size, sample_size, round=5)
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:
