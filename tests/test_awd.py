@@ -5,7 +5,8 @@ that a wrong mask, a wrong mean or a wrong unit in the plugin shows up as a numb
 """
 import os
 import re
-import types
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -121,6 +122,18 @@ def test_weight_drop_runs_one_fused_lstm_op_per_layer_and_window():
     counts = {e.key: e.count for e in prof.key_averages()}
     assert counts.get("aten::lstm") == 3  # 3 layers, one window
     assert not any("cell" in key for key in counts)
+
+
+def test_regularisers_import_with_torch_alone():
+    code = ("import sys; sys.modules['fairseq'] = None\n"  # any 'import fairseq' now raises ImportError
+            "import torch\n"
+            "from fairseq_dni.modules import LockedDropout, WeightDropLSTM, embedding_dropout\n"
+            "lstm = WeightDropLSTM(3, 4, batch_first=True, weight_drop=0.5)\n"
+            "out, _ = lstm(LockedDropout(0.5)(torch.randn(2, 5, 3)), (torch.zeros(1, 2, 4),) * 2)\n"
+            "assert out.shape == (2, 5, 4) and not any(m.startswith('fairseq.') for m in sys.modules)\n"
+            "print('torch-only ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(USER_DIR), capture_output=True, text=True)
+    assert "torch-only ok" in out.stdout, out.stderr
 
 
 # ---- locked dropout ---------------------------------------------------------------------------------
