@@ -7,7 +7,8 @@ checkpoints loadable under torch's safe ``weights_only`` unpickler.
 
 Without fairseq installed, the torch-only parts still import on their own:
 ``fairseq_dni.dni`` (the DNI maths), ``fairseq_dni.synthesizers``,
-``fairseq_dni.carried_state`` and ``fairseq_dni.data.stream_windows``.
+``fairseq_dni.carried_state``, ``fairseq_dni.data.stream_windows`` and ``fairseq_dni.modules``
+(AWD-LSTM's regularisers).
 """
 import importlib.util
 

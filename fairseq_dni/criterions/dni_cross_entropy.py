@@ -6,7 +6,8 @@ steps as fairseq runs them: ``DNILanguageModelingTask.train_step``):
 1. The window starts from the carried state ``s_{t-1}``, made a leaf that requires grad, so that
    backward leaves the true gradient arriving at the window's start on it.
 2. Its loss: the LM loss (summed over target tokens, as fairseq's ``cross_entropy`` /
-   ``adaptive_loss``); plus the synthesizer's regression loss for the pair whose target arrived
+   ``adaptive_loss``), plus AWD-LSTM's AR/TAR with ``--alpha``/``--beta`` (``lm_cross_entropy``,
+   which this criterion builds on); plus the synthesizer's regression loss for the pair whose target arrived
    one window ago; plus, in synthetic mode, the injected synthetic gradient ``scale * M(s_t)``
    at the window's final state.
 3. After backward (:meth:`after_backward`, called by the task with the optimizer's loss scale),
@@ -38,14 +39,13 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from fairseq.criterions import register_criterion
-from fairseq.criterions.cross_entropy import CrossEntropyCriterion
-from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.dataclass import ChoiceEnum
 from fairseq.logging import metrics
 from omegaconf import II
 
 from fairseq_dni.carried_state import CarriedState, tree_leaves, tree_map, tree_replace_leaves
+from fairseq_dni.criterions.lm_cross_entropy import LMCrossEntropyConfig, LMCrossEntropyCriterion
 from fairseq_dni.dni import bootstrapped_target, cosine_similarity, synthesizer_loss, synthetic_gradient_term
 from fairseq_dni.errors import DNIUserError
 from fairseq_dni.synthesizers import build_synthesizer
@@ -57,7 +57,7 @@ CELLS = ChoiceEnum(["gru", "lstm", "qrnn"])
 
 
 @dataclass
-class DNICrossEntropyConfig(FairseqDataclass):
+class DNICrossEntropyConfig(LMCrossEntropyConfig):
     dni_mode: Optional[DNI_MODES] = field(
         default=None,
         metadata={"help": "synthetic: inject the synthesizer's gradient at every window's end; real: plain TBPTT "
@@ -102,7 +102,6 @@ class DNICrossEntropyConfig(FairseqDataclass):
     dni_target_clip: float = field(
         default=0.0,
         metadata={"help": "clip each stream's regression target to this L2 norm (0: no clipping)"})
-    sentence_avg: bool = II("optimization.sentence_avg")
     # checked when the criterion is built, before anything runs or is written:
     optimizer: Optional[str] = II("optimizer._name")  # must be 'alternating'
     # cosine_alternating's --mode-schedule (null with another scheduler); must agree with dni_mode
@@ -176,15 +175,15 @@ class _ThisWindow:
 
 
 @register_criterion("dni_cross_entropy", dataclass=DNICrossEntropyConfig)
-class DNICrossEntropyCriterion(CrossEntropyCriterion):
+class DNICrossEntropyCriterion(LMCrossEntropyCriterion):
     def __init__(self, task, cfg: DNICrossEntropyConfig):
-        super().__init__(task, cfg.sentence_avg)
         recurrent = task.recurrent if isinstance(task, DNILanguageModelingTask) else None
         if recurrent is None:
             raise DNIUserError(
                 "dni_cross_entropy needs --task dni_language_modeling and an LSTM model from fairseq_dni "
                 "(--arch dni_lstm_lm*): it reads the carried state the task threads through the windows")
         check_optimizer_and_mode(cfg)
+        super().__init__(task, cfg)
         self.cfg = cfg
         self.mode = str(cfg.dni_mode or "synthetic")
         self.layout = recurrent.layout
@@ -236,19 +235,6 @@ class DNICrossEntropyCriterion(CrossEntropyCriterion):
         self.set_mode(schedule.mode_at(clock))
 
     # ---- pieces --------------------------------------------------------------------------
-    def lm_loss(self, model, net_output, sample):
-        decoder = model.decoder
-        if getattr(decoder, "adaptive_softmax", None) is None:
-            return self.compute_loss(model, net_output, sample)[0]
-        # same as fairseq's adaptive_loss criterion
-        target = model.get_targets(sample, net_output).view(-1)
-        logits, targets = decoder.adaptive_softmax(net_output[0], target)
-        loss = net_output[0].new_zeros(())
-        for lg, tg in zip(logits, targets):
-            if tg is not None:
-                loss = loss + F.cross_entropy(lg, tg, ignore_index=self.padding_idx, reduction="sum")
-        return loss
-
     def synthesize(self, inputs, condition, own_state):
         """The synthesizer in its own dtype: (prediction (B, D), new own state)."""
         dtype = next(self.synthesizer.parameters()).dtype
@@ -292,6 +278,7 @@ class DNICrossEntropyCriterion(CrossEntropyCriterion):
         if not training:
             return loss, sample_size, logging_output
 
+        loss = loss + self.activation_regularization(net_output, sample, sample_size, logging_output)
         final = net_output[1]["final_state"]
         final_flat = self.layout.flatten(final)
         with torch.no_grad():
@@ -391,7 +378,7 @@ class DNICrossEntropyCriterion(CrossEntropyCriterion):
     # ---- logging -------------------------------------------------------------------------
     @staticmethod
     def reduce_metrics(logging_outputs) -> None:
-        CrossEntropyCriterion.reduce_metrics(logging_outputs)
+        LMCrossEntropyCriterion.reduce_metrics(logging_outputs)
 
         def total(name):
             return sum(float(log.get(name, 0)) for log in logging_outputs)

@@ -7,6 +7,15 @@ kept, detached, as the initial state of the next window of the same stream set
 middle of an epoch never disturbs the training streams). ``reset_state`` (first
 window of a pass), a new batch shape, or no ``state_key`` at all (any stock
 fairseq task) start from zeros.
+
+AWD-LSTM (Merity et al. 2018, ``salesforce/awd-lstm-lm``; the regularisers live in
+``fairseq_dni/modules/``): ``--weight-drop`` (DropConnect on the hidden-to-hidden weights,
+one mask per window, still one fused LSTM call), ``--locked-dropout`` (the input, between-layer
+and output dropouts draw one mask per stream and window), ``--decoder-embed-dropout`` and
+``--decoder-last-layer-out-dim`` (the last layer as wide as the embedding, so it can be tied).
+The plain model keeps one stacked ``torch.nn.LSTM`` (parameters ``lstm.*``); layers of unequal
+widths, or locked dropout between layers, run one single-layer LSTM per layer (``lstms.{l}.*``)
+and carry the state as per-layer (h, c) pairs (``StateLayout(stacked=False)``).
 """
 
 import logging
@@ -15,7 +24,6 @@ from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from fairseq import utils
 from fairseq.dataclass import FairseqDataclass
 from fairseq.models import (
@@ -28,10 +36,13 @@ from fairseq.modules import AdaptiveSoftmax
 
 from fairseq_dni.carried_state import CarriedState, StateLayout
 from fairseq_dni.errors import DNIUserError
+from fairseq_dni.modules import LockedDropout, WeightDropLSTM, check_rate, embedding_dropout
 
 logger = logging.getLogger(__name__)
 
-State = Tuple[torch.Tensor, torch.Tensor]  # (h, c), each (layers, batch, hidden); see StateLayout
+# (h, c), each (layers, batch, hidden) (stacked); or ((h_0, c_0), (h_1, c_1), ...), each (1, batch, width_l)
+# (layers apart); see StateLayout
+State = Tuple
 
 
 @dataclass(frozen=True)
@@ -64,7 +75,23 @@ class DNILSTMLMConfig(FairseqDataclass):
     decoder_embed_dropout: float = field(
         default=0.0,
         metadata={"help": "embedding dropout: drop whole word types from the embedding matrix "
-                          "for one window (Gal & Ghahramani 2016)"},
+                          "for one window (Gal & Ghahramani 2016; AWD-LSTM's --dropoute)"},
+    )
+    locked_dropout: bool = field(
+        default=False,
+        metadata={"help": "the input, between-layer and output dropouts draw one mask per stream and window, the "
+                          "same at every time step (variational/locked dropout, AWD-LSTM), instead of one per token"},
+    )
+    weight_drop: float = field(
+        default=0.0,
+        metadata={"help": "DropConnect on every layer's hidden-to-hidden weights: each weight zeroed with this "
+                          "probability, one mask per window (AWD-LSTM's --wdrop)"},
+    )
+    decoder_last_layer_out_dim: bool = field(
+        default=False,
+        metadata={"help": "the last LSTM layer is as wide as the output layer's input (--decoder-out-embed-dim; the "
+                          "embedding dim with --share-decoder-input-output-embed) instead of --decoder-hidden-size "
+                          "plus a projection (AWD-LSTM's shape: its output feeds tied embeddings directly)"},
     )
     share_decoder_input_output_embed: bool = field(
         default=False, metadata={"help": "tie the input embedding and the output layer weights"})
@@ -107,26 +134,54 @@ class DNILSTMLanguageModel(FairseqLanguageModel):
         return DNILMHubInterface(loaded["args"], loaded["task"], loaded["models"], tokenizer=tok, bpe=sub)
 
 
+def check_rates(cfg: DNILSTMLMConfig):
+    """Every dropout-like rate of ``cfg`` in [0, 1), else DNIUserError (raised before anything is built)."""
+    for flag, value in (("--dropout", cfg.dropout), ("--decoder-dropout-in", cfg.decoder_dropout_in),
+                        ("--decoder-hidden-dropout", cfg.decoder_hidden_dropout),
+                        ("--decoder-dropout-out", cfg.decoder_dropout_out),
+                        ("--decoder-embed-dropout", cfg.decoder_embed_dropout), ("--weight-drop", cfg.weight_drop),
+                        ("--adaptive-softmax-dropout", cfg.adaptive_softmax_dropout)):
+        if value is not None:
+            try:
+                check_rate(flag, value)
+            except ValueError as e:
+                raise DNIUserError(str(e)) from None
+
+
 class DNILSTMDecoder(FairseqIncrementalDecoder):
     def __init__(self, cfg: DNILSTMLMConfig, dictionary):
         super().__init__(dictionary)
+        check_rates(cfg)
         vocab, pad = len(dictionary), dictionary.pad()
-        embed_dim, hidden = cfg.decoder_embed_dim, cfg.decoder_hidden_size
+        embed_dim, hidden, layers = cfg.decoder_embed_dim, cfg.decoder_hidden_size, cfg.decoder_layers
+        if layers < 1:
+            raise DNIUserError(f"--decoder-layers must be >= 1, got {layers}")
         out_dim = cfg.decoder_out_embed_dim or (embed_dim if cfg.share_decoder_input_output_embed else hidden)
+        widths = (hidden,) * (layers - 1) + (out_dim if cfg.decoder_last_layer_out_dim else hidden,)
 
         def rate(value):
             return cfg.dropout if value is None else value
 
+        dropout = LockedDropout if cfg.locked_dropout else nn.Dropout
         self.padding_idx = pad
         self.embed_dropout = cfg.decoder_embed_dropout
         self.embed_tokens = nn.Embedding(vocab, embed_dim, padding_idx=pad)
-        self.dropout_in = nn.Dropout(rate(cfg.decoder_dropout_in))
-        self.lstm = nn.LSTM(
-            embed_dim, hidden, num_layers=cfg.decoder_layers, batch_first=True,
-            dropout=rate(cfg.decoder_hidden_dropout) if cfg.decoder_layers > 1 else 0.0,
-        )
-        self.dropout_out = nn.Dropout(rate(cfg.decoder_dropout_out))
-        self.project_out = nn.Linear(hidden, out_dim, bias=False) if out_dim != hidden else None
+        self.dropout_in = dropout(rate(cfg.decoder_dropout_in))
+        if len(set(widths)) == 1 and not (cfg.locked_dropout and layers > 1):
+            # one stacked LSTM (its between-layer dropout is nn.LSTM's own, a new mask per token)
+            self.lstm = WeightDropLSTM(
+                embed_dim, widths[0], num_layers=layers, batch_first=True,
+                dropout=rate(cfg.decoder_hidden_dropout) if layers > 1 else 0.0, weight_drop=cfg.weight_drop)
+            self.lstms, self.hidden_dropout = None, None
+        else:
+            # the layers apart: unequal widths, or locked dropout between them
+            self.lstm = None
+            self.lstms = nn.ModuleList(
+                WeightDropLSTM(embed_dim if l == 0 else widths[l - 1], width, batch_first=True,
+                               weight_drop=cfg.weight_drop) for l, width in enumerate(widths))
+            self.hidden_dropout = dropout(rate(cfg.decoder_hidden_dropout))
+        self.dropout_out = dropout(rate(cfg.decoder_dropout_out))
+        self.project_out = nn.Linear(widths[-1], out_dim, bias=False) if out_dim != widths[-1] else None
 
         self.adaptive_softmax = None
         self.output_projection = None
@@ -158,7 +213,7 @@ class DNILSTMDecoder(FairseqIncrementalDecoder):
             if not cfg.share_decoder_input_output_embed:
                 nn.init.uniform_(self.output_projection.weight, -cfg.init_range, cfg.init_range)
 
-        self.state_layout = StateLayout((hidden,) * cfg.decoder_layers, stacked=True)
+        self.state_layout = StateLayout(widths, stacked=self.lstm is not None)
         # (h, c) carried per stream set, detached: no gradient crosses a window; the training
         # streams' state travels in checkpoints (see fairseq_dni/carried_state.py)
         self.carried = CarriedState()
@@ -172,12 +227,12 @@ class DNILSTMDecoder(FairseqIncrementalDecoder):
             adaptive_softmax=self.adaptive_softmax is not None)
 
     def zero_state(self, batch_size: int) -> State:
-        return self.state_layout.zeros(batch_size, self.lstm.weight_hh_l0)
+        return self.state_layout.zeros(batch_size, self.embed_tokens.weight)
 
     def initial_state(self, batch_size: int, state_key: Optional[str], reset_state: bool) -> State:
         """The state a window starts from: the carried one (in the parameters' dtype and device,
         e.g. after .half() or .cuda()), or zeros when there is none to carry."""
-        weight = self.lstm.weight_hh_l0
+        weight = self.embed_tokens.weight
         carried = self.carried.get(state_key, batch_size, reset_state, device=weight.device, dtype=weight.dtype)
         return self.zero_state(batch_size) if carried is None else carried
 
@@ -191,12 +246,17 @@ class DNILSTMDecoder(FairseqIncrementalDecoder):
                 "train": None if train is None else (int(train[0].size(1)), tuple(train))}
 
     # ---- forward -------------------------------------------------------------------------
-    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        weight = self.embed_tokens.weight
-        if self.training and self.embed_dropout > 0:
-            keep = weight.new_empty((weight.size(0), 1)).bernoulli_(1 - self.embed_dropout)
-            weight = weight * keep / (1 - self.embed_dropout)
-        return F.embedding(tokens, weight, self.padding_idx)
+    def run_lstm(self, x: torch.Tensor, state: State):
+        """The LSTM layers over one window: x (B, T, E) -> (last layer's output (B, T, width_L), final state)."""
+        if self.lstm is not None:
+            return self.lstm(x, state)
+        final = []
+        for l, lstm in enumerate(self.lstms):
+            if l > 0:
+                x = self.hidden_dropout(x)
+            x, layer_state = lstm(x, state[l])
+            final.append(layer_state)
+        return x, tuple(final)
 
     def extract_features(
         self,
@@ -210,22 +270,23 @@ class DNILSTMDecoder(FairseqIncrementalDecoder):
             cached = self.get_incremental_state(incremental_state, "lstm_state")
             if cached is not None:
                 src_tokens = src_tokens[:, -1:]
-                initial_state = (cached["h"], cached["c"])
+                initial_state = self.state_from_cache(cached)
         if initial_state is None:
             initial_state = self.initial_state(src_tokens.size(0), state_key, reset_state)
 
-        x = self.dropout_in(self.embed(src_tokens))
-        x, final_state = self.lstm(x, initial_state)
-        x = self.dropout_out(x)
-        if self.project_out is not None:
-            x = self.project_out(x)
+        x = embedding_dropout(self.embed_tokens, src_tokens, self.embed_dropout, self.training)
+        raw_output, final_state = self.run_lstm(self.dropout_in(x), initial_state)
+        dropped_output = self.dropout_out(raw_output)
+        x = dropped_output if self.project_out is None else self.project_out(dropped_output)
 
         if incremental_state is not None:
-            self.set_incremental_state(incremental_state, "lstm_state", {"h": final_state[0], "c": final_state[1]})
+            self.set_incremental_state(incremental_state, "lstm_state", self.state_to_cache(final_state))
         else:
             self.carried.set(state_key, src_tokens.size(0), final_state)
-        # the un-detached states let a criterion reach the window's boundaries (DNI)
-        return x, {"initial_state": initial_state, "final_state": final_state}
+        # the un-detached states let a criterion reach the window's boundaries (DNI); the last
+        # layer's outputs, its activation regularisers (AR/TAR)
+        return x, {"initial_state": initial_state, "final_state": final_state,
+                   "raw_output": raw_output, "dropped_output": dropped_output}
 
     def output_layer(self, features: torch.Tensor) -> torch.Tensor:
         if self.adaptive_softmax is not None:
@@ -255,12 +316,26 @@ class DNILSTMDecoder(FairseqIncrementalDecoder):
         Returns:
             ``(x, extra)``: x is (B, T, V) logits, or (B, T, d) features with ``features_only`` or an
             adaptive softmax; ``extra["initial_state"]`` and ``extra["final_state"]`` are the window's
-            first and last LSTM states (laid out as ``self.state_layout`` says), not detached.
+            first and last LSTM states (laid out as ``self.state_layout`` says), not detached;
+            ``extra["raw_output"]`` and ``extra["dropped_output"]`` are the last LSTM layer's outputs
+            (B, T, width_L) before and after its output dropout (AWD-LSTM's ``raw_output`` /
+            ``dropped_rnn_hs``, what AR and TAR regularise).
         """
         x, extra = self.extract_features(src_tokens, state_key, reset_state, incremental_state, initial_state)
         if not features_only:
             x = self.output_layer(x)
         return x, extra
+
+    def state_to_cache(self, state: State) -> Dict[str, torch.Tensor]:
+        """The state as fairseq's incremental-state dict (h_l, c_l per layer; h, c when stacked)."""
+        if self.state_layout.stacked:
+            return {"h": state[0], "c": state[1]}
+        return {f"{name}{l}": t for l, pair in enumerate(state) for name, t in zip("hc", pair)}
+
+    def state_from_cache(self, cached: Dict[str, torch.Tensor]) -> State:
+        if self.state_layout.stacked:
+            return cached["h"], cached["c"]
+        return tuple((cached[f"h{l}"], cached[f"c{l}"]) for l in range(len(self.state_layout.layer_sizes)))
 
     def reorder_incremental_state(self, incremental_state, new_order):
         cached = self.get_incremental_state(incremental_state, "lstm_state")
@@ -299,3 +374,30 @@ def dni_lstm_lm_wikitext103(args):
         decoder_out_embed_dim=512, dropout=0.1, adaptive_softmax_cutoff="20000,60000",
         adaptive_softmax_dropout=0.1,
     )
+
+
+@register_model_architecture("dni_lstm_lm", "dni_awd_lstm_lm")
+def dni_awd_lstm_lm(args):
+    """AWD-LSTM (Merity et al. 2018) as its PTB command runs it (``salesforce/awd-lstm-lm`` README:
+    ``--dropouti 0.4 --dropouth 0.25``, defaults ``--dropout 0.4 --dropoute 0.1 --wdrop 0.5``,
+    ``--emsize 400 --nhid 1150 --nlayers 3``, tied): 3 layers 1150/1150/400, 400-d tied embedding,
+    locked dropout, weight drop. Its AR/TAR (``--alpha 2 --beta 1``) are criterion flags."""
+    _defaults(
+        args, decoder_embed_dim=400, decoder_hidden_size=1150, decoder_layers=3,
+        share_decoder_input_output_embed=True, decoder_last_layer_out_dim=True, locked_dropout=True,
+        dropout=0.4, decoder_dropout_in=0.4, decoder_hidden_dropout=0.25, decoder_dropout_out=0.4,
+        decoder_embed_dropout=0.1, weight_drop=0.5,
+    )
+
+
+@register_model_architecture("dni_lstm_lm", "dni_awd_lstm_lm_small")
+def dni_awd_lstm_lm_small(args):
+    """dni_awd_lstm_lm's shape at CPU size: 3 layers 256/256/128, 128-d tied embedding, AWD-LSTM's PTB
+    dropout rates halved (a smaller model trained for a few epochs; not tuned further): dropouti 0.2,
+    dropouth 0.125, dropout 0.2, dropoute 0.05, wdrop 0.25. About 4.5 minutes of one core per PTB epoch
+    at 20 x 35 tokens (docs/awd.md)."""
+    _defaults(
+        args, decoder_embed_dim=128, decoder_hidden_size=256, dropout=0.2, decoder_dropout_in=0.2,
+        decoder_hidden_dropout=0.125, decoder_dropout_out=0.2, decoder_embed_dropout=0.05, weight_drop=0.25,
+    )
+    dni_awd_lstm_lm(args)

@@ -72,7 +72,7 @@ class DNILanguageModelingConfig(FairseqDataclass):
     seed: int = II("common.seed")
 
 
-ADAPTIVE_CRITERIA = ("adaptive_loss", "dni_cross_entropy")
+ADAPTIVE_CRITERIA = ("adaptive_loss", "dni_cross_entropy", "lm_cross_entropy")
 
 
 def windows_of_epoch(windows: StreamWindows, epoch: int):
