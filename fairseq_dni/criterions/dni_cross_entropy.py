@@ -108,6 +108,14 @@ class DNICrossEntropyConfig(LMCrossEntropyConfig):
     mode_schedule: Optional[str] = "${oc.select:lr_scheduler.mode_schedule,null}"
 
 
+def relative_loss(meters) -> float:
+    """``dni_rel_loss`` over a log interval: the synthesizer's summed squared error over the zero
+    predictor's (1 - R^2 of the regression; 1 = no better than predicting zero), from the two sums
+    ``reduce_metrics`` logs. NaN when no regression target was non-zero."""
+    zero = meters["_dni_zero_mse"].sum if "_dni_zero_mse" in meters else 0.0
+    return round(meters["_dni_mse"].sum / zero, 4) if zero > 0 else float("nan")
+
+
 def resolved(cfg, name: str) -> Optional[str]:
     """A field interpolated from another config group, or None where that group has no such field."""
     try:
@@ -294,7 +302,9 @@ class DNICrossEntropyCriterion(LMCrossEntropyCriterion):
 
         # 1) regress the call made at s_{t-2} (window t-2's end) onto the gradient that reached s_{t-2}
         #    in window t-1's backward
-        total = loss + sample_size * self.regression(carry.pending, logging_output)
+        #    (weighted by fairseq's divisor, ``sample_size or 1``, so that it reaches the synthesizer at unit
+        #    weight even in a window with no scored target, e.g. the copy task's input phase)
+        total = loss + (sample_size or 1.0) * self.regression(carry.pending, logging_output)
 
         # 2) the synthetic gradient at this window's end (computed in both modes: the synthesizer learns in both)
         condition = self.condition_for(model, sample["target"][:, -1], sample.get("next_target"))
@@ -391,8 +401,11 @@ class DNICrossEntropyCriterion(LMCrossEntropyCriterion):
         if regressions > 0:
             metrics.log_scalar("dni_loss", total("dni_loss") / regressions, regressions, round=5)
             metrics.log_scalar("dni_cos", total("dni_cos") / regressions, regressions, round=4)
-            if total("dni_zero_mse") > 0:
-                metrics.log_scalar("dni_rel_loss", total("dni_mse") / total("dni_zero_mse"), regressions, round=4)
+            # the ratio of the summed errors over the log interval (not a mean of per-update ratios,
+            # which windows with a near-zero target make explode); "_" keeps the sums out of the log
+            metrics.log_scalar_sum("_dni_mse", total("dni_mse"))
+            metrics.log_scalar_sum("_dni_zero_mse", total("dni_zero_mse"))
+            metrics.log_derived("dni_rel_loss", relative_loss)
             metrics.log_scalar("dni_target_norm", total("dni_target_norm") / regressions, regressions, round=5)
             metrics.log_scalar("dni_pred_norm", total("dni_pred_norm") / regressions, regressions, round=5)
 
