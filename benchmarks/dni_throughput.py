@@ -10,7 +10,9 @@ throughput.py for how tokens/s are read from fairseq's own wps meter):
   synthetic-coordinatewise  ... --dni-synthesizer coordinatewise              the seed paper's synthesizer
 
 This machine's throughput drifts by several percent between identical runs, so the arms run
-interleaved ``--repeats`` times (in rotating order) and each arm's median is used. Writes the
+interleaved ``--repeats`` times (in rotating order) and each arm's median is used; then the same
+arms step once more in one process, interleaved update by update (``per_update_ratios``), which a
+loaded machine disturbs far less. Writes the
 ratios to plain TBPTT to benchmarks/results/<out>.{md,csv}, and the memory the coordinate-wise
 synthesizer carries across windows for ``dni_lstm_lm_wikitext103`` at 32 streams (measured on
 the criterion's carried values after a few windows).
@@ -24,6 +26,7 @@ import os
 import platform
 import statistics
 import sys
+import time
 
 import torch
 
@@ -65,6 +68,43 @@ def carried_memory(streams=32, hidden=1024, layers=2, embed=512, cell="gru"):
     return total, own
 
 
+def per_update_ratios(args, arms, optimizer, updates=120, warmup=10):
+    """CPU seconds per update of each arm, the arms' updates interleaved one by one in one process.
+
+    Each arm is built by fairseq's own parser and ``Trainer`` from the same flags as its
+    fairseq-train run, and steps with ``trainer.train_step`` (what fairseq-train calls; its
+    per-interval logging is left out). Interleaving update by update exposes every arm to the same
+    load, which on a shared machine moves the per-run medians by more than the differences measured.
+    Returns {arm: CPU seconds per update}."""
+    sys.path.insert(0, REPO)
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq.trainer import Trainer
+
+    trainers, batches = {}, {}
+    for name, (_, flags) in arms.items():
+        argv = [args.data_bin, *map(str, flags), "--decoder-embed-dim", args.embed_dim, "--decoder-hidden-size",
+                args.hidden, "--decoder-layers", args.layers, "--batch-size", args.batch_size, "--tokens-per-sample",
+                args.window, "--optimizer", "adam", "--lr", args.lr, "--clip-norm", args.clip, "--seed", args.seed,
+                "--cpu", "--num-workers", "0", *optimizer]
+        cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(),
+                                                                         [str(a) for a in argv]))
+        torch.manual_seed(args.seed)
+        task = tasks.setup_task(cfg.task)
+        task.load_dataset("train")
+        trainer = Trainer(cfg, task, task.build_model(cfg.model), task.build_criterion(cfg.criterion))
+        epoch = task.get_batch_iterator(task.dataset("train"), max_sentences=args.batch_size).next_epoch_itr(shuffle=False)
+        trainers[name], batches[name] = trainer, [next(epoch) for _ in range(warmup + updates)]
+    seconds = {name: 0.0 for name in arms}
+    for i in range(warmup + updates):
+        for name, trainer in trainers.items():
+            start = time.process_time()
+            trainer.train_step([batches[name][i]])
+            if i >= warmup:
+                seconds[name] += time.process_time() - start
+    return {name: s / updates for name, s in seconds.items()}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-bin", default=os.path.join(REPO, "runs", "quickstart", "data-bin"))
@@ -102,12 +142,18 @@ def main():
     tbptt = median["real-tbptt"]
     rows = [(name, arms[name][0], median[name],
              f"{median[name] / tbptt:.3f}x; " + " / ".join(f"{x:.0f}" for x in measured[name])) for name in names]
+    per_update = per_update_ratios(args, arms, optimizer)
+    rows += [(f"{name} (per update)", "same flags, updates interleaved one by one in one process",
+              args.batch_size * args.window / per_update[name],
+              f"{per_update['real-tbptt'] / per_update[name]:.3f}x; tokens per CPU second") for name in names]
     total, own = carried_memory()
     setting = (f"{args.layers}x{args.hidden} LSTM, embed {args.embed_dim}, B={args.batch_size}, T={args.window}, "
                f"Adam (--optimizer alternating), clip {args.clip}, {args.repeats} interleaved repeats, "
                f"{args.updates} timed updates after {args.warmup}; torch {torch.__version__}, "
                f"{torch.get_num_threads()} threads, {platform.machine()}")
     verdict = ", ".join(f"**{name}/real-tbptt = {median[name] / tbptt:.3f}**" for name in names[1:])
+    verdict += ("; interleaved update by update in one process: " +
+                ", ".join(f"**{name} {per_update['real-tbptt'] / per_update[name]:.3f}**" for name in names[1:]))
     verdict += (f". Coordinate-wise synthesizer's carried values for dni_lstm_lm_wikitext103 (2x1024) at 32 streams: "
                 f"{total / 2 ** 20:.1f} MiB ({own / 2 ** 20:.1f} MiB its own GRU state, the rest its last call's "
                 f"input and state and the pending pair)")
