@@ -18,7 +18,8 @@ synthesizer carries across windows for ``dni_lstm_lm_wikitext103`` at 32 streams
 the criterion's carried values after a few windows).
 
     python benchmarks/dni_throughput.py                                  # 2x200 (after examples/quickstart.sh)
-    python benchmarks/dni_throughput.py --hidden 650 --embed-dim 650 --out benchmarks/results/dni_throughput_650
+    python benchmarks/dni_throughput.py --hidden 650 --embed-dim 650 --repeats 1 --warmup 20 --updates 60 \
+        --interleaved-updates 60 --out benchmarks/results/dni_throughput_650       # 2x650 (slower: fewer updates)
 """
 
 import argparse
@@ -119,6 +120,8 @@ def main():
     parser.add_argument("--updates", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--interleaved-updates", type=int, default=120,
+                        help="timed updates of each arm in the one-process, update-by-update comparison")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "dni_throughput"))
     args = parser.parse_args()
 
@@ -142,14 +145,14 @@ def main():
     tbptt = median["real-tbptt"]
     rows = [(name, arms[name][0], median[name],
              f"{median[name] / tbptt:.3f}x; " + " / ".join(f"{x:.0f}" for x in measured[name])) for name in names]
-    per_update = per_update_ratios(args, arms, optimizer)
+    per_update = per_update_ratios(args, arms, optimizer, updates=args.interleaved_updates)
     rows += [(f"{name} (per update)", "same flags, updates interleaved one by one in one process",
               args.batch_size * args.window / per_update[name],
               f"{per_update['real-tbptt'] / per_update[name]:.3f}x; tokens per CPU second") for name in names]
     total, own = carried_memory()
     setting = (f"{args.layers}x{args.hidden} LSTM, embed {args.embed_dim}, B={args.batch_size}, T={args.window}, "
                f"Adam (--optimizer alternating), clip {args.clip}, {args.repeats} interleaved repeats, "
-               f"{args.updates} timed updates after {args.warmup}; torch {torch.__version__}, "
+               f"{args.updates} timed updates after {args.warmup} (one process: {args.interleaved_updates} after 10); torch {torch.__version__}, "
                f"{torch.get_num_threads()} threads, {platform.machine()}")
     verdict = ", ".join(f"**{name}/real-tbptt = {median[name] / tbptt:.3f}**" for name in names[1:])
     verdict += ("; interleaved update by update in one process: " +
