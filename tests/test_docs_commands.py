@@ -25,7 +25,7 @@ Directives, in an HTML comment right before a block:
 
 Everything else runs exactly as written, so docs should show cheap commands (the recipes'
 ``--size smoke``): recipes/README.md costs about two minutes, README.md and docs/usage.md together
-under a minute.
+about a minute of CPU (most of it seven fairseq-train runs on the tiny corpus, one of them two ranks).
 """
 import json
 import os
