@@ -25,7 +25,8 @@ Directives, in an HTML comment right before a block:
 
 Everything else runs exactly as written, so docs should show cheap commands (the recipes'
 ``--size smoke``): recipes/README.md costs about two minutes, README.md and docs/usage.md together
-about a minute of CPU (most of it seven fairseq-train runs on the tiny corpus, one of them two ranks).
+about a minute of CPU (five fairseq-train commands on the tiny corpus, one of them two ranks; an
+eval-lm, the hub, Hydra's ``--cfg job`` and one python process for the parse blocks).
 """
 import json
 import os
