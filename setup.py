@@ -1,7 +1,7 @@
 """fairseq-dni: a fairseq plugin that trains LSTM language models by alternating
 synthetic (DNI) and real gradients.
 
-Install next to fairseq: ``pip install --no-build-isolation .`` (see README: the
+Install next to fairseq: ``pip install --no-build-isolation .`` (see docs/usage.md: the
 pinned CPU route is ``bash tools/bootstrap.sh``). torch is left as a range so that
 GPU users keep the CUDA build they installed themselves.
 """
