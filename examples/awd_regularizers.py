@@ -59,6 +59,7 @@ def main():
     data = os.path.join(args.work_dir, "data-bin")
     logs = os.path.join(args.out, "logs")
     os.makedirs(logs, exist_ok=True)
+    os.makedirs(args.work_dir, exist_ok=True)
     if not os.path.exists(os.path.join(data, "dict.txt")):
         run("fairseq-preprocess", ["--only-source", "--trainpref", os.path.join(args.text_dir, "ptb.train.txt"),
                                    "--validpref", os.path.join(args.text_dir, "ptb.valid.txt"),

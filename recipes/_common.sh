@@ -4,7 +4,11 @@
 # under OUT/download), the array MIRRORS (tried in order; each "zip URL FOLDER-IN-ZIP" or
 # "files URL-WITH-{split}") and the array EXPECTED ("split lines tokens md5-or-x": what every mirror
 # must deliver; tokens count one </s> per line, as fairseq-preprocess does), then calls
-# `recipe_main "$@"`. Steps: get the text (download, or --data-dir), binarize with
+# `recipe_main "$@"`. Optional: RUN (a name for this run's checkpoints and logs, so that several runs
+# share one binarized corpus: checkpoints-SIZE-RUN/, train-SIZE-RUN.log), the array SMOKE_FLAGS (the
+# --size smoke overrides, instead of the default ones below), the array EVAL_FLAGS (fairseq-eval-lm's
+# batch flags, default --batch-size 10 --tokens-per-sample 35) and EVAL_CHECKPOINT (default
+# checkpoint_last.pt). Steps: get the text (download, or --data-dir), binarize with
 # fairseq-preprocess, fairseq-train with alternation, fairseq-eval-lm on test.
 
 usage() {
@@ -92,14 +96,16 @@ recipe_main() {
     printf '%q ' "${train_cmd[@]}"; echo
     return 0
   fi
-  (cd "$repo" && "${train_cmd[@]}") 2>&1 | tee "$out/train-$size.log"
+  local run="$size${RUN:+-$RUN}"
+  (cd "$repo" && "${train_cmd[@]}") 2>&1 | tee "$out/train-$run.log"
 
   # 4. score the last checkpoint (the end of the final cosine cycle) on the test split
-  local eval_flags=(--gen-subset test --batch-size 10 --tokens-per-sample 35)
+  local eval_flags=(--gen-subset test)
+  if [ -n "${EVAL_FLAGS+x}" ]; then eval_flags+=("${EVAL_FLAGS[@]}"); else eval_flags+=(--batch-size 10 --tokens-per-sample 35); fi
   [ "$cpu" = 1 ] && eval_flags+=(--cpu --num-workers 0)
   (cd "$repo" && "${bin}fairseq-eval-lm" "$bin_dir" --user-dir fairseq_dni --task dni_language_modeling \
-    --path "$out/checkpoints-$size/checkpoint_last.pt" "${eval_flags[@]}") 2>&1 | tee "$out/eval-$size.log"
-  echo "$CORPUS test perplexity (fairseq-eval-lm, $size): $(sed -n 's/.*Perplexity: \([0-9.]*\).*/\1/p' "$out/eval-$size.log")"
+    --path "$out/checkpoints-$run/${EVAL_CHECKPOINT:-checkpoint_last.pt}" "${eval_flags[@]}") 2>&1 | tee "$out/eval-$run.log"
+  echo "$CORPUS test perplexity (fairseq-eval-lm, $run): $(sed -n 's/.*Perplexity: \([0-9.]*\).*/\1/p' "$out/eval-$run.log")"
 }
 
 # The fairseq-train command, into the global array train_cmd. Arguments: OUT SIZE BIN-PREFIX
@@ -109,7 +115,9 @@ train_command() {
   local out="$1" size="$2" bin="$3" vocab="$4"
   shift 4
   local flags=("${TRAIN_FLAGS[@]}")
-  if [ "$size" = smoke ]; then
+  if [ "$size" = smoke ] && [ -n "${SMOKE_FLAGS+x}" ]; then
+    flags+=("${SMOKE_FLAGS[@]}")
+  elif [ "$size" = smoke ]; then
     flags+=(--decoder-layers 1 --decoder-embed-dim 64 --decoder-hidden-size 64 --decoder-out-embed-dim 64
             --lr-period-updates 10 --t-mult 1 --warmup-updates 0 --max-update 40 --batch-size 8
             --validate-interval-updates 20 --log-interval 10)
@@ -125,7 +133,7 @@ train_command() {
   [ "$cpu" = 1 ] && flags+=(--cpu --num-workers 0)
   [ -n "$gpus" ] && flags+=(--distributed-world-size "$gpus")
   [ "$fp16" = 1 ] && flags+=(--fp16 --fp16-no-flatten-grads)
-  train_cmd=("${bin}fairseq-train" "$out/data-bin-$size" --user-dir fairseq_dni --save-dir "$out/checkpoints-$size"
+  train_cmd=("${bin}fairseq-train" "$out/data-bin-$size" --user-dir fairseq_dni --save-dir "$out/checkpoints-$size${RUN:+-$RUN}"
              --no-epoch-checkpoints --log-format json --no-progress-bar "${flags[@]}" "$@")
 }
 

@@ -367,11 +367,24 @@ def test_awd_model_trains_with_ar_tar_and_eval_lm_equals_a_plain_pytorch_loop(ti
     assert loss == pytest.approx(reference_loss, abs=6e-5)  # eval-lm prints 4 decimals
 
 
+EPOCH_SCHEDULE = ["--optimizer", "alternating", "--lr-scheduler", "cosine_alternating", "--max-epoch", "2"]
+
+
 @pytest.mark.parametrize("flags,message", [
     (["--weight-drop", "1.0"], "--weight-drop must be in [0, 1), got 1.0"),
     (["--alpha", "-2"], "--alpha (the weight of AR) must be >= 0, got -2.0"),
+    ([*EPOCH_SCHEDULE, "--lr-period-epochs", "1", "--lr-period-updates", "5"],
+     "give the cosine cycles in updates (--lr-period-updates) or in epochs (--lr-period-epochs), not both"),
+    ([*EPOCH_SCHEDULE, "--lr-period-epochs", "1", "--real-first-epochs", "2"],
+     "--real-first-epochs 2 covers the whole run (--max-epoch 2)"),
+    ([*EPOCH_SCHEDULE, "--lr-period-epochs", "5"],
+     "the first cosine cycle (5 epochs) is longer than the run (--max-epoch 2)"),
 ])
 def test_bad_awd_flags_are_one_line_and_write_nothing(tiny_data, tmp_path, flags, message):
+    """Bad input through stock fairseq-train: one line each, no traceback, no checkpoint (one case per kind;
+    every rate and weight is refused in test_rates_outside_zero_one_are_refused /
+    test_negative_ar_tar_weights_are_refused, every schedule in test_schedule.py, a window too short to
+    vary in test_resume_layout.py)."""
     out = fairseq("fairseq-train", *awd_train_args(tiny_data, tmp_path / "ckpt", "--max-update", "2", *flags),
                   check=False)
     assert f"fairseq-dni: error: {message}" in out and "Traceback" not in out

@@ -16,6 +16,9 @@ ALTERNATING = [
     "--save-interval-updates", "25", "--no-epoch-checkpoints",
 ]
 COORDINATEWISE = ["--dni-synthesizer", "coordinatewise", "--dni-synthesizer-hidden", "8"]
+# AWD-LSTM at toy size: weight drop 0.5, locked and embedding dropout, AR/TAR, variable windows around 12 tokens
+AWD = ["--arch", "dni_awd_lstm_lm", "--decoder-embed-dim", "8", "--decoder-hidden-size", "12", "--alpha", "2",
+       "--beta", "1", "--variable-window", "--tokens-per-sample", "12"]
 
 
 def by_update(out):
@@ -39,9 +42,13 @@ def kill_after_checkpoint(procs, at):
 
 
 @pytest.mark.parametrize("synthesizer,ranks,updates,kill_at", [
-    ("mlp", 1, 240, 100), ("coordinatewise", 1, 120, 50), ("coordinatewise", 2, 120, 50)])
+    ("mlp", 1, 240, 100), ("coordinatewise", 1, 120, 50), ("coordinatewise", 2, 120, 50),
+    ("coordinatewise-awd", 1, 120, 50)])
 def test_sigkill_then_same_command_resumes_exactly(tiny_data, tmp_path, synthesizer, ranks, updates, kill_at):
-    extra = [*ALTERNATING, "--max-update", updates, *(COORDINATEWISE if synthesizer == "coordinatewise" else [])]
+    """coordinatewise-awd: the same with dni_awd_lstm_lm's weight drop, dropouts, AR/TAR and variable windows
+    (their masks and window lengths must come out the same after the restart)."""
+    extra = [*ALTERNATING, "--max-update", updates, *(COORDINATEWISE if synthesizer.startswith("coordinatewise") else []),
+             *(AWD if synthesizer.endswith("awd") else [])]
     env = dict(PYTHONUNBUFFERED="1")
     if ranks == 1:
         whole = by_update(fairseq("fairseq-train", *train_args(tiny_data, tmp_path / "whole", *extra)))
@@ -64,7 +71,10 @@ def test_sigkill_then_same_command_resumes_exactly(tiny_data, tmp_path, synthesi
     print(f"killed after the checkpoint at {killed_after}; resumed at update {first}")
     assert (first - 1) % 25 == 0 and killed_after <= first - 1 < updates and max(resumed) == updates
     for update, row in resumed.items():
-        for key in ("loss", "lr", "dni_synthetic", "gnorm", "dni_loss"):
+        for key in ("loss", "lr", "dni_synthetic", "gnorm", "dni_loss", "ar", "tar", "wpb"):
             assert row.get(key) == whole[update].get(key), (update, key)
+    if synthesizer.endswith("awd"):  # the regularisers ran, and windows varied (epochs end at 48 and 94 here)
+        assert all(float(row["ar"]) > 0 and "tar" in row for row in resumed.values())  # tar: often < 1e-5
+        assert len({row["wpb"] for row in resumed.values()}) > 3
     assert_same_weights(tmp_path / "whole" / "checkpoint_last.pt", tmp_path / "killed" / "checkpoint_last.pt",
                         parts=("model", "criterion"))

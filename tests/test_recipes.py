@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -72,13 +73,13 @@ def test_recipe_without_data_refuses_a_missing_folder(tmp_path):
     assert "data directory" in proc.stderr and "not found" in proc.stderr
 
 
-def recipe_config(name, data_dir, out):
+def recipe_config(name, data_dir, out, *flags):
     """The fairseq config of a recipe's (full-size) fairseq-train command, via fairseq's own parser."""
     from fairseq import options
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
-    command = run_recipe(name, "--data-dir", data_dir, "--out", out, "--dry-run").strip().splitlines()[-1]
-    argv = command.split()[1:]
+    command = run_recipe(name, "--data-dir", data_dir, "--out", out, "--dry-run", *flags).strip().splitlines()[-1]
+    argv = shlex.split(command)[1:]
     args = options.parse_args_and_arch(options.get_training_parser(), input_args=argv)
     return convert_namespace_to_omegaconf(args), argv
 
@@ -91,12 +92,12 @@ def leaves(node, prefix=()):
             yield prefix + (key,), value
 
 
-@pytest.mark.parametrize("name", sorted(RECIPES))
-def test_hydra_config_is_the_recipe(name, local_corpora, tmp_path):
+def assert_yaml_is_the_command(name, cfg, argv, yaml_path):
+    """The YAML at ``yaml_path`` and the fairseq config ``cfg`` of the command ``argv`` agree: every YAML
+    value is the command's, every flag of the command is in the YAML, every model field matches."""
     from fairseq_dni.models.dni_lstm_lm import DNILSTMLMConfig
 
-    cfg, argv = recipe_config(name, local_corpora[name], str(tmp_path))
-    yaml = OmegaConf.load(os.path.join(REPO, "recipes", "config", f"{name}.yaml"))
+    yaml = OmegaConf.load(yaml_path)
     skip = {("common", "user_dir"), ("task", "data"), ("model", "_name")}
     # every YAML value is the recipe's
     for path, value in leaves(OmegaConf.to_container(yaml)):
@@ -120,6 +121,12 @@ def test_hydra_config_is_the_recipe(name, local_corpora, tmp_path):
     for field in (f for f in DNILSTMLMConfig.__dataclass_fields__ if f != "_name"):
         want = yaml.model.get(field, defaults[field])
         assert cfg.model[field] == want, f"{name}: model.{field} = {cfg.model[field]!r}, YAML {want!r}"
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_hydra_config_is_the_recipe(name, local_corpora, tmp_path):
+    cfg, argv = recipe_config(name, local_corpora[name], str(tmp_path))
+    assert_yaml_is_the_command(name, cfg, argv, os.path.join(REPO, "recipes", "config", f"{name}.yaml"))
 
 
 def test_hydra_train_runs_a_recipe_config(local_corpora, tmp_path):

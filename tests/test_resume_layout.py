@@ -41,6 +41,7 @@ def test_variable_window_needs_a_window_that_can_vary(tiny_data, tmp_path):
     out = fairseq("fairseq-train", *train_args(tiny_data, tmp_path / "c", "--variable-window", "--max-update", "2"),
                   check=False)
     assert "fairseq-dni: error: --variable-window needs --tokens-per-sample >= 10" in out and "Traceback" not in out
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())  # nothing written
 
 
 def test_variable_windows_scale_the_learning_rate_by_their_length(tiny_data, tmp_path):

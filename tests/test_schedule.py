@@ -195,6 +195,10 @@ def test_paper_epoch_schedules_match_the_papers_training_loop(arm, per_epoch):
     (["--lr-period-epochs", "5,x"], "--lr-period-epochs takes comma-separated integers"),
     (["--lr-period-updates", "10", "--real-first-epochs", "1"], "--real-first-epochs and --lr-step-per-epoch need"),
     (["--lr-period-epochs", "5", "--warmup-updates", "10"], "with --lr-period-epochs give the real first phase"),
+    (["--lr-period-updates", "10", "--max-update", "100", "--real-first-updates", "100"],
+     "--real-first-updates 100 covers the whole run (--max-update 100)"),
+    (["--lr-period-updates", "60", "--warmup-updates", "50", "--max-update", "100"],
+     "the first cosine cycle (110 updates) is longer than the run (--max-update 100)"),
 ])
 def test_epoch_schedule_settings_that_cannot_work_are_refused(flags, message):
     from fairseq_dni.errors import DNIUserError

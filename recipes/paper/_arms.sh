@@ -1,0 +1,76 @@
+# The arms of the seed paper's README (parap1uie-s/alternate_sg; Shang & Zhang, arXiv 1902.10630) on
+# dni_awd_lstm_lm, sourced by recipes/paper/ptb.sh and wikitext2.sh after the corpus recipe (which
+# sets CORPUS, the download and recipes/_common.sh). The corpus script sets CLIP and DROPOUTH (the
+# paper's --clip and --dropouth); recipes/README.md maps every flag of the paper's main.py to ours.
+
+ARMS="bptt dni dni-restart160 dni-restart5 alternating-restart160 alternating-restart5"
+
+# paper_arm ARM: TRAIN_FLAGS (full size), SMOKE_FLAGS (--size smoke), RUN, EVAL_FLAGS, EVAL_CHECKPOINT
+paper_arm() {
+  local arm="$1"
+  # the paper's settings that apply to an LSTM: 20 streams, bptt 200 (AWD-LSTM's variable windows,
+  # learning rate scaled by length), eval 10 streams, --dropouti 0.4 and --dropouth; its defaults
+  # --dropout 0.4 --dropoute 0.1 --alpha 2 --beta 1 --wdecay 1.2e-6; Adam 1e-3, 320 epochs, seed 42
+  TRAIN_FLAGS=(
+    --task dni_language_modeling --arch dni_awd_lstm_lm --batch-size 20 --batch-size-valid 10
+    --tokens-per-sample 200 --variable-window --decoder-dropout-in 0.4 --decoder-hidden-dropout "$DROPOUTH"
+    --alpha 2 --beta 1 --optimizer alternating --base-optimizer adam --lr 0.001 --weight-decay 1.2e-6
+    --clip-norm "$CLIP" --max-epoch 320 --seed 42 --log-interval 200
+  )
+  # the paper's synthesizer: --use_sg --sgtype QRNN --sg_hidden_num 50 --sg_nlayers 1, its own Adam
+  # 1e-3 with weight decay 1.2e-6, synthetic gradient x 0.1, input noise N(1, 0.5) (the default)
+  local dni=(--criterion dni_cross_entropy --dni-scale 0.1 --dni-synthesizer coordinatewise
+             --dni-synthesizer-cell qrnn --dni-synthesizer-hidden 50 --dni-synthesizer-layers 1
+             --dni-lr 0.001 --dni-weight-decay 1.2e-6)
+  # SGDR per epoch as the paper's loop sets it (--restart_lr: one rate per epoch, cosine down to 0)
+  local cosine=(--lr-scheduler cosine_alternating --lr-step-per-epoch --min-lr 0)
+  # the paper's switch starts at real: --whenswitch 2 makes epoch 1 real; PTB's alternating arms
+  # (--mixture without --whenswitch) start with a real cycle, WikiText-2's (with it) with epoch 1
+  # real and the rest of the first cycle synthetic
+  local alternate=(--mode-schedule alternate --first-mode real)
+  [ "$CORPUS" = wikitext2 ] && alternate=(--mode-schedule alternate --first-mode synthetic --real-first-epochs 1)
+  # --size smoke: a tiny model, 4 epochs, the same schedule shapes (cycles 1,1,2 for 5,5,10,...; 2,2 for 160,160)
+  SMOKE_FLAGS=(--decoder-embed-dim 16 --decoder-hidden-size 32 --max-epoch 4 --log-interval 5)
+  case "$arm" in
+    bptt)  # no --use_sg: real gradients, constant learning rate
+      TRAIN_FLAGS+=(--criterion lm_cross_entropy --lr-scheduler fixed) ;;
+    dni)  # --use_sg --whenswitch 2, no restarts: constant learning rate (a cosine whose floor is the peak)
+      TRAIN_FLAGS+=("${dni[@]}" "${cosine[@]}" --lr-period-epochs 320 --min-lr 0.001 --mode-schedule synthetic
+                    --real-first-epochs 1)
+      SMOKE_FLAGS+=(--lr-period-epochs 4) ;;
+    dni-restart160)  # --restart_base 160 320 --restart_lr
+      TRAIN_FLAGS+=("${dni[@]}" "${cosine[@]}" --lr-period-epochs 160,160 --mode-schedule synthetic --real-first-epochs 1)
+      SMOKE_FLAGS+=(--lr-period-epochs 2,2) ;;
+    dni-restart5)  # --restart_base 5 --restart_lr: cycles of 5, 5, 10, 20, 40, 80, 160 epochs
+      TRAIN_FLAGS+=("${dni[@]}" "${cosine[@]}" --lr-period-epochs 5,5,10,20,40,80,160 --mode-schedule synthetic
+                    --real-first-epochs 1)
+      SMOKE_FLAGS+=(--lr-period-epochs 1,1,2) ;;
+    alternating-restart160)  # --mixture --restart_base 160 320 --restart_lr
+      TRAIN_FLAGS+=("${dni[@]}" "${cosine[@]}" --lr-period-epochs 160,160 "${alternate[@]}")
+      SMOKE_FLAGS+=(--lr-period-epochs 2,2) ;;
+    alternating-restart5)  # --mixture --restart_base 5 --restart_lr
+      TRAIN_FLAGS+=("${dni[@]}" "${cosine[@]}" --lr-period-epochs 5,5,10,20,40,80,160 "${alternate[@]}")
+      SMOKE_FLAGS+=(--lr-period-epochs 1,1,2) ;;
+    *) echo "recipes/paper/$CORPUS.sh: error: --arm must be one of: $ARMS (got '${arm}')" >&2; return 2 ;;
+  esac
+  RUN="paper-$arm"
+  EVAL_FLAGS=(--batch-size 1 --tokens-per-sample 200)   # the paper scores the test set as one stream
+  EVAL_CHECKPOINT=checkpoint_best.pt                      # with the best validation checkpoint
+}
+
+# paper_main --arm ARM [the corpus recipe's options]: the corpus recipe with ARM's flags
+paper_main() {
+  local arm="" rest=()
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --arm) arm="${2:-}"; shift 2 || shift ;;
+      -h|--help)
+        echo "usage: bash recipes/paper/$CORPUS.sh --arm ARM [options of recipes/$CORPUS.sh]"
+        echo "  ARM: $ARMS (the arms of the alternate_sg README; recipes/README.md)"
+        usage; return 0 ;;
+      *) rest+=("$1"); shift ;;
+    esac
+  done
+  paper_arm "$arm" || return $?
+  recipe_main "${rest[@]}"
+}
