@@ -92,6 +92,11 @@ ARMS = {
     "dni": ["--dni-mode", "synthetic"],               # the MLP synthesizer (README defaults: 2 layers, 256 wide)
     "dni-linear": ["--dni-mode", "synthetic", "--dni-synthesizer-layers", "1"],
     "dni-scale0": ["--dni-mode", "synthetic", "--dni-scale", "0"],   # negative control: injects nothing
+    # the seed paper's coordinate-wise recurrent synthesizer (hidden 50, input noise N(1, 0.5)), at the
+    # runner's --dni-lr; "-paper": with the paper's Adam lr 1e-3 and weight decay 1.2e-6
+    "dni-cw": ["--dni-mode", "synthetic", "--dni-synthesizer", "coordinatewise", "--dni-synthesizer-cell", "gru"],
+    "dni-cw-paper": ["--dni-mode", "synthetic", "--dni-synthesizer", "coordinatewise", "--dni-synthesizer-cell", "gru",
+                     "--dni-lr", "1e-3", "--dni-weight-decay", "1.2e-6"],
 }
 # fairseq's default normalisation: each window's gradient is divided by its number of scored tokens,
 # and by 1 in windows with none (the input phase of every stream at once, since the streams are
