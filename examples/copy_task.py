@@ -92,7 +92,13 @@ ARMS = {
     "dni": ["--dni-mode", "synthetic"],               # the MLP synthesizer (README defaults: 2 layers, 256 wide)
     "dni-linear": ["--dni-mode", "synthetic", "--dni-synthesizer-layers", "1"],
     "dni-scale0": ["--dni-mode", "synthetic", "--dni-scale", "0"],   # negative control: injects nothing
+    # the seed paper's coordinate-wise recurrent synthesizer (hidden 50, input noise N(1, 0.5)), at the
+    # runner's --dni-lr; "-paper": with the paper's Adam lr 1e-3 and weight decay 1.2e-6
+    "dni-cw": ["--dni-mode", "synthetic", "--dni-synthesizer", "coordinatewise", "--dni-synthesizer-cell", "gru"],
+    "dni-cw-paper": ["--dni-mode", "synthetic", "--dni-synthesizer", "coordinatewise", "--dni-synthesizer-cell", "gru",
+                     "--dni-lr", "1e-3", "--dni-weight-decay", "1.2e-6"],
 }
+LABELS = {"dni": "DNI, MLP", "dni-cw": "DNI, coordinate-wise GRU", "dni-cw-paper": "DNI, coordinate-wise GRU (paper's lr)"}
 # fairseq's default normalisation: each window's gradient is divided by its number of scored tokens,
 # and by 1 in windows with none (the input phase of every stream at once, since the streams are
 # aligned): there the injected synthetic gradient weighs B times more than in a scored window. That
@@ -252,7 +258,8 @@ def table(args):
                 row.append(f"**{cell}**" if s["copy_loss"] < SOLVED else cell)
             rows.append(row)
     chance = math.log2(args.symbols)
-    head = ["T", "L", "boundaries"] + [a + (" (whole sequence)" if a == "ceiling" else f" at T") for a in arms]
+    head = ["T", "L", "boundaries"] + [LABELS.get(a, a) + (" (whole sequence)" if a == "ceiling" else " at T")
+                                       for a in arms]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
     lines.append("")
     lines.append(f"Copy-phase loss in bits per output symbol, mean over the last 10% of {args.updates} updates "
@@ -271,9 +278,10 @@ def table(args):
             f.write(",".join(json.dumps(r[k]) if k == "command" else
                              (f"{r[k]:.4f}" if isinstance(r[k], float) else str(r[k])) for k in keys) + "\n")
     blocks = {"table": text}
-    listing = os.path.join(args.out, "ablation.tsv")
-    if os.path.exists(listing):
-        blocks["ablation"] = ablation(listing, os.path.join(args.logs, "ablation"))
+    for name in ("control", "ablation"):  # control.tsv: logs/control/; ablation.tsv: logs/ablation/
+        listing = os.path.join(args.out, name + ".tsv")
+        if os.path.exists(listing):
+            blocks[name] = ablation(listing, os.path.join(args.logs, name), args.out)
     readme = os.path.join(args.out, "README.md")
     if os.path.exists(readme):  # the blocks between the markers are regenerated, the prose is not
         with open(readme) as f:
@@ -286,7 +294,7 @@ def table(args):
     print("\n".join(blocks.values()))
 
 
-def ablation(listing, log_dir):
+def ablation(listing, log_dir, out):
     """One row per (label, log) line of ``listing`` (tab-separated; # comments), read from the logs."""
     fmt = lambda x, spec=".2f": "-" if x is None or x != x else format(x, spec)  # noqa: E731
     lines = ["| run | copy-phase loss, last 10% | last validation | dni_cos | cell-state norm | updates | log |",
@@ -298,7 +306,7 @@ def ablation(listing, log_dir):
             label, name = row.rstrip("\n").split("\t")
             s = summarize(os.path.join(log_dir, name))
             lines.append(f"| {label} | {fmt(s['copy_loss'])} | {fmt(s['valid_copy_loss'])} | {fmt(s['dni_cos'])} | "
-                         f"{fmt(s['state_norm'], '.0f')} | {s['updates']} | [{name}](logs/ablation/{name}) |")
+                         f"{fmt(s['state_norm'], '.0f')} | {s['updates']} | [{name}]({os.path.relpath(os.path.join(log_dir, name), out)}) |")
     return "\n".join(lines) + "\n"
 
 

@@ -262,8 +262,11 @@ def test_relative_loss_over_a_log_interval_is_the_ratio_of_the_summed_errors():
 
 # ---------------------------------------------------------------- the positive control
 # Copy length 2 at window 2: every symbol must cross one window boundary, which truncated BPTT
-# cannot bridge (it stays at chance, log2 8 = 3 bits) and DNI does. FAIRSEQ_DNI_COPY_SCALE=0 runs
-# the same test with a synthesizer that injects nothing: it must then fail (docs/copy_task).
+# cannot bridge (it stays at chance, log2 8 = 3 bits) and DNI with the MLP synthesizer does. Its
+# progress is a sudden break-out whose time varies with the seed (seed 1: about 5,800 updates;
+# seeds 2, 3: before 4,000), hence 7,000 updates. FAIRSEQ_DNI_COPY_SCALE=0 runs the same test with
+# a synthesizer that injects nothing: it must then fail. The coordinate-wise synthesizer stays at
+# chance here at every setting tried and is not tested this way (docs/copy_task/README.md).
 COPY_SCALE = os.environ.get("FAIRSEQ_DNI_COPY_SCALE", "0.1")
 
 
@@ -271,7 +274,7 @@ def test_synthetic_gradients_carry_the_copy_task_across_a_window_boundary(tmp_pa
     log = tmp_path / "dni.log"
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO, "examples", "copy_task.py"), "train", "--length", "2", "--window", "2",
-         "--updates", "4000", "--arm", "dni", "--seed", "1", "--work-dir", str(tmp_path / "work"), "--log", str(log),
+         "--updates", "7000", "--arm", "dni", "--seed", "1", "--work-dir", str(tmp_path / "work"), "--log", str(log),
          "--", "--dni-scale", COPY_SCALE],
         cwd=REPO, capture_output=True, text=True, timeout=900, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -19,8 +19,8 @@ Units: the synthesizer predicts, per stream, the gradient of the *summed* loss o
 future tokens with respect to its state: the units of the loss this criterion returns, so
 injection needs no rescaling (fairseq divides the whole loss by the sample size, injected term
 included, exactly as full BPTT divides the future tokens' loss). The targets are not divided by
-the window's token count. Only the synthesizer's own regression loss is multiplied by the sample
-size, so that fairseq's division leaves it as it is.
+the window's token count. Only the synthesizer's own regression loss is multiplied by fairseq's
+divisor (the sample size, or 1 in a window without one), so that fairseq's division leaves it as it is.
 
 The synthesizer (any ``fairseq_dni.synthesizers.Synthesizer``: ``--dni-synthesizer mlp`` or
 ``coordinatewise``) lives in this criterion: fairseq optimizes, all-reduces and checkpoints
