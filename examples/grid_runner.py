@@ -1,0 +1,148 @@
+"""Run a grid of stock fairseq-train / fairseq-eval-lm commands, log by log (shared by the grids).
+
+A run is a ``Run``: a name, the ``fairseq-train`` arguments, and the checkpoints to score with
+``fairseq-eval-lm``. ``run_grid`` runs the ones whose logs are missing, ``jobs`` at a time, each
+with ``2 // jobs`` threads, and writes ``LOG_DIR/NAME.train.log`` and ``LOG_DIR/NAME.eval-LABEL.log``
+(the first line of each is the exact command, the last its exit status and wall time). A run's logs
+appear only when all its commands succeeded; with ``commit=True`` each finished run's logs are
+committed at once, so a grid can be completed piece by piece across sessions.
+
+The runner never parses a number: reading the logs back is ``fairseq_log`` and the grids' reports.
+"""
+
+import concurrent.futures
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+SHARED = os.path.join(REPO, "..", "shared", "data")
+
+CORPORA = {  # name -> (text dir, train/valid/test file names)
+    "ptb": (os.path.join(SHARED, "ptb"), ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt")),
+    "wikitext2": (os.path.join(SHARED, "wikitext-2"), ("train.txt", "valid.txt", "test.txt")),
+}
+
+
+@dataclass
+class Run:
+    """One grid cell: ``fairseq-train DATA --save-dir WORK/NAME <train_args>``, then one
+    ``fairseq-eval-lm DATA --path WORK/NAME/<checkpoint> <eval_args>`` per ``evals`` entry
+    (label -> checkpoint file name, e.g. {"last": "checkpoint_last.pt"})."""
+
+    name: str
+    data_bin: str
+    train_args: list
+    eval_args: list
+    evals: dict = field(default_factory=lambda: {"last": "checkpoint_last.pt"})
+
+    def log_paths(self, log_dir):
+        return [os.path.join(log_dir, f"{self.name}.train.log")] + [
+            os.path.join(log_dir, f"{self.name}.eval-{label}.log") for label in self.evals]
+
+    def done(self, log_dir):
+        return all(os.path.exists(p) for p in self.log_paths(log_dir))
+
+
+def binarize(corpus, text_dir, dest, prog="grid"):
+    """fairseq-preprocess --only-source of a corpus' three text files into ``dest`` (once)."""
+    if not os.path.isfile(os.path.join(dest, "dict.txt")):
+        train, valid, test = (os.path.join(text_dir, f) for f in CORPORA[corpus][1])
+        for f in (train, valid, test):
+            if not os.path.isfile(f):
+                sys.exit(f"{prog}: error: corpus file {f} not found (--text-dir)")
+        subprocess.run([os.path.join(BIN, "fairseq-preprocess"), "--only-source", "--trainpref", train,
+                        "--validpref", valid, "--testpref", test, "--destdir", dest, "--workers", "2"],
+                       check=True, stdout=subprocess.DEVNULL)
+    return dest
+
+
+def train_tokens(data_bin, prog="grid"):
+    """Tokens in the binarized train split (end-of-sentence symbols included), read from the header of
+    fairseq's mmap index (magic, version, dtype code, item count, doc count, then int32 sizes), so the
+    runner needs no fairseq import."""
+    import numpy as np
+
+    with open(os.path.join(data_bin, "train.idx"), "rb") as f:
+        if f.read(9) != b"MMIDIDX\x00\x00":
+            sys.exit(f"{prog}: error: {data_bin}/train.idx is not a fairseq mmap index")
+        f.read(8 + 1)
+        count = int(np.frombuffer(f.read(8), dtype="<i8")[0])
+        f.read(8)
+        return int(np.frombuffer(f.read(4 * count), dtype="<i4").sum())
+
+
+def updates_per_epoch(data_bin, streams, window):
+    """Windows per epoch of the dni_language_modeling task (fixed windows): ceil(ceil(N / B) / T)."""
+    return math.ceil(math.ceil(train_tokens(data_bin) / streams) / window)
+
+
+def _call(cmd, path, env):
+    start = time.time()
+    with open(path, "w") as log:
+        log.write("# " + " ".join([f"OMP_NUM_THREADS={env['OMP_NUM_THREADS']}", os.path.basename(cmd[0])]
+                                  + cmd[1:]) + "\n")
+        log.flush()
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env).returncode
+        log.write(f"# exit {rc} after {time.time() - start:.0f} s\n")
+    return rc
+
+
+def train_and_score(run, log_dir, work_dir, threads):
+    """Train from scratch, then score each checkpoint; raises RuntimeError naming the failed log."""
+    save_dir = os.path.join(work_dir, run.name)
+    shutil.rmtree(save_dir, ignore_errors=True)  # a fresh run: fairseq would resume from an old checkpoint_last.pt
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    cmds = [[os.path.join(BIN, "fairseq-train"), run.data_bin, *run.train_args, "--save-dir", save_dir]]
+    cmds += [[os.path.join(BIN, "fairseq-eval-lm"), run.data_bin, *run.eval_args,
+              "--path", os.path.join(save_dir, ckpt)] for ckpt in run.evals.values()]
+    finals = run.log_paths(log_dir)
+    for cmd, final in zip(cmds, finals):
+        rc = _call(cmd, final + ".tmp", env)
+        if rc != 0:
+            raise RuntimeError(f"{run.name}: exit {rc}; see {final}.tmp")
+    for final in finals:  # a run's logs appear only when every command succeeded
+        os.replace(final + ".tmp", final)
+    return run
+
+
+def commit_logs(run, log_dir, message="Grid run"):
+    """Commit one run's logs; retried, and only a warning if git stays busy (the logs stay on disk)."""
+    files = run.log_paths(log_dir)
+    for attempt in range(5):
+        add = subprocess.run(["git", "add", "-f", *files], cwd=REPO, capture_output=True)
+        done = add.returncode == 0 and subprocess.run(
+            ["git", "commit", "-q", "-m", f"{message} {run.name}: logs", "--", *files], cwd=REPO,
+            capture_output=True).returncode == 0
+        if done:
+            return
+        time.sleep(3 + 3 * attempt)
+    print(f"warning: could not commit the logs of {run.name}; they are in {log_dir}", flush=True)
+
+
+def run_grid(runs, log_dir, work_dir, jobs=2, commit=False, force=False, message="Grid run"):
+    """Run every ``Run`` whose logs are missing (all of them with ``force``), ``jobs`` at a time, in order."""
+    os.makedirs(log_dir, exist_ok=True)
+    todo = [r for r in runs if force or not r.done(log_dir)]
+    threads = max(1, (os.cpu_count() or 2) // jobs)
+    print(f"{len(todo)} of {len(runs)} runs to do, {jobs} at a time with {threads} thread(s) each", flush=True)
+    failed = []
+    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+        futures = {pool.submit(train_and_score, r, log_dir, work_dir, threads): r for r in todo}
+        for fut in concurrent.futures.as_completed(futures):
+            try:
+                run = fut.result()
+            except RuntimeError as e:
+                print(f"failed: {e}", flush=True)
+                failed.append(futures[fut].name)
+                continue
+            print(f"finished {run.name}", flush=True)
+            if commit:
+                commit_logs(run, log_dir, message)
+    if failed:
+        sys.exit(f"grid: error: {len(failed)} run(s) failed: {', '.join(failed)}")
