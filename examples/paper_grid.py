@@ -5,7 +5,9 @@ bptt 200 with AWD's variable windows, the paper's clip, its coordinate-wise QRNN
 SGDR restarts counted in epochs: cycles of 5, 5, 10, 20, ... epochs against one long cycle, the
 first epoch real (``--whenswitch 2``) where the paper does so. Scaled down in proportion to a CPU:
 ``dni_awd_lstm_lm_small`` (3 layers 256/256/128, tied 128-d embedding), 4 epochs, cycles of
-1, 1, 2 epochs (the paper's 5, 5, 10 divided by 5) against one 4-epoch cycle. Arms:
+1, 1, 2 epochs (the paper's 5, 5, 10 divided by 5) against one 4-epoch cycle, the rate annealing
+within epochs (the paper holds it for a whole epoch: over 5-epoch cycles that still anneals, over
+1-epoch cycles it would not). Arms:
 
   bptt-one-cycle            real gradients, one 4-epoch cosine cycle (no synthesizer)
   bptt-restarts             real gradients, cycles 1, 1, 2 (no synthesizer)
@@ -60,8 +62,9 @@ def alternate(corpus):
 def arm_flags(arm, corpus):
     """Criterion, synthesizer, schedule and mode of an arm: the only things that differ between arms."""
     cycle = "one-cycle" if arm.endswith("one-cycle") else "restarts"
-    schedule = ["--lr-scheduler", "cosine_alternating", "--lr-step-per-epoch", "--min-lr", "0",
-                "--lr-period-epochs", PERIODS[cycle]]
+    # the rate anneals within epochs (no --lr-step-per-epoch): the paper holds it for a whole epoch, which
+    # over its 5-epoch cycles still anneals (1, .90, .65, .35, .10), but would leave our 1-epoch cycles flat
+    schedule = ["--lr-scheduler", "cosine_alternating", "--min-lr", "0", "--lr-period-epochs", PERIODS[cycle]]
     if arm.startswith("bptt"):
         return ["--criterion", "lm_cross_entropy", *schedule]
     if arm == "dni-restarts":
