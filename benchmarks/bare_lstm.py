@@ -3,10 +3,12 @@
 What a researcher would write without fairseq (PyTorch's word_language_model style,
 batch-first): ``nn.Embedding`` -> dropout -> one ``nn.LSTM`` call per window (cuDNN on a
 GPU) -> dropout -> optional projection -> a full softmax (``nn.Linear`` +
-``F.cross_entropy``) or ``nn.AdaptiveLogSoftmaxWithLoss`` (the same head and tail sizes
-as fairseq's ``AdaptiveSoftmax`` with the same cutoffs and factor) -> Adam or SGD with
-gradient-norm clipping. The carried state is detached between windows; the corpus is
-cut into ``batch_size`` contiguous streams and read window by window.
+``F.cross_entropy``, optionally tied to the embedding) or ``nn.AdaptiveLogSoftmaxWithLoss``
+(the same head and tail sizes as fairseq's ``AdaptiveSoftmax`` with the same cutoffs and
+factor) -> Adam or SGD with gradient-norm clipping. Layers of unequal widths (AWD-LSTM's
+1150/1150/400) are a stack of single-layer ``nn.LSTM`` calls, dropout between them.
+The carried state is detached between windows; the corpus is cut into ``batch_size``
+contiguous streams and read window by window.
 
 Used by ``throughput.py`` (CPU, PTB, small model) and ``gpu_check.py`` (every
 configuration of the GPU check, at the sizes fairseq's architecture gives).
@@ -36,6 +38,15 @@ class BareSizes:
     dropout_in: float = 0.0                   # --decoder-dropout-in
     dropout_hidden: float = 0.0               # --decoder-hidden-dropout (between LSTM layers)
     dropout_out: float = 0.0                  # --decoder-dropout-out
+    widths: Optional[Sequence[int]] = None    # each layer's width (None: ``layers`` x ``hidden``); AWD-LSTM's last
+                                              # layer is the embedding's width (--decoder-last-layer-out-dim)
+    tied: bool = False                        # --share-decoder-input-output-embed (full softmax only)
+
+    def layer_widths(self):
+        widths = list(self.widths) if self.widths else [self.hidden] * self.layers
+        if len(widths) != self.layers:
+            raise ValueError(f"{len(widths)} widths for {self.layers} layers")
+        return widths
 
 
 class BareLM(nn.Module):
@@ -43,21 +54,46 @@ class BareLM(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(s.vocab, s.embed)
         self.drop_in = nn.Dropout(s.dropout_in)
-        self.lstm = nn.LSTM(s.embed, s.hidden, s.layers, batch_first=True,
-                            dropout=s.dropout_hidden if s.layers > 1 else 0.0)
+        widths = s.layer_widths()
+        if len(set(widths)) == 1:   # one stacked nn.LSTM call (cuDNN runs the layers in one kernel launch)
+            self.lstm = nn.LSTM(s.embed, widths[0], s.layers, batch_first=True,
+                                dropout=s.dropout_hidden if s.layers > 1 else 0.0)
+            self.lstms = None
+        else:                       # one single-layer nn.LSTM per width, dropout between them
+            self.lstm = None
+            self.lstms = nn.ModuleList(nn.LSTM(s.embed if l == 0 else widths[l - 1], w, batch_first=True)
+                                       for l, w in enumerate(widths))
+            self.drop_hidden = nn.Dropout(s.dropout_hidden)
         self.drop_out = nn.Dropout(s.dropout_out)
-        out = s.out or s.hidden
-        self.project = nn.Linear(s.hidden, out, bias=False) if out != s.hidden else None
+        out = s.out or widths[-1]
+        self.project = nn.Linear(widths[-1], out, bias=False) if out != widths[-1] else None
         if s.cutoffs:
+            if s.tied:
+                raise ValueError("a tied embedding needs a full softmax")
             self.adaptive = nn.AdaptiveLogSoftmaxWithLoss(out, s.vocab, list(s.cutoffs), div_value=s.adaptive_factor)
             self.out = None
         else:
             self.adaptive = None
             self.out = nn.Linear(out, s.vocab)
+            if s.tied:
+                if out != s.embed:
+                    raise ValueError(f"a tied embedding needs the output width ({out}) == the embedding's ({s.embed})")
+                self.out.weight = self.embed.weight
+
+    def run_lstm(self, x, state):
+        if self.lstm is not None:
+            return self.lstm(x, state)
+        final = []
+        for l, lstm in enumerate(self.lstms):
+            if l > 0:
+                x = self.drop_hidden(x)
+            x, layer_state = lstm(x, None if state is None else state[l])
+            final.append(layer_state)
+        return x, tuple(final)
 
     def loss(self, src, tgt, state):
         """Mean cross-entropy over the window (nats) and the final (h, c)."""
-        y, state = self.lstm(self.drop_in(self.embed(src)), state)
+        y, state = self.run_lstm(self.drop_in(self.embed(src)), state)
         y = self.drop_out(y)
         if self.project is not None:
             y = self.project(y)
@@ -65,6 +101,11 @@ class BareLM(nn.Module):
             return self.adaptive(y.reshape(-1, y.size(-1)), tgt.reshape(-1)).loss, state
         logits = self.out(y)
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt.reshape(-1)), state
+
+
+def detached(state):
+    """The carried (h, c), or one (h, c) per layer, cut from the graph."""
+    return tuple(detached(s) if isinstance(s, tuple) else s.detach() for s in state)
 
 
 def tbptt_tokens_per_s(tokens: np.ndarray, sizes: BareSizes, batch_size: int, window: int, *, optimizer="adam",
@@ -105,7 +146,7 @@ def tbptt_tokens_per_s(tokens: np.ndarray, sizes: BareSizes, batch_size: int, wi
         i = (step * window) % (stream_len - window)
         src, tgt = src_all[:, i : i + window], tgt_all[:, i : i + window]
         loss, state = model.loss(src, tgt, state)
-        state = tuple(s.detach() for s in state)
+        state = detached(state)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)

@@ -9,7 +9,9 @@ docs/gpu_check.md. In one run, on one GPU (``--cpu --tiny``: on the CPU at tiny 
   ``lstm_lm`` for the per-step loop we replace), against a bare PyTorch ``nn.LSTM`` loop of
   the same sizes (``bare_lstm.py``) run just before. Tokens/s is fairseq's ``wps`` over
   the logged intervals after the first (``throughput.measured_tokens_per_s``); the
-  projected epoch is the real corpus' training tokens over that rate.
+  projected epoch is the real corpus' training tokens over that rate. The seed paper's
+  full-size configuration (``ptb-dni_awd_lstm_lm``, the flags of ``recipes/paper/``) also
+  gives the GPU-hours of one paper run per arm and of the paper's whole grid (``PAPER_GRID``).
 * **Mixed precision** (table ``PRECISION``): short runs of the WikiText-103 alternating
   recipe that cross one mode switch, then ``fairseq-eval-lm`` on the checkpoint; checked:
   finite losses, the switch at the predicted update, a non-zero ``dni_cos``, the loss scale.
@@ -27,6 +29,7 @@ its peak memory. After every run the CSV, the summary and the logs are rewritten
 import argparse
 import csv
 import dataclasses
+import functools
 import glob
 import hashlib
 import json
@@ -105,6 +108,48 @@ def recipe_flags(name):
     return shlex.split(body.group(1), comments=True)
 
 
+def paper_flags(corpus, arm):
+    """The fairseq-train flags of the seed paper's ARM on CORPUS, full size: ``TRAIN_FLAGS`` as
+    ``recipes/paper/<corpus>.sh`` builds it (bash's own reading of ``recipes/paper/_arms.sh``)."""
+    return list(_paper_flags(corpus, arm))
+
+
+@functools.lru_cache(maxsize=None)
+def _paper_flags(corpus, arm):
+    script = f'source recipes/paper/{corpus}.sh && paper_arm {shlex.quote(arm)} && printf "%s\\0" "${{TRAIN_FLAGS[@]}}"'
+    proc = subprocess.run(["bash", "-c", script], cwd=REPO, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"gpu_check: recipes/paper/{corpus}.sh --arm {arm}: {proc.stderr.strip()}")
+    return tuple(proc.stdout.split("\0")[:-1])
+
+
+def paper_arms():
+    """The arms of the seed paper's grid, as ``recipes/paper/_arms.sh`` lists them (``ARMS=...``)."""
+    with open(os.path.join(REPO, "recipes", "paper", "_arms.sh")) as f:
+        return re.search(r'^ARMS="([^"]*)"', f.read(), re.M).group(1).split()
+
+
+def recipe_train_tokens(name):
+    """The training split's tokens (one </s> per line) a corpus recipe expects (its ``EXPECTED`` train line)."""
+    with open(os.path.join(REPO, "recipes", f"{name}.sh")) as f:
+        return int(re.search(r'^\s*"train (\d+) (\d+) ', f.read(), re.M).group(2))
+
+
+def split_common(a, b):
+    """Two command lines as (their common first flags, the rest of a, the rest of b)."""
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    while n and any(n < len(x) and not x[n].startswith("--") for x in (a, b)):
+        n -= 1   # never cut a flag from its values
+    return a[:n], a[n:], b[n:]
+
+
+def flag_value(flags, name):
+    """The value fairseq reads for ``name`` (its last occurrence) in a command line."""
+    return [g for g in groups(flags) if g[0] == name][-1][1]
+
+
 def groups(flags):
     """A fairseq-train command line as (flag, its values) pairs, in order."""
     out = []
@@ -136,6 +181,24 @@ class Throughput:
     flags: List[str]                 # fairseq-train flags after the data folder: task, model, streams, optimizer
     arms: Dict[str, Arm]
     tiny: List[str] = field(default_factory=list)   # size overrides for --tiny
+    # (warm-up = log interval, timed) updates at full size when this configuration's updates are long
+    # (None: the check's --interval and --timed; those, when given, apply to every configuration)
+    updates: Optional[Tuple[int, int]] = None
+
+
+def paper_awd(corpus="ptb"):
+    """The seed paper's full-size configuration (recipes/paper/: dni_awd_lstm_lm, 3 layers 1150/1150/400,
+    tied 400-d embedding, weight drop, locked dropout, 20 streams x variable windows of about 200,
+    --alpha 2 --beta 1, Adam 1e-3, clip 0.2): its bptt arm (lm_cross_entropy, TBPTT) and its DNI arms'
+    criterion held in synthetic mode (the paper's first epoch is real: --real-first-epochs dropped), with
+    the paper's coordinate-wise QRNN synthesizer and with a GRU cell instead."""
+    common, bptt, dni = split_common(paper_flags(corpus, "bptt"), paper_flags(corpus, "dni"))
+    synthetic = merged(dni, ["--dni-mode", "synthetic", "--mode-schedule", "synthetic"], drop=("--real-first-epochs",))
+    return DNI + common, {
+        "tbptt": Arm(bptt),
+        "synthetic-qrnn": Arm(synthetic),
+        "synthetic-gru": Arm(merged(synthetic, ["--dni-synthesizer-cell", "gru"])),
+    }
 
 
 THROUGHPUT = [
@@ -147,10 +210,29 @@ THROUGHPUT = [
                tiny=TINY_SIZES + ["--decoder-out-embed-dim", "16", "--adaptive-softmax-cutoff", "100,500,1500"]),
     Throughput("ptb-lstm_lm", "ptb", STOCK_LM + ["--batch-size", "20"], {"stock": Arm(["--criterion", "cross_entropy"])},
                tiny=TINY_SIZES + ["--decoder-out-embed-dim", "16"]),
-    # LEAD: the AWD-LSTM configuration goes here once its architecture exists, e.g.
-    # Throughput("ptb-dni_awd_lstm_lm", "ptb", merged(DNI + recipe_flags("ptb"), ["--arch", "dni_awd_lstm_lm"]),
-    #            dni_arms("cross_entropy"), tiny=TINY_SIZES),
+    # the seed paper's full size (windows of 20 x about 200 tokens, so few updates); its run hours: PAPER_GRID
+    Throughput("ptb-dni_awd_lstm_lm", "ptb", *paper_awd("ptb"), updates=(5, 30),
+               # tiny: 16/16/8, tied 8; --variable-window needs windows of 10 or more
+               tiny=["--decoder-embed-dim", "8", "--decoder-hidden-size", "16", "--tokens-per-sample", "10"]),
 ]
+
+
+@dataclass
+class PaperGrid:
+    """What one run of the seed paper's grid costs at the measured rates (derived in the summary)."""
+    config: str                   # the THROUGHPUT configuration measured
+    arm_rates: Dict[str, str]     # the paper's arm -> the measured arm whose tokens/s it trains at
+    epochs: int                   # training epochs of every arm (--max-epoch)
+    epoch_tokens: Dict[str, int]  # corpus label -> training tokens per epoch (one </s> per line included)
+
+
+# bptt trains at the TBPTT rate; every DNI arm (dni, dni-restart*, alternating-restart*) at the synthetic rate with
+# the paper's QRNN synthesizer: dni_cross_entropy runs the synthesizer and its regression in real mode too (only the
+# injection is skipped), so the alternating arms' real cycles are taken at the synthetic rate
+PAPER_GRID = PaperGrid(
+    "ptb-dni_awd_lstm_lm", {arm: "tbptt" if arm == "bptt" else "synthetic-qrnn" for arm in paper_arms()},
+    epochs=int(flag_value(paper_flags("ptb", "bptt"), "--max-epoch")),
+    epoch_tokens={CORPORA["ptb"].label: CORPORA["ptb"].epoch_tokens, "WikiText-2": recipe_train_tokens("wikitext2")})
 
 
 @dataclass
@@ -174,8 +256,9 @@ PRECISION = [
                    "(facebookresearch/fairseq#4696); fairseq-hydra-train does not (bf16-hydra)"),
 ]
 # jobs run in this order, most wanted first, so a run cut short by its time limit keeps the
-# WikiText-103 model's numbers and the mixed-precision checks
-ORDER = ["wt103-dni_lstm_lm_wikitext103", "precision", "ptb-dni_lstm_lm", "wt103-lstm_lm", "ptb-lstm_lm"]
+# WikiText-103 model's numbers, the mixed-precision checks and the seed paper's configuration (its grid's cost)
+ORDER = ["wt103-dni_lstm_lm_wikitext103", "precision", "ptb-dni_awd_lstm_lm", "ptb-dni_lstm_lm", "wt103-lstm_lm",
+         "ptb-lstm_lm"]
 
 
 @dataclass
@@ -290,9 +373,17 @@ def bare_spec(model, args, vocab):
     optimizer = args.base_optimizer if args.optimizer == "alternating" else args.optimizer
     if optimizer not in ("adam", "sgd"):
         raise SystemExit(f"gpu_check: the bare loop has adam and sgd, not {optimizer}")
+    # the layers' widths as the model builds them (dni_lstm_lm.DNILSTMDecoder): AWD-LSTM's last layer
+    # (--decoder-last-layer-out-dim) is as wide as the output layer's input, the embedding's when tied
+    tied = bool(getattr(model, "share_decoder_input_output_embed", False)) and not adaptive
+    embed, hidden, layers = model.decoder_embed_dim, model.decoder_hidden_size, model.decoder_layers
+    out = model.decoder_out_embed_dim or (embed if tied else None)
+    widths = [hidden] * layers
+    if getattr(model, "decoder_last_layer_out_dim", False):
+        widths[-1] = out or hidden
     return {
-        "sizes": {"vocab": vocab, "embed": model.decoder_embed_dim, "hidden": model.decoder_hidden_size,
-                  "layers": model.decoder_layers, "out": model.decoder_out_embed_dim,
+        "sizes": {"vocab": vocab, "embed": embed, "hidden": hidden, "layers": layers, "out": out,
+                  "widths": widths if len(set(widths)) > 1 else None, "tied": tied,
                   "cutoffs": [int(c) for c in str(cutoff).split(",")] if adaptive else None,
                   "adaptive_factor": getattr(model, "adaptive_softmax_factor", 4.0),
                   "dropout_in": rate("decoder_dropout_in"),
@@ -304,23 +395,29 @@ def bare_spec(model, args, vocab):
 
 
 def size_label(s):
-    text = f"{s['layers']}x{s['hidden']}, embed {s['embed']}"
-    if s["out"] and s["out"] != s["hidden"]:
+    widths = s.get("widths") or [s["hidden"]] * s["layers"]
+    text = f"{s['layers']}x{s['hidden']}" if len(set(widths)) == 1 else "/".join(map(str, widths))
+    text += f", embed {s['embed']}"
+    if s["out"] and s["out"] != widths[-1]:
         text += f", out {s['out']}"
+    if s.get("tied"):
+        text += ", tied"
     text += f", adaptive {','.join(map(str, s['cutoffs']))}" if s["cutoffs"] else ", full softmax"
     return text
 
 
 def plan(opts, data_dirs, vocabs):
     sizes = opts.sizes
-    total = sizes.interval + sizes.timed
     device = ["--cpu", "--num-workers", "0"] if opts.cpu else []
     log = ["--log-format", "json", "--no-progress-bar", "--seed", "1"]
     groups = {}
     for cfg in THROUGHPUT:
         data = data_dirs[cfg.corpus]
         jobs = []
-        base = merged(cfg.flags, cfg.tiny + TINY_WINDOW if opts.tiny else [])
+        base = merged(merged(cfg.flags, TINY_WINDOW), cfg.tiny) if opts.tiny else cfg.flags   # cfg.tiny wins
+        interval, timed = cfg.updates if cfg.updates and not (opts.tiny or opts.updates_given) else \
+            (sizes.interval, sizes.timed)
+        total = interval + timed
         first = None
         for arm_name, arm in cfg.arms.items():
             job_id = f"{cfg.name}.{arm_name}"
@@ -330,17 +427,17 @@ def plan(opts, data_dirs, vocabs):
                       if "--lr-period-updates" in base else [])
             flags = merged(base, arm.flags + period + [
                 "--max-update", str(total), "--disable-validation", "--no-save",
-                "--save-dir", os.path.join(opts.work, "checkpoints", job_id), "--log-interval", str(sizes.interval)]
+                "--save-dir", os.path.join(opts.work, "checkpoints", job_id), "--log-interval", str(interval)]
                 + log + device, drop=arm.drop)
             if first is None:
                 first = parsed(flags, data)
                 spec = bare_spec(*first, vocabs[cfg.corpus])
-                spec.update(data=data, warmup=sizes.interval, updates=sizes.timed,
+                spec.update(data=data, warmup=interval, updates=timed,
                             device="cpu" if opts.cpu else "cuda")
                 jobs.append(Job(f"{cfg.name}.bare", "bare", "throughput", cfg.name, "bare", cfg.corpus,
                                 tool="bare PyTorch nn.LSTM loop", bare=spec))
             jobs.append(Job(job_id, "train", "throughput", cfg.name, arm_name, cfg.corpus, "fairseq-train",
-                            [data, *flags], checks={"mode": arm_name}))
+                            [data, *flags], checks={"mode": arm_name, "interval": interval, "timed": timed}))
         groups[cfg.name] = jobs
 
     recipe, corpus = PRECISION_RECIPE
@@ -377,10 +474,16 @@ def plan(opts, data_dirs, vocabs):
                              "--tokens-per-sample", window, *device, *p.eval_flags],
                             checks={"after": job_id}))
     groups["precision"] = jobs
+    if opts.only:
+        unknown = set(opts.only) - set(groups)
+        if unknown:
+            raise SystemExit(f"gpu_check: --only {','.join(sorted(unknown))}: not one of {', '.join(ORDER)}")
+        groups = {name: jobs for name, jobs in groups.items() if name in opts.only}
     missing = set(groups) - set(ORDER)
     if missing:
         raise SystemExit(f"gpu_check: add {sorted(missing)} to ORDER")
-    return [Job("environment", "env", "environment", tool="python")] + [j for name in ORDER for j in groups[name]]
+    return [Job("environment", "env", "environment", tool="python")] + [j for name in ORDER if name in groups
+                                                                          for j in groups[name]]
 
 
 # ==== children =============================================================================
@@ -605,11 +708,12 @@ def fill_train(row, job, records, sizes, log):
     if modes:
         row["dni_synthetic"] = ",".join(f"{m:g}" for m in modes)
     if job.section == "throughput":
-        rate = measured_tokens_per_s(records, sizes.interval, sizes.interval)
+        interval = job.checks.get("interval", sizes.interval)
+        rate = measured_tokens_per_s(records, interval, interval)
         row["tokens_per_s"] = rate
         if not (finite(rate) and rate > 0):
             problems.append("no tokens/s")
-        want = {"real": 0.0, "synthetic": 1.0}.get(job.checks.get("mode"))
+        want = arm_mode(job.checks.get("mode", ""))
         if want is not None and set(modes) != {want}:
             problems.append(f"dni_synthetic {sorted(set(modes))}, expected only {want:g}")
         return problems
@@ -633,6 +737,11 @@ def fill_train(row, job, records, sizes, log):
     if any(f in job.argv for f in ("--fp16", "--amp")) and not scales:
         problems.append("loss scale not logged")
     return problems
+
+
+def arm_mode(arm):
+    """dni_synthetic every interval of a throughput arm must log: 0 (real), 1 (synthetic...), None (no DNI)."""
+    return 0.0 if arm == "real" else (1.0 if arm.startswith("synthetic") else None)
 
 
 def perplexity(log):
@@ -744,6 +853,42 @@ class Results:
                 if os.path.exists(src) and os.path.abspath(self.opts.out) != os.path.abspath(d):
                     shutil.copy(src, os.path.join(self.opts.out, name))
 
+    def paper_grid_lines(self):
+        """GPU-hours of one run of each of the seed paper's arms (and of the whole grid) at the measured rates."""
+        g = PAPER_GRID
+        if not any(j.config == g.config for j in self.jobs):
+            return []
+        rates = {r["arm"]: r["tokens_per_s"] for r in self.rows.values()
+                 if r["section"] == "throughput" and r["config"] == g.config and r["arm"] != "bare"}
+        corpora = list(g.epoch_tokens)
+
+        def hours(rate, corpus):
+            return g.epochs * g.epoch_tokens[corpus] / rate / 3600 if finite(rate) and rate > 0 else float("nan")
+
+        lines = [
+            "## The seed paper's grid at these rates (derived)", "",
+            f"One run = {g.epochs} epochs (the paper's --max-epoch) of the training split: "
+            + ", ".join(f"{c} {g.epoch_tokens[c]:,} tokens/epoch" for c in corpora)
+            + f", at the tokens/s of `{g.config}` above, on this one device; validation and test scoring not "
+            "counted. GPU-hours of one run per measured arm:", "",
+            "| measured arm | tokens/s | " + " | ".join(f"{c} run, GPU-h" for c in corpora) + " |",
+            "|---|---|" + "---|" * len(corpora),
+        ]
+        for arm, rate in rates.items():
+            lines.append(f"| {arm} | {fmt(rate, ',.0f')} | " + " | ".join(fmt(hours(rate, c), ',.2f') for c in corpora)
+                         + " |")
+        total = {c: sum(hours(rates.get(m, float("nan")), c) for m in g.arm_rates.values()) for c in corpora}
+        by_rate = {}
+        for arm, measured in g.arm_rates.items():
+            by_rate.setdefault(measured, []).append(arm)
+        lines += ["", f"The paper's grid ({len(g.arm_rates)} arms x {len(corpora)} corpora, one seed each): "
+                  + "; ".join(f"{', '.join(arms)} at the {m} rate" for m, arms in by_rate.items())
+                  + " (dni_cross_entropy runs its synthesizer and regression in real mode too, so the alternating "
+                  "arms' real cycles are taken at the synthetic rate): **"
+                  + fmt(sum(total.values()), ",.1f") + " GPU-hours** ("
+                  + ", ".join(f"{c} {fmt(total[c], ',.1f')}" for c in corpora) + ")."]
+        return lines
+
     def markdown(self):
         o, e = self.opts, self.env
         mode = "CPU, tiny sizes (a rehearsal: these numbers measure nothing)" if o.cpu and o.tiny else \
@@ -780,6 +925,12 @@ class Results:
             lines.append(f"| {r['config']} | {r['arm']} | {r['sizes']} | {r['streams']} x {r['window']} | "
                          f"{fmt(r['tokens_per_s'], ',.0f')} | {fmt(r['bare_tokens_per_s'], ',.0f')} | "
                          f"{fmt(r['ratio_to_bare'], '.2f')} | {epoch} | {mem(r)} | {r['status']} |")
+        short = [f"{c.name} {c.updates[1]} after {c.updates[0]}" for c in THROUGHPUT
+                 if c.updates and not (o.tiny or o.updates_given)]
+        if short:
+            lines += ["", "Timed updates after warm-up, where a configuration's updates are long: "
+                      + "; ".join(short) + "."]
+        lines += [""] + self.paper_grid_lines()
         lines += [
             "", "## Mixed precision", "",
             f"The WikiText-103 alternating recipe (`recipes/wikitext103.sh`, its Hydra twin for bf16) for "
@@ -849,8 +1000,12 @@ def main():
     parser.add_argument("--interval", type=int, help="throughput runs: log interval = warm-up updates (default 25, tiny 2)")
     parser.add_argument("--timed", type=int, help="throughput runs: timed updates, a multiple of --interval (200, tiny 4)")
     parser.add_argument("--period", type=int, help="precision runs: updates per cosine cycle (30, tiny 4)")
+    parser.add_argument("--only", type=lambda v: v.split(","), default=None,
+                        help="comma-separated configurations (names in ORDER, e.g. ptb-dni_awd_lstm_lm or precision) "
+                             "to run, the others left out (to try one configuration at its real sizes on the CPU)")
     opts = parser.parse_args()
     opts.sizes = dataclasses.replace(TINY if opts.tiny else FULL)
+    opts.updates_given = bool(opts.interval or opts.timed)
     for name in ("interval", "timed", "period"):
         if getattr(opts, name):
             setattr(opts.sizes, name, getattr(opts, name))
@@ -929,6 +1084,7 @@ def main():
     finally:
         results.skip_rest(stopped)
         results.write()
+        print("\n".join("[gpu_check] " + line for line in results.paper_grid_lines() if line), flush=True)
         print(f"[gpu_check] results in {opts.results}" + (f" and {opts.out}" if opts.out else ""), flush=True)
     return 0 if results.ok() else 1
 

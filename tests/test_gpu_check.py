@@ -64,14 +64,37 @@ def test_every_configuration_ran_with_finite_numbers(tiny_run):
             assert number(r["epoch_hours"]) == pytest.approx(epoch / tps / 3600, rel=1e-4)
             assert r["losses_finite"] == "True"
             # the arm really ran in its mode: dni_synthetic of every logged interval
-            want = {"real": "0", "synthetic": "1", "synthetic-coordinatewise": "1"}.get(arm)
+            want = gpu_check.arm_mode(arm)
             logged = r["dni_synthetic"].split(",") if r["dni_synthetic"] else []
-            assert logged == ([want] * 3 if want else []), (arm, logged)
+            assert logged == ([f"{want:g}"] * 3 if want is not None else []), (arm, logged)
             assert r["sizes"] == bare["sizes"] and r["vocab"] == bare["vocab"]
     # the generated dictionaries have the tiny corpora's types, padded as fairseq pads them
     assert rows[("wt103-dni_lstm_lm_wikitext103", "bare")]["vocab"] == "2008"
     assert rows[("ptb-dni_lstm_lm", "bare")]["vocab"] == "304"
     assert rows[("wt103-dni_lstm_lm_wikitext103", "bare")]["sizes"] == "2x16, embed 16, out 8, adaptive 200,600"
+    # the seed paper's AWD-LSTM shape in tiny form: unequal widths, the last one the tied embedding's
+    assert rows[("ptb-dni_awd_lstm_lm", "bare")]["sizes"] == "16/16/8, embed 8, tied, full softmax"
+
+
+def test_paper_awd_configuration_is_the_paper_recipe():
+    cfg = next(c for c in gpu_check.THROUGHPUT if c.name == "ptb-dni_awd_lstm_lm")
+    bptt, dni = gpu_check.paper_flags("ptb", "bptt"), gpu_check.paper_flags("ptb", "dni")
+    assert cfg.flags[:2] == gpu_check.DNI
+    assert cfg.flags[2:] + cfg.arms["tbptt"].flags == bptt
+    synthetic = cfg.arms["synthetic-qrnn"].flags
+    assert "--real-first-epochs" not in synthetic
+    assert gpu_check.flag_value(synthetic, "--mode-schedule") == "synthetic"
+    assert gpu_check.merged(cfg.flags[2:] + synthetic, [], drop=("--dni-mode", "--mode-schedule")) == \
+        gpu_check.merged(dni, [], drop=("--real-first-epochs", "--mode-schedule"))
+    for flag, value in (("--arch", "dni_awd_lstm_lm"), ("--batch-size", "20"), ("--tokens-per-sample", "200"),
+                        ("--alpha", "2"), ("--beta", "1"), ("--base-optimizer", "adam"), ("--lr", "0.001"),
+                        ("--clip-norm", "0.2")):
+        assert gpu_check.flag_value(bptt, flag) == value, flag
+    assert gpu_check.flag_value(synthetic, "--dni-synthesizer-cell") == "qrnn"
+    assert gpu_check.flag_value(cfg.arms["synthetic-gru"].flags, "--dni-synthesizer-cell") == "gru"
+    g = gpu_check.PAPER_GRID
+    assert g.epochs == 320 and g.epoch_tokens == {"PTB": 929_589, "WikiText-2": 2_088_628}
+    assert len(g.arm_rates) == 6 and set(g.arm_rates.values()) <= set(cfg.arms)
 
 
 def test_mixed_precision_runs_cross_a_mode_switch_and_score(tiny_run):
@@ -113,6 +136,10 @@ def test_results_are_written_and_copied(tiny_run):
         else:
             assert f"{arm}: {r['status']}" in md
     assert "pending" not in md and "skipped" not in md
+    # the paper grid's cost, derived from the measured rates
+    tps = number(rows[("ptb-dni_awd_lstm_lm", "tbptt")]["tokens_per_s"])
+    assert f"| tbptt | {tps:,.0f} | {320 * 929_589 / tps / 3600:,.2f} | {320 * 2_088_628 / tps / 3600:,.2f} |" in md
+    assert "GPU-hours** (PTB" in md and "GPU-hours** (PTB" in out
 
 
 def test_cpu_runs_never_write_into_the_gpu_results():
