@@ -1,4 +1,4 @@
-"""Does alternating synthetic and real gradients beat plain TBPTT? The experiment grid.
+"""Does alternating synthetic and real gradients beat plain TBPTT? The MLP grid (study 1 of docs/RESULTS.md).
 
 Four arms, identical model, data, number of updates and seeds; only the gradient mode and
 the learning-rate schedule differ (all use ``--criterion dni_cross_entropy``, so the
@@ -10,10 +10,14 @@ synthesizer exists and learns in every arm; in the real arms it is never injecte
   alternating         warm restarts, the mode switching at every restart (the paper)
 
 Each run is a stock ``fairseq-train`` followed by a stock ``fairseq-eval-lm`` on the test
-split. Everything in the table, the CSV and the plots is read back from those logs; the
-runner never types a number. Logs land in ``OUT/logs`` as each run finishes (``--commit``
-also commits each one, so a grid can be completed piece by piece: finished runs whose logs
-exist are skipped, unless ``--force``).
+split (``grid_runner``: logs ``OUT/logs/NAME.train.log`` and ``NAME.eval.log``, the eval label "").
+Everything in the table, the CSV and the plots is read back from those logs; the runner never
+types a number. Logs land in ``OUT/logs`` as each run finishes (``--commit`` also commits each
+one, so a grid can be completed piece by piece: finished runs whose logs exist are skipped,
+unless ``--force``). The report (``grid_report`` holds what it shares with ``paper_grid.py``)
+writes ``OUT/results.csv``, ``OUT/table.md``, ``OUT/valid_CORPUS_TWINDOW.png`` and
+``OUT/study.md``, this study's section of docs/RESULTS.md, which it then reassembles with the
+paper grid's (``docs/results/paper/study.md``, "not run yet" while absent).
 
     python examples/alternation_grid.py --corpus ptb --windows 10,35 --seeds 1,2 --commit
     python examples/alternation_grid.py --corpus wikitext2 --windows 10 --seeds 1 --commit
