@@ -139,7 +139,8 @@ def write_csv(path, fields, rows):
 
 
 # ---------------------------------------------------------------- plots
-def plot_curves(path, curves, restarts=(), spans=(), xlabel="update", title="", ylim=(0.95, 2.2), xlim=None):
+def plot_curves(path, curves, restarts=(), spans=(), xlabel="update", title="", ylim=(0.95, 2.2), xlim=None,
+                legend_loc="best"):
     """Validation perplexity (log scale) of each curve: dict(x, y, color, label, seed_index);
     ``restarts``: x of the warm restarts (dotted); ``spans``: dict(x0, x1, color, alpha, ymin, ymax)
     shaded (synthetic stretches). The y range is [lowest * ylim[0], lowest * ylim[1]]; ``xlim``: (lo, hi)."""
@@ -169,7 +170,7 @@ def plot_curves(path, curves, restarts=(), spans=(), xlabel="update", title="", 
     ax.set_ylim(lo * ylim[0], lo * ylim[1])
     if xlim:
         ax.set_xlim(*xlim)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=2, loc=legend_loc)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -244,7 +244,7 @@ def plot(corpus, arms, path):
         for i, r in enumerate(arms[arm]):
             curves.append(dict(x=r["curve"][0], y=r["curve"][1], color=COLORS[arm], seed_index=i,
                                label=f"{arm} (seed {r['seed']})"))
-            restarts = restarts or r["restarts"] if arm != "bptt-one-cycle" else restarts
+            restarts = restarts or r["restarts"]   # the restart cycles' boundaries (the one-cycle arm has none)
     strips = [a for a in ARMS if a in arms and any("synthetic" in r["modes"] for r in arms[a])]
     for j, arm in enumerate(strips):
         for e, mode in enumerate(arms[arm][0]["modes"]):
@@ -257,7 +257,7 @@ def plot(corpus, arms, path):
         grid_report.plot_curves(path, curves, restarts, spans, "epoch", f"{CORPUS_NAMES[corpus]}: dotted = warm "
                                 "restarts; shaded = alternating-restarts' synthetic epochs;\nstrips along the bottom "
                                 "= each DNI arm's synthetic epochs (first seed), read from the logs",
-                                ylim=(0.9, 3.0), xlim=(0, max(end, 1)))
+                                ylim=(0.9, 3.0), xlim=(0, max(end, 1)), legend_loc="upper right")
 
 def report(log_dir, out, results_md=None):
     """results.csv, table.md, valid_<corpus>.png and study.md from the logs, then RESULTS.md."""
