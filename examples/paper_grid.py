@@ -134,7 +134,8 @@ def parse_run(log_dir, name):
     ends = [int(r["train_num_updates"]) for r in epochs]
     valid = rows["valid"]
     # checkpoint_best.pt is saved at epoch ends only: the best validation among the epoch-end ones
-    at_end = [r for r in valid if len(ends) >= int(r["epoch"]) and int(r["valid_num_updates"]) == ends[int(r["epoch"]) - 1]]
+    at_end = [r for r in valid
+              if len(ends) >= int(r["epoch"]) and int(r["valid_num_updates"]) == ends[int(r["epoch"]) - 1]]
     best = min(at_end, key=lambda r: float(r["valid_loss"])) if at_end else None
     # the mode of each epoch: the fraction of its updates that were synthetic (DNI arms log it; BPTT arms
     # have no synthesizer and log none: real)
@@ -205,7 +206,8 @@ def corpus_table(corpus, arms):
             f"{cell([r['dni_cos_first'] for r in rs], '.3f')} → {cell([r['dni_cos_last'] for r in rs], '.3f')}")
         synthetic = " / ".join(sorted({r["synthetic_epochs"] or "none" for r in rs}))
         lines.append(f"| {arm} | {len(rs)} | {last} | {' / '.join(format(r['test_ppl_last'], '.2f') for r in rs)} | "
-                     f"{cell([r['test_ppl_best'] for r in rs], '.2f')} | {cell([r['final_valid_ppl'] for r in rs], '.2f')} | "
+                     f"{cell([r['test_ppl_best'] for r in rs], '.2f')} | "
+                     f"{cell([r['final_valid_ppl'] for r in rs], '.2f')} | "
                      f"{cos} | {synthetic} | {' / '.join(sorted({str(r['updates']) for r in rs}))} | "
                      f"{cell([r['train_wall_s'] for r in rs], '.0f')} |")
     lines.append("")
@@ -285,6 +287,7 @@ def report(log_dir, out, results_md=None):
 def write_study(results_md, lines, runs, groups, out):
     """The paper grid's section of docs/RESULTS.md (``OUT/study.md``), then the page from both studies."""
     rel = os.path.relpath(out, os.path.dirname(results_md))
+    recipes = os.path.relpath(os.path.join(REPO, "recipes", "README.md"), os.path.dirname(results_md))
     params = {r["corpus"]: r["params"] for r in runs if r["params"]}
     scale = "; ".join(f"{CORPUS_NAMES[c]} {p} parameters" for c, p in params.items())
     paper_cycles = PAPER_PERIODS["restarts"].split(",")
@@ -299,7 +302,8 @@ def write_study(results_md, lines, runs, groups, out):
           f"128-d embedding{'; ' + scale if scale else ''}, read from the logs), {EPOCHS} epochs, the same optimizer, "
           f"windows, streams, clip ({', '.join(f'{CORPUS_NAMES[c]} {v}' for c, v in CLIP.items())}) and "
           f"regularizers, cycles of {PERIODS['restarts'].replace(',', ', ')} epochs (the paper's first three divided "
-          f"by {int(paper_cycles[0]) // int(PERIODS['restarts'].split(',')[0])}) against one {PERIODS['one-cycle']}-epoch "
+          f"by {int(paper_cycles[0]) // int(PERIODS['restarts'].split(',')[0])}) against one "
+          f"{PERIODS['one-cycle']}-epoch "
           "cycle. One learning rate per epoch (`--lr-step-per-epoch`, as the paper's loop); every run ends at the "
           "bottom of its last cycle.", "",
           "**Checkpoints and scoring.** Each run is scored twice with `fairseq-eval-lm` on the test split: the last "
@@ -309,7 +313,7 @@ def write_study(results_md, lines, runs, groups, out):
           f"{WINDOW}-token windows (`--batch-size 1 --tokens-per-sample {WINDOW}`), as the paper does.", "",
           "**Arms**, and the paper's arms they stand for (named as in recipes/paper, with the flags of the paper's "
           "README; "
-          f"[recipes/README.md]({os.path.relpath(os.path.join(REPO, 'recipes', 'README.md'), os.path.dirname(results_md))}) "
+          f"[recipes/README.md]({recipes}) "
           "maps every flag of its `main.py` to ours):", "",
           "| arm | the paper's | mode |", "|---|---|---|",
           "| bptt-one-cycle | none: its `bptt` arm (no `--use_sg`) with one cosine over the run instead of a constant "
