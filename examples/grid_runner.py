@@ -3,11 +3,12 @@
 A run is a ``Run``: a name, the ``fairseq-train`` arguments, and the checkpoints to score with
 ``fairseq-eval-lm``. ``run_grid`` runs the ones whose logs are missing, ``jobs`` at a time, each
 with ``2 // jobs`` threads, and writes ``LOG_DIR/NAME.train.log`` and ``LOG_DIR/NAME.eval-LABEL.log``
-(the first line of each is the exact command, the last its exit status and wall time). A run's logs
-appear only when all its commands succeeded; with ``commit=True`` each finished run's logs are
-committed at once, so a grid can be completed piece by piece across sessions.
+(``NAME.eval.log`` for the label ""); the first line of each is the exact command, the last its exit
+status and wall time. A run's logs appear only when all its commands succeeded; with ``commit=True``
+each finished run's logs are committed at once, so a grid can be completed piece by piece across
+sessions.
 
-The runner never parses a number: reading the logs back is ``fairseq_log`` and the grids' reports.
+The runner never parses a number: reading the logs back is ``fairseq_log`` and ``grid_report``.
 """
 
 import concurrent.futures
@@ -33,7 +34,9 @@ CORPORA = {  # name -> (text dir, train/valid/test file names)
 class Run:
     """One grid cell: ``fairseq-train DATA --save-dir WORK/NAME <train_args>``, then one
     ``fairseq-eval-lm DATA --path WORK/NAME/<checkpoint> <eval_args>`` per ``evals`` entry
-    (label -> checkpoint file name, e.g. {"last": "checkpoint_last.pt"})."""
+    (label -> checkpoint file name, e.g. {"last": "checkpoint_last.pt"}). The label names the log,
+    ``NAME.eval-LABEL.log``; the label "" (or None) names it ``NAME.eval.log`` (one checkpoint per run,
+    the MLP grid's logs)."""
 
     name: str
     data_bin: str
@@ -43,10 +46,15 @@ class Run:
 
     def log_paths(self, log_dir):
         return [os.path.join(log_dir, f"{self.name}.train.log")] + [
-            os.path.join(log_dir, f"{self.name}.eval-{label}.log") for label in self.evals]
+            os.path.join(log_dir, eval_log_name(self.name, label)) for label in self.evals]
 
     def done(self, log_dir):
         return all(os.path.exists(p) for p in self.log_paths(log_dir))
+
+
+def eval_log_name(name, label):
+    """``NAME.eval-LABEL.log``, or ``NAME.eval.log`` for the label "" or None."""
+    return f"{name}.eval-{label}.log" if label else f"{name}.eval.log"
 
 
 def binarize(corpus, text_dir, dest, prog="grid"):

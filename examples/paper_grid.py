@@ -24,6 +24,16 @@ scores) of the last checkpoint and of the best-validation checkpoint (validated 
 mid-epoch validations only draw the curves). Logs land in docs/results/paper/logs; ``--commit``
 commits each run's logs as it finishes, and runs whose logs exist are skipped.
 
+The report (after running, or alone with ``--report-only``) reads those logs only and writes, in
+docs/results/paper: results.csv (one row per run: test perplexity of the last and of the
+best-validation checkpoint, final and best epoch-end validation, updates, epochs, the epochs that ran
+synthetic, the synthesizer's cosine first and last, train wall time), table.md (per corpus: each
+arm's mean ± half-range over seeds and a computed verdict: does each alternating arm beat
+bptt-one-cycle, bptt-restarts and dni-restarts by more than the seed spread?), valid_<corpus>.png
+(validation perplexity against epochs, warm restarts dotted, each arm's synthetic epochs shaded, all
+read from the logs) and study.md, this study's section of docs/RESULTS.md, which it then reassembles
+with the MLP grid's (``grid_report.write_page``). With no finished run it says "not run yet".
+
     python examples/paper_grid.py --corpus ptb --seeds 1,2 --commit
     python examples/paper_grid.py --corpus wikitext2 --seeds 1 --commit   # bptt-one-cycle, bptt-restarts, alternating-restarts
     python examples/paper_grid.py --report-only
@@ -31,9 +41,13 @@ commits each run's logs as it finishes, and runs whose logs exist are skipped.
 
 import argparse
 import os
+import re
 import sys
 
+import fairseq_log
+import grid_report
 import grid_runner
+from grid_report import spread
 from grid_runner import REPO, Run
 
 ARMS = ["bptt-one-cycle", "bptt-restarts", "dni-restarts", "alternating-restarts", "alternating-restarts-mlp"]
@@ -44,6 +58,10 @@ PAPER_PERIODS = {"one-cycle": "160,160", "restarts": "5,5,10,20,40,80,160"}   # 
 CLIP = {"ptb": 0.2, "wikitext2": 0.25}   # the paper's --clip per corpus
 WINDOW, STREAMS = 200, 20                # the paper's --bptt and --batch_size
 OUT = os.path.join(REPO, "docs", "results", "paper")
+SEEDS = {"ptb": [1, 2], "wikitext2": [1]}   # the grid as planned (its size in the tables' headings)
+CORPUS_NAMES = {"ptb": "PTB", "wikitext2": "WikiText-2"}
+BASELINES = ["bptt-one-cycle", "bptt-restarts", "dni-restarts"]
+ALTERNATING = ["alternating-restarts", "alternating-restarts-mlp"]
 
 # the paper's synthesizer (--use_sg --sgtype QRNN --sg_hidden_num 50 --sg_nlayers 1, its own Adam 1e-3
 # with weight decay 1.2e-6, synthetic gradient x 0.1, input noise N(1, 0.5) by default)
@@ -94,6 +112,262 @@ def runs_for(corpus, seeds, arms, data_bin):
             for seed in seeds for arm in arms]
 
 
+def planned_arms(corpus):
+    return ARMS if corpus == "ptb" else WIKITEXT2_ARMS
+
+
+# ---------------------------------------------------------------- reading the logs back
+def epoch_x(valid, ends):
+    """Epochs done at each validation: epoch e (1-based) ends at update ends[e-1] (the epoch records'
+    train_num_updates), so a validation at update u of epoch e is at (e-1) + (u - start) / (end - start)."""
+    xs = []
+    for r in valid:
+        e, u = int(r["epoch"]), int(r["valid_num_updates"])
+        start = ends[e - 2] if e >= 2 and len(ends) >= e - 1 else 0
+        end = ends[e - 1] if len(ends) >= e else max(u, start + 1)
+        xs.append(e - 1 + (u - start) / max(1, end - start))
+    return xs
+
+
+def parse_run(log_dir, name):
+    """One run's numbers, every one read from its three logs."""
+    path = os.path.join(log_dir, f"{name}.train.log")
+    rows = fairseq_log.records(path)
+    epochs = rows["train"]   # one record per finished epoch
+    ends = [int(r["train_num_updates"]) for r in epochs]
+    valid = rows["valid"]
+    # checkpoint_best.pt is saved at epoch ends only: the best validation among the epoch-end ones
+    at_end = [r for r in valid
+              if len(ends) >= int(r["epoch"]) and int(r["valid_num_updates"]) == ends[int(r["epoch"]) - 1]]
+    best = min(at_end, key=lambda r: float(r["valid_loss"])) if at_end else None
+    # the mode of each epoch: the fraction of its updates that were synthetic (DNI arms log it; BPTT arms
+    # have no synthesizer and log none: real)
+    modes = ["synthetic" if float(r.get("train_dni_synthetic", 0)) > 0.5 else "real" for r in epochs]
+    cos = [float(r["dni_cos"]) for r in rows["train_inner"] if "dni_cos" in r]
+    periods = [int(p) for p in grid_report.flag(path, "--lr-period-epochs", "0").split(",")]
+    max_epoch = int(grid_report.flag(path, "--max-epoch"))
+    restarts = [sum(periods[:k]) for k in range(1, len(periods)) if sum(periods[:k]) < max_epoch]
+    with open(path) as f:
+        params = re.search(r"num\. shared model params: ([\d,]+)", f.read())
+    return dict(
+        test_ppl_last=fairseq_log.eval_perplexity(os.path.join(log_dir, f"{name}.eval-last.log")),
+        test_ppl_best=fairseq_log.eval_perplexity(os.path.join(log_dir, f"{name}.eval-best.log")),
+        final_valid_ppl=float(valid[-1]["valid_ppl"]) if valid else float("nan"),
+        best_valid_ppl=float(best["valid_ppl"]) if best else float("nan"),
+        best_epoch=int(best["epoch"]) if best else None,
+        updates=ends[-1] if ends else None, epochs=len(epochs),
+        synthetic_epochs=" ".join(str(e) for e, m in enumerate(modes, start=1) if m == "synthetic"),
+        dni_cos_first=cos[0] if cos else float("nan"), dni_cos_last=cos[-1] if cos else float("nan"),
+        train_wall_s=grid_report.train_wall(path),
+        curve=(epoch_x(valid, ends), [float(r["valid_ppl"]) for r in valid]), modes=modes, restarts=restarts,
+        params=params.group(1) if params else None, command=grid_report.command_of(path),
+        eval_command=grid_report.command_of(os.path.join(log_dir, f"{name}.eval-best.log")))
+
+
+def collect(log_dir):
+    """Every run whose three logs are there, in grid order (corpus, arm, seed)."""
+    runs = []
+    for fname in sorted(os.listdir(log_dir)) if os.path.isdir(log_dir) else []:
+        m = re.match(r"(\w+?)-([\w-]+)-s(\d+)\.train\.log$", fname)
+        if not m or m.group(1) not in CORPUS_NAMES or m.group(2) not in ARMS:
+            continue
+        name = fname[: -len(".train.log")]
+        if not all(os.path.exists(os.path.join(log_dir, f"{name}.eval-{k}.log")) for k in ("last", "best")):
+            continue
+        runs.append(dict(corpus=m.group(1), arm=m.group(2), seed=int(m.group(3)), **parse_run(log_dir, name)))
+    runs.sort(key=lambda r: (list(CORPUS_NAMES).index(r["corpus"]), ARMS.index(r["arm"]), r["seed"]))
+    return runs
+
+
+FIELDS = ["corpus", "arm", "seed", "test_ppl_last", "test_ppl_best", "final_valid_ppl", "best_valid_ppl",
+          "best_epoch", "updates", "epochs", "synthetic_epochs", "dni_cos_first", "dni_cos_last", "train_wall_s"]
+COLORS = {"bptt-one-cycle": "tab:gray", "bptt-restarts": "tab:blue", "dni-restarts": "tab:red",
+          "alternating-restarts": "tab:green", "alternating-restarts-mlp": "tab:orange"}
+
+
+def cell(values, fmt):
+    values = [v for v in values if v is not None and v == v]
+    return format(spread(values)[0], fmt) if values else "—"
+
+
+def corpus_table(corpus, arms):
+    """The table and verdicts of one corpus (arms: arm -> its runs)."""
+    done = sum(len(rs) for rs in arms.values())
+    planned = len(planned_arms(corpus)) * len(SEEDS[corpus])
+    lines = [f"### {CORPUS_NAMES[corpus]} ({done} of {planned} runs)", "",
+             "| arm | seeds | test ppl, last checkpoint (mean ± half-range) | each seed | test ppl, best-validation "
+             "checkpoint (mean) | final valid ppl (mean) | synthesizer cos first → last (mean) | synthetic epochs "
+             "| updates | train wall s (runs share the 2 cores) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    best = grid_report.best_arm(arms, "test_ppl_last")
+    for arm in [a for a in ARMS if a in arms]:
+        rs = arms[arm]
+        last = grid_report.mean_pm([r["test_ppl_last"] for r in rs])
+        if arm == best:
+            last = "**" + last.replace(" ± ", "** ± ", 1) if " ± " in last else f"**{last}**"
+        cos = "—" if all(r["dni_cos_first"] != r["dni_cos_first"] for r in rs) else (
+            f"{cell([r['dni_cos_first'] for r in rs], '.3f')} → {cell([r['dni_cos_last'] for r in rs], '.3f')}")
+        synthetic = " / ".join(sorted({r["synthetic_epochs"] or "none" for r in rs}))
+        lines.append(f"| {arm} | {len(rs)} | {last} | {' / '.join(format(r['test_ppl_last'], '.2f') for r in rs)} | "
+                     f"{cell([r['test_ppl_best'] for r in rs], '.2f')} | "
+                     f"{cell([r['final_valid_ppl'] for r in rs], '.2f')} | "
+                     f"{cos} | {synthetic} | {' / '.join(sorted({str(r['updates']) for r in rs}))} | "
+                     f"{cell([r['train_wall_s'] for r in rs], '.0f')} |")
+    lines.append("")
+    for arm in [a for a in ALTERNATING if a in arms or a in planned_arms(corpus)]:
+        lines += [grid_report.verdict(arms, arm, BASELINES, "test_ppl_last", "Last checkpoint: "), ""]
+        if arm in arms:
+            lines += [grid_report.verdict(arms, arm, BASELINES, "test_ppl_best",
+                                          "Best-validation checkpoint (the paper's choice): "), ""]
+    return lines
+
+
+def summary(groups):
+    """The study's verdict in one line (last checkpoints), for RESULTS.md's summary table."""
+    if not groups:
+        return "not run yet"
+    parts = []
+    for corpus, arms in groups.items():
+        seeds = max(len(rs) for rs in arms.values())
+        said = []
+        for arm in [a for a in ALTERNATING if a in arms]:
+            beat = grid_report.compare(arms, arm, BASELINES, "test_ppl_last")[0]
+            said.append(f"{arm} {'beat' if beat else 'did not beat'} every baseline present by more than the seed "
+                        "spread" if seeds > 1 else
+                        f"{arm} {'was' if beat else 'was not'} lower than every baseline present (no spread yet)")
+        parts.append(f"{CORPUS_NAMES[corpus]} ({seeds} seed{'s' if seeds > 1 else ''}): "
+                     + ("; ".join(said) or "no alternating arm yet")
+                     + f"; lowest test perplexity: {grid_report.best_arm(arms, 'test_ppl_last')}")
+    return ". ".join(parts)
+
+
+def plot(corpus, arms, path):
+    """Validation perplexity against epochs; dotted: warm restarts; shaded: alternating-restarts'
+    synthetic epochs (full height), and every DNI arm's as a strip along the bottom, read from its log."""
+    curves, spans, restarts = [], [], []
+    for arm in [a for a in ARMS if a in arms]:
+        for i, r in enumerate(arms[arm]):
+            curves.append(dict(x=r["curve"][0], y=r["curve"][1], color=COLORS[arm], seed_index=i,
+                               label=f"{arm} (seed {r['seed']})"))
+            restarts = restarts or r["restarts"]   # the restart cycles' boundaries (the one-cycle arm has none)
+    strips = [a for a in ARMS if a in arms and any("synthetic" in r["modes"] for r in arms[a])]
+    for j, arm in enumerate(strips):
+        for e, mode in enumerate(arms[arm][0]["modes"]):
+            if mode == "synthetic":
+                spans.append(dict(x0=e, x1=e + 1, color=COLORS[arm], alpha=0.5, ymin=0.03 * j, ymax=0.03 * (j + 1)))
+                if arm == "alternating-restarts":
+                    spans.append(dict(x0=e, x1=e + 1, color=COLORS[arm], alpha=0.08))
+    if curves:
+        end = max(r["epochs"] for rs in arms.values() for r in rs)
+        grid_report.plot_curves(path, curves, restarts, spans, "epoch", f"{CORPUS_NAMES[corpus]}: dotted = warm "
+                                "restarts; shaded = alternating-restarts' synthetic epochs;\nstrips along the bottom "
+                                "= each DNI arm's synthetic epochs (first seed), read from the logs",
+                                ylim=(0.9, 3.0), xlim=(0, max(end, 1)), legend_loc="upper right")
+
+def report(log_dir, out, results_md=None):
+    """results.csv, table.md, valid_<corpus>.png and study.md from the logs, then RESULTS.md."""
+    runs = collect(log_dir)
+    os.makedirs(out, exist_ok=True)
+    groups = {}
+    for r in runs:
+        groups.setdefault(r["corpus"], {}).setdefault(r["arm"], []).append(r)
+    lines = []
+    if runs:
+        grid_report.write_csv(os.path.join(out, "results.csv"), FIELDS, runs)
+        for corpus, arms in groups.items():
+            lines += corpus_table(corpus, arms)
+            plot(corpus, arms, os.path.join(out, f"valid_{corpus}.png"))
+        with open(os.path.join(out, "table.md"), "w") as f:
+            f.write("\n".join(lines))
+        print("\n".join(lines))
+    else:
+        print(f"paper_grid: no finished runs in {log_dir} yet")
+    if results_md:
+        write_study(results_md, lines, runs, groups, out)
+    return runs
+
+
+def write_study(results_md, lines, runs, groups, out):
+    """The paper grid's section of docs/RESULTS.md (``OUT/study.md``), then the page from both studies."""
+    rel = os.path.relpath(out, os.path.dirname(results_md))
+    recipes = os.path.relpath(os.path.join(REPO, "recipes", "README.md"), os.path.dirname(results_md))
+    params = {r["corpus"]: r["params"] for r in runs if r["params"]}
+    scale = "; ".join(f"{CORPUS_NAMES[c]} {p} parameters" for c, p in params.items())
+    paper_cycles = PAPER_PERIODS["restarts"].split(",")
+    md = [f"The seed paper's method (Shang & Zhang, arXiv 1902.10630; code `parap1uie-s/alternate_sg`) run the "
+          f"paper's way, scaled down to this machine. Logs: [`{rel}/logs`]({rel}/logs) (one `.train.log`, one "
+          f"`.eval-last.log` and one `.eval-best.log` per run; the first line of each is the exact command); "
+          f"[`{rel}/results.csv`]({rel}/results.csv) has one row per run.", "",
+          "**Setting.** The paper trains AWD-LSTM (3 layers of 1150 units) for "
+          f"{sum(int(p) for p in paper_cycles)} epochs with Adam 1e-3, windows of {WINDOW} tokens with AWD-LSTM's "
+          f"variable lengths, {STREAMS} streams, its clip, and SGDR restarts counted in epochs: cycles of "
+          f"{', '.join(paper_cycles[:3])}, ... epochs. Here: `dni_awd_lstm_lm_small` (3 layers 256/256/128, tied "
+          f"128-d embedding{'; ' + scale if scale else ''}, read from the logs), {EPOCHS} epochs, the same optimizer, "
+          f"windows, streams, clip ({', '.join(f'{CORPUS_NAMES[c]} {v}' for c, v in CLIP.items())}) and "
+          f"regularizers, cycles of {PERIODS['restarts'].replace(',', ', ')} epochs (the paper's first three divided "
+          f"by {int(paper_cycles[0]) // int(PERIODS['restarts'].split(',')[0])}) against one "
+          f"{PERIODS['one-cycle']}-epoch "
+          "cycle. One learning rate per epoch (`--lr-step-per-epoch`, as the paper's loop); every run ends at the "
+          "bottom of its last cycle.", "",
+          "**Checkpoints and scoring.** Each run is scored twice with `fairseq-eval-lm` on the test split: the last "
+          "checkpoint, and the best-validation checkpoint (the paper's choice). fairseq saves `checkpoint_best.pt` at "
+          "epoch ends, so the best checkpoint is the best of the epoch-end validations (the mid-epoch validations "
+          "only draw the curves). The test set is scored as one stream of "
+          f"{WINDOW}-token windows (`--batch-size 1 --tokens-per-sample {WINDOW}`), as the paper does.", "",
+          "**Arms**, and the paper's arms they stand for (named as in recipes/paper, with the flags of the paper's "
+          "README; "
+          f"[recipes/README.md]({recipes}) "
+          "maps every flag of its `main.py` to ours):", "",
+          "| arm | the paper's | mode |", "|---|---|---|",
+          "| bptt-one-cycle | none: its `bptt` arm (no `--use_sg`) with one cosine over the run instead of a constant "
+          "rate | real |",
+          "| bptt-restarts | none: `bptt` with the restarts of `--restart_base 5 --restart_lr` | real |",
+          "| dni-restarts | `dni-restart5`: `--use_sg --whenswitch 2 --restart_base 5 --restart_lr` | epoch 1 real "
+          "(`--whenswitch 2`), then synthetic |",
+          "| alternating-restarts | `alternating-restart5`: `--use_sg --mixture --restart_base 5 --restart_lr` "
+          "(WikiText-2: also `--whenswitch 2`) | flips at every restart; PTB starts real (`--mixture`), "
+          "WikiText-2 with epoch 1 real, then synthetic (`--mixture --whenswitch 2`) |",
+          "| alternating-restarts-mlp | the same with Jaderberg et al.'s MLP synthesizer instead of `--sgtype QRNN` "
+          "(PTB only) | as above |", "",
+          "The synthesizer of the DNI arms is the paper's: coordinate-wise, a one-layer QRNN with 50 units "
+          "(`--sgtype QRNN --sg_hidden_num 50 --sg_nlayers 1`), its own Adam 1e-3, synthetic gradient x 0.1. "
+          "Scaling the cycles by 5 maps our epoch e to the paper's epochs 5e-4 to 5e; the learning rate and the "
+          "mode of each of our epochs are the paper's at the first of those (tests/test_paper_grid.py checks "
+          "both against a restatement of the paper's training loop). By epoch that makes PTB's alternating arms "
+          "real, synthetic, real, real; WikiText-2's real, real, synthetic, synthetic; dni-restarts real, then "
+          "synthetic (the tables' \"synthetic epochs\" column reads the modes back from the logs). One thing does "
+          "not scale: where the paper's first cycle has one real epoch and four synthetic ones, ours is one "
+          "epoch, all real.", "",
+          "Reproduce:", "", "```bash",
+          "python examples/paper_grid.py --corpus ptb --seeds 1,2 --commit",
+          "python examples/paper_grid.py --corpus wikitext2 --seeds 1 --commit   # " + ", ".join(WIKITEXT2_ARMS),
+          "python examples/paper_grid.py --report-only   # tables, CSV, plots and RESULTS.md from the logs",
+          "```", ""]
+    commands = {}
+    for r in runs:
+        if r["arm"] == "alternating-restarts" or r["corpus"] not in commands:
+            commands.setdefault(r["corpus"], {})[r["arm"] == "alternating-restarts"] = (r["command"], r["eval_command"])
+    if commands:
+        md += ["Commands of one run per corpus (the alternating-restarts arm where present):", ""]
+        for corpus, found in commands.items():
+            train, evaluate = found.get(True) or found[False]
+            md += [f"* {CORPUS_NAMES[corpus]}: `{train}`", f"  then `{evaluate}` (and the same with "
+                   "`checkpoint_last.pt`)"]
+        md.append("")
+    md += ["## Results", ""]
+    md += lines if lines else ["Not run yet: no finished run in "
+                               f"[`{rel}/logs`]({rel}/logs) (its logs land there as each run finishes).", ""]
+    if groups:
+        md += ["## Validation curves", ""]
+        for corpus in groups:
+            md += [f"![{CORPUS_NAMES[corpus]}]({rel}/valid_{corpus}.png)", ""]
+    fragment = os.path.join(out, "study.md")
+    grid_report.write_fragment(fragment, summary(groups), grid_report.demote(md))
+    fragments = [s[2] for s in grid_report.STUDIES]
+    fragments[1] = fragment
+    grid_report.write_page(results_md, fragments)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--corpus", choices=sorted(grid_runner.CORPORA), default="ptb")
@@ -107,7 +381,9 @@ def main():
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (threads per run = 2 // jobs, at least 1)")
     p.add_argument("--commit", action="store_true", help="git-commit each run's logs as soon as it finishes")
     p.add_argument("--force", action="store_true", help="rerun runs whose logs exist")
-    p.add_argument("--report-only", action="store_true")
+    p.add_argument("--report-only", action="store_true", help="only rebuild the CSV, tables, plots and RESULTS.md")
+    p.add_argument("--results-md", default=os.path.join(REPO, "docs", "RESULTS.md"),
+                   help="page written from both studies' sections ('' to skip)")
     args = p.parse_args()
     log_dir = os.path.join(args.out, "logs")
     if not args.report_only:
@@ -120,6 +396,7 @@ def main():
                              prog="paper_grid")
         runs = runs_for(args.corpus, [int(s) for s in args.seeds.split(",")], arms, data_bin)
         grid_runner.run_grid(runs, log_dir, args.work_dir, args.jobs, args.commit, args.force, "Paper grid run")
+    report(log_dir, args.out, args.results_md)
 
 
 if __name__ == "__main__":

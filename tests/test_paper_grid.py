@@ -1,0 +1,222 @@
+"""The paper grid (examples/paper_grid.py) without training: its report prints exactly the numbers in
+the logs, every arm ends at the bottom of a cosine cycle, and its schedules are the paper's scaled
+in proportion (cycles 1, 1, 2 epochs for 5, 5, 10)."""
+import csv
+import json
+import os
+import random
+import sys
+
+import pytest
+
+from conftest import REPO
+
+sys.path.insert(0, os.path.join(REPO, "examples"))
+import paper_grid  # noqa: E402
+
+WINDOWS = 7  # windows per epoch of the fake logs and of the schedule checks (their number does not matter)
+
+
+@pytest.fixture
+def no_data(monkeypatch):
+    """train_args needs the windows per epoch of a binarized corpus; these tests need none."""
+    monkeypatch.setattr(paper_grid.grid_runner, "updates_per_epoch", lambda *a: 2 * WINDOWS)
+
+
+def value(args, name, default=None):
+    return args[args.index(name) + 1] if name in args else default
+
+
+# ---- (a) the report's numbers are the logs' -------------------------------------------------------
+def record(kind, fields):
+    return f"2026-11-30 18:00:00 | INFO | {kind} | {json.dumps({k: str(v) for k, v in fields.items()})}\n"
+
+
+def write_fake_run(log_dir, corpus, arm, seed, rng):
+    """Minimal fairseq-style logs of one run (the lines the report reads, in fairseq's format) and the
+    numbers a correct report must print for it."""
+    name = f"{corpus}-{arm}-s{seed}"
+    args = paper_grid.train_args(corpus, arm, seed, "/data/bin")
+    dni = not arm.startswith("bptt")
+    modes = {"dni-restarts": [0, 1, 1, 1]}.get(arm, [0, 1, 0, 0] if dni else [0, 0, 0, 0])
+    lines = ["# OMP_NUM_THREADS=1 fairseq-train /data/bin " + " ".join(args) + f" --save-dir /work/{name}\n",
+             "2026-11-30 18:00:00 | INFO | fairseq_cli.train | num. shared model params: 1,234,567 "
+             "(num. trained: 1,234,567)\n"]
+    end_valids, cos, update = [], [], 0
+    last_valid = None
+    for epoch in range(1, 5):
+        for half in range(2):
+            update += WINDOWS
+            inner = {"epoch": epoch, "loss": 7.1, "ppl": 137.2, "num_updates": update, "lr": 0.001}
+            if dni:
+                cos.append(round(rng.uniform(-0.05, 0.3), 4))
+                inner.update(dni_synthetic=modes[epoch - 1], dni_cos=cos[-1])
+            lines.append(record("train_inner", inner))
+            loss = round(rng.uniform(7, 9), 3)
+            ppl = round(2 ** loss, 2)
+            lines.append(record("valid", {"epoch": epoch, "valid_loss": loss, "valid_ppl": ppl,
+                                          "valid_num_updates": update}))
+            last_valid = ppl
+            if half == 1:
+                end_valids.append((loss, ppl, epoch))
+        epoch_record = {"epoch": epoch, "train_loss": 7.2, "train_num_updates": update}
+        if dni:
+            epoch_record["train_dni_synthetic"] = modes[epoch - 1]
+        lines.append(record("train", epoch_record))
+    wall = rng.randint(100, 999)
+    lines.append(f"# exit 0 after {wall} s\n")
+    (log_dir / f"{name}.train.log").write_text("".join(lines))
+    tests = {}
+    for label in ("last", "best"):
+        tests[label] = round(rng.uniform(100, 300), 2)
+        (log_dir / f"{name}.eval-{label}.log").write_text(
+            f"# OMP_NUM_THREADS=1 fairseq-eval-lm /data/bin --path /work/{name}/checkpoint_{label}.pt\n"
+            f"INFO:fairseq_cli.eval_lm:Loss (base 2): 7.1234, Perplexity: {tests[label]}\n# exit 0 after 4 s\n")
+    best = min(end_valids)  # checkpoint_best.pt: the best epoch-end validation (by loss, as fairseq)
+    return dict(corpus=corpus, arm=arm, seed=str(seed), test_ppl_last=tests["last"], test_ppl_best=tests["best"],
+                final_valid_ppl=last_valid, best_valid_ppl=best[1], best_epoch=str(best[2]), updates=str(update),
+                epochs="4", synthetic_epochs=" ".join(str(e) for e, m in enumerate(modes, 1) if m),
+                dni_cos_first=cos[0] if cos else "", dni_cos_last=cos[-1] if cos else "", train_wall_s=str(wall))
+
+
+def test_report_prints_the_numbers_in_the_logs(tmp_path, no_data):
+    log_dir = tmp_path / "paper" / "logs"
+    log_dir.mkdir(parents=True)
+    rng = random.Random(0)
+    want = [write_fake_run(log_dir, corpus, arm, seed, rng) for corpus, seeds in paper_grid.SEEDS.items()
+            for arm in paper_grid.planned_arms(corpus) for seed in seeds]
+    (log_dir / "ptb-dni-restarts-s3.train.log.tmp").write_text("# an unfinished run: not reported\n")
+    page = tmp_path / "RESULTS.md"
+    paper_grid.report(str(log_dir), str(tmp_path / "paper"), str(page))
+
+    with open(tmp_path / "paper" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(want) == 13
+    for row, expected in zip(rows, want):
+        assert list(row) == paper_grid.FIELDS
+        for key, v in expected.items():
+            assert (float(row[key]) == v) if isinstance(v, float) else (row[key] == v), (row["arm"], key)
+    table = (tmp_path / "paper" / "table.md").read_text()
+    assert "### PTB (10 of 10 runs)" in table and "### WikiText-2 (3 of 3 runs)" in table
+    for r in want:
+        assert f"{r['test_ppl_last']:.2f}" in table
+    assert table.count("Alternating-restarts beat every baseline") + table.count(
+        "Alternating-restarts did not beat every baseline") == 4   # last and best checkpoint, two corpora
+    for corpus in paper_grid.SEEDS:
+        assert (tmp_path / "paper" / f"valid_{corpus}.png").stat().st_size > 0
+    text = page.read_text()
+    assert "No number on this page was typed by hand" in text
+    assert "| 2. The paper grid |" in text and "PTB (2 seeds): alternating-restarts" in text
+    assert "one stream of 200-token windows" in text and "epoch-end validations" in text
+
+
+def test_report_with_no_logs_says_not_run_yet(tmp_path):
+    page = tmp_path / "RESULTS.md"
+    assert paper_grid.report(str(tmp_path / "paper" / "logs"), str(tmp_path / "paper"), str(page)) == []
+    assert "| 2. The paper grid | the paper's method scaled" in page.read_text()
+    assert "not run yet" in page.read_text().split("| 2. The paper grid |")[1].splitlines()[0]
+
+
+def test_computed_verdict_against_the_seed_spread():
+    import grid_report
+
+    runs = lambda *ppl: [dict(test_ppl=p) for p in ppl]  # noqa: E731
+    arms = {"base": runs(150.0, 152.0), "close": runs(149.0, 151.0), "alt": runs(140.0, 141.0)}
+    assert grid_report.compare(arms, "alt", ["base"])[0]
+    assert not grid_report.compare(arms, "close", ["base"])[0]   # -1.00 is within the spread 2.00
+    assert "within the seed spread of base (-1.00, spread 2.00)" in grid_report.verdict(arms, "close", ["base"])
+
+
+# ---- (b) every arm ends at the bottom of a cycle ---------------------------------------------------
+def schedule_flags(args):
+    """The schedule flags of an arm's fairseq-train arguments (everything cosine_alternating reads)."""
+    flags = ["--lr-period-epochs", value(args, "--lr-period-epochs"), "--min-lr", value(args, "--min-lr"),
+             "--max-epoch", value(args, "--max-epoch")]
+    flags += ["--lr-step-per-epoch"] if "--lr-step-per-epoch" in args else []
+    for name in ("--mode-schedule", "--first-mode", "--real-first-epochs"):
+        flags += [name, value(args, name)] if name in args else []
+    return flags
+
+
+ARM_CORPUS = [(c, a) for c in paper_grid.SEEDS for a in paper_grid.planned_arms(c)]
+
+
+@pytest.mark.parametrize("corpus,arm", ARM_CORPUS)
+def test_every_arm_ends_at_the_bottom_of_a_cycle(corpus, arm, no_data):
+    from test_schedule import schedule
+
+    from fairseq_dni.optim.lr_scheduler.cosine_alternating import Clock, cycle_of
+
+    args = paper_grid.train_args(corpus, arm, 1, "/data/bin")
+    periods = [int(p) for p in value(args, "--lr-period-epochs").split(",")]
+    epochs = int(value(args, "--max-epoch"))
+    assert sum(periods) == epochs == paper_grid.EPOCHS
+    assert cycle_of(epochs, tuple(periods), 1)[1] == epochs   # a new cycle would start right after the run
+    sched, optimizer = schedule(*schedule_flags(args))
+    rates = []
+    for update in range(epochs * WINDOWS):
+        sched.set_clock(Clock(update=update, epoch=update / WINDOWS))
+        rates.append(optimizer.get_lr())
+    last_cycle = rates[(epochs - periods[-1]) * WINDOWS:]
+    assert rates[-1] == min(last_cycle) < last_cycle[0] == 1.0   # the last update runs at the cycle's lowest rate
+
+
+# ---- (c) the paper's schedules, scaled by 5 -------------------------------------------------------
+PAPER = {  # our arm -> the seed paper's arm as the restated training loop's arguments (tests/test_schedule.py)
+    "bptt-restarts": dict(restart_base=[5]),                    # no --use_sg: real throughout
+    "dni-restarts": dict(restart_base=[5], whenswitch=(2,)),    # dni-restart5
+    "alternating-restarts": dict(restart_base=[5], mixture=True),   # alternating-restart5 (PTB)
+    "alternating-restarts-mlp": dict(restart_base=[5], mixture=True),
+}
+
+
+def paper_arm(corpus, arm):
+    if arm.startswith("alternating") and corpus == "wikitext2":
+        return dict(restart_base=[5], mixture=True, whenswitch=(2,))   # WikiText-2's also --whenswitch 2
+    return PAPER[arm]
+
+
+def test_restart_cycles_are_the_papers_first_cycles_divided_by_5():
+    ours = [int(p) for p in paper_grid.PERIODS["restarts"].split(",")]
+    paper = [int(p) for p in paper_grid.PAPER_PERIODS["restarts"].split(",")]
+    assert [5 * p for p in ours] == paper[: len(ours)] == [5, 5, 10]
+    assert sum(ours) == paper_grid.EPOCHS
+
+
+@pytest.mark.parametrize("corpus,arm", [(c, a) for c, a in ARM_CORPUS if a != "bptt-one-cycle"])
+def test_each_epoch_has_the_papers_rate_and_mode_at_the_scaled_epoch(corpus, arm, no_data):
+    """Our epoch k (0-based) stands for the paper's epochs 5k .. 5k+4; its rate and mode are the
+    paper's at epoch 5k, for every window of the epoch."""
+    from test_schedule import paper_epochs, schedule
+
+    from fairseq_dni.optim.lr_scheduler.cosine_alternating import Clock
+
+    args = paper_grid.train_args(corpus, arm, 1, "/data/bin")
+    reference = paper_epochs(5 * paper_grid.EPOCHS, **paper_arm(corpus, arm))
+    sched, optimizer = schedule(*schedule_flags(args))
+    for k in range(paper_grid.EPOCHS):
+        lr, mode = reference[5 * k]
+        for j in range(WINDOWS):
+            clock = Clock(update=k * WINDOWS + j, epoch=k + j / WINDOWS)
+            sched.set_clock(clock)
+            assert optimizer.get_lr() == pytest.approx(lr, abs=1e-12), (arm, k, j)
+            if arm.startswith("bptt"):
+                continue   # no synthesizer: every update is real whatever the schedule's mode
+            assert sched.mode_at(clock) == mode, (arm, k, j)
+    if arm.startswith("bptt"):
+        assert value(args, "--criterion") == "lm_cross_entropy" and not any(a.startswith("--dni") for a in args)
+    else:
+        assert value(args, "--criterion") == "dni_cross_entropy"
+
+
+def test_the_one_cycle_baseline_is_one_cosine_over_the_run(no_data):
+    from test_schedule import paper_epochs, schedule
+
+    args = paper_grid.train_args("ptb", "bptt-one-cycle", 1, "/data/bin")
+    reference = paper_epochs(paper_grid.EPOCHS, restart_base=[paper_grid.EPOCHS])   # one cycle, restated
+    sched, optimizer = schedule(*schedule_flags(args))
+    from fairseq_dni.optim.lr_scheduler.cosine_alternating import Clock
+
+    for k, (lr, _) in enumerate(reference):
+        sched.set_clock(Clock(update=k, epoch=k + 0.5))
+        assert optimizer.get_lr() == pytest.approx(lr, abs=1e-12)
