@@ -307,7 +307,9 @@ def write_study(results_md, lines, runs, groups, out):
           f"regularizers, cycles of {PERIODS['restarts'].replace(',', ', ')} epochs (the paper's first three divided "
           f"by {int(paper_cycles[0]) // int(PERIODS['restarts'].split(',')[0])}) against one "
           f"{PERIODS['one-cycle']}-epoch "
-          "cycle. One learning rate per epoch (`--lr-step-per-epoch`, as the paper's loop); every run ends at the "
+          "cycle. The rate anneals within epochs (the paper's loop holds one rate per epoch, `--lr-step-per-epoch`: "
+          "over its 5-epoch cycles that still anneals, 1, 0.90, 0.65, 0.35, 0.10, but it would leave 1-epoch cycles "
+          "flat), so our rate at a fraction of the run is the paper's at the same fraction; every run ends at the "
           "bottom of its last cycle.", "",
           "**Checkpoints and scoring.** Each run is scored twice with `fairseq-eval-lm` on the test split: the last "
           "checkpoint, and the best-validation checkpoint (the paper's choice). fairseq saves `checkpoint_best.pt` at "

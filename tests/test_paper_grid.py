@@ -14,7 +14,7 @@ from conftest import REPO
 sys.path.insert(0, os.path.join(REPO, "examples"))
 import paper_grid  # noqa: E402
 
-WINDOWS = 7  # windows per epoch of the fake logs and of the schedule checks (their number does not matter)
+WINDOWS = 10  # windows per epoch of the fake logs and of the schedule checks (their number does not matter)
 
 
 @pytest.fixture
@@ -159,6 +159,7 @@ def test_every_arm_ends_at_the_bottom_of_a_cycle(corpus, arm, no_data):
         rates.append(optimizer.get_lr())
     last_cycle = rates[(epochs - periods[-1]) * WINDOWS:]
     assert rates[-1] == min(last_cycle) < last_cycle[0] == 1.0   # the last update runs at the cycle's lowest rate
+    assert rates[-1] < 0.01   # ... near the bottom: the rate anneals within epochs, to --min-lr 0 at the end
 
 
 # ---- (c) the paper's schedules, scaled by 5 -------------------------------------------------------
@@ -185,24 +186,27 @@ def test_restart_cycles_are_the_papers_first_cycles_divided_by_5():
 
 @pytest.mark.parametrize("corpus,arm", [(c, a) for c, a in ARM_CORPUS if a != "bptt-one-cycle"])
 def test_each_epoch_has_the_papers_rate_and_mode_at_the_scaled_epoch(corpus, arm, no_data):
-    """Our epoch k (0-based) stands for the paper's epochs 5k .. 5k+4; its rate and mode are the
-    paper's at epoch 5k, for every window of the epoch."""
+    """Our epoch k (0-based) stands for the paper's epochs 5k .. 5k+4: at every fifth of it our rate is
+    the paper's (one rate per epoch) at the matching epoch, and every window's mode is the paper's at 5k."""
     from test_schedule import paper_epochs, schedule
 
     from fairseq_dni.optim.lr_scheduler.cosine_alternating import Clock
 
+    assert WINDOWS % 5 == 0
     args = paper_grid.train_args(corpus, arm, 1, "/data/bin")
+    assert "--lr-step-per-epoch" not in args   # 1-epoch cycles must anneal within the epoch
     reference = paper_epochs(5 * paper_grid.EPOCHS, **paper_arm(corpus, arm))
     sched, optimizer = schedule(*schedule_flags(args))
     for k in range(paper_grid.EPOCHS):
-        lr, mode = reference[5 * k]
         for j in range(WINDOWS):
             clock = Clock(update=k * WINDOWS + j, epoch=k + j / WINDOWS)
             sched.set_clock(clock)
-            assert optimizer.get_lr() == pytest.approx(lr, abs=1e-12), (arm, k, j)
+            if j % (WINDOWS // 5) == 0:
+                lr, _ = reference[5 * k + j // (WINDOWS // 5)]
+                assert optimizer.get_lr() == pytest.approx(lr, abs=1e-12), (arm, k, j)
             if arm.startswith("bptt"):
                 continue   # no synthesizer: every update is real whatever the schedule's mode
-            assert sched.mode_at(clock) == mode, (arm, k, j)
+            assert sched.mode_at(clock) == reference[5 * k][1], (arm, k, j)
     if arm.startswith("bptt"):
         assert value(args, "--criterion") == "lm_cross_entropy" and not any(a.startswith("--dni") for a in args)
     else:
@@ -212,11 +216,11 @@ def test_each_epoch_has_the_papers_rate_and_mode_at_the_scaled_epoch(corpus, arm
 def test_the_one_cycle_baseline_is_one_cosine_over_the_run(no_data):
     from test_schedule import paper_epochs, schedule
 
+    from fairseq_dni.optim.lr_scheduler.cosine_alternating import Clock
+
     args = paper_grid.train_args("ptb", "bptt-one-cycle", 1, "/data/bin")
     reference = paper_epochs(paper_grid.EPOCHS, restart_base=[paper_grid.EPOCHS])   # one cycle, restated
     sched, optimizer = schedule(*schedule_flags(args))
-    from fairseq_dni.optim.lr_scheduler.cosine_alternating import Clock
-
-    for k, (lr, _) in enumerate(reference):
-        sched.set_clock(Clock(update=k, epoch=k + 0.5))
+    for k, (lr, _) in enumerate(reference):   # at every epoch's start: the paper's rate of that epoch
+        sched.set_clock(Clock(update=k * WINDOWS, epoch=k))
         assert optimizer.get_lr() == pytest.approx(lr, abs=1e-12)
