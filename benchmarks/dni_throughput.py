@@ -7,7 +7,8 @@ throughput.py for how tokens/s are read from fairseq's own wps meter):
   real-tbptt                --criterion cross_entropy                        plain TBPTT, no synthesizer
   real                      --criterion dni_cross_entropy --dni-mode real     MLP synthesizer still learning
   synthetic                 --criterion dni_cross_entropy --dni-mode synthetic
-  synthetic-coordinatewise  ... --dni-synthesizer coordinatewise              the seed paper's synthesizer
+  synthetic-coordinatewise  ... --dni-synthesizer coordinatewise              the seed paper's synthesizer, GRU cell
+  synthetic-coordinatewise-qrnn  ... --dni-synthesizer-cell qrnn             with the paper's own cell (QRNN)
 
 This machine's throughput drifts by several percent between identical runs, so the arms run
 interleaved ``--repeats`` times (in rotating order) and each arm's median is used; then the same
@@ -119,7 +120,8 @@ def main():
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--updates", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="separate fairseq-train runs per arm (0: none, "
+                        "only the one-process comparison, which a loaded machine disturbs far less)")
     parser.add_argument("--interleaved-updates", type=int, default=120,
                         help="timed updates of each arm in the one-process, update-by-update comparison")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "dni_throughput"))
@@ -134,6 +136,9 @@ def main():
         "synthetic": ("dni_cross_entropy --dni-mode synthetic (MLP)", dni + ["--dni-mode", "synthetic"]),
         "synthetic-coordinatewise": ("... --dni-synthesizer coordinatewise (GRU, 50 units)",
                                      dni + ["--dni-mode", "synthetic", "--dni-synthesizer", "coordinatewise"]),
+        "synthetic-coordinatewise-qrnn": ("... --dni-synthesizer-cell qrnn (the paper's cell, 50 units)",
+                                          dni + ["--dni-mode", "synthetic", "--dni-synthesizer", "coordinatewise",
+                                                 "--dni-synthesizer-cell", "qrnn"]),
     }
     optimizer = ["--optimizer", "alternating", "--base-optimizer", "adam", "--dni-lr", "1e-4"]
     names = list(arms)
@@ -141,25 +146,26 @@ def main():
     for r in range(args.repeats):
         for name in names[r % len(names):] + names[: r % len(names)]:
             measured[name].append(fairseq_wps(args, arms[name][1], name, after=optimizer))
-    median = {name: statistics.median(v) for name, v in measured.items()}
-    tbptt = median["real-tbptt"]
+    median = {name: statistics.median(v) for name, v in measured.items() if v}
+    tbptt = median.get("real-tbptt")
     rows = [(name, arms[name][0], median[name],
-             f"{median[name] / tbptt:.3f}x; " + " / ".join(f"{x:.0f}" for x in measured[name])) for name in names]
+             f"{median[name] / tbptt:.3f}x; " + " / ".join(f"{x:.0f}" for x in measured[name]))
+            for name in names if name in median]
     per_update = per_update_ratios(args, arms, optimizer, updates=args.interleaved_updates)
     rows += [(f"{name} (per update)", "same flags, updates interleaved one by one in one process",
               args.batch_size * args.window / per_update[name],
               f"{per_update['real-tbptt'] / per_update[name]:.3f}x; tokens per CPU second") for name in names]
-    total, own = carried_memory()
+    memory = {cell: carried_memory(cell=cell) for cell in ("gru", "qrnn")}
     setting = (f"{args.layers}x{args.hidden} LSTM, embed {args.embed_dim}, B={args.batch_size}, T={args.window}, "
                f"Adam (--optimizer alternating), clip {args.clip}, {args.repeats} interleaved repeats, "
                f"{args.updates} timed updates after {args.warmup} (one process: {args.interleaved_updates} after 10); torch {torch.__version__}, "
                f"{torch.get_num_threads()} threads, {platform.machine()}")
-    verdict = ", ".join(f"**{name}/real-tbptt = {median[name] / tbptt:.3f}**" for name in names[1:])
-    verdict += ("; interleaved update by update in one process: " +
+    verdict = ", ".join(f"**{name}/real-tbptt = {median[name] / tbptt:.3f}**" for name in names[1:] if name in median)
+    verdict += ("; " if median else "") + ("interleaved update by update in one process: " +
                 ", ".join(f"**{name} {per_update['real-tbptt'] / per_update[name]:.3f}**" for name in names[1:]))
-    verdict += (f". Coordinate-wise synthesizer's carried values for dni_lstm_lm_wikitext103 (2x1024) at 32 streams: "
-                f"{total / 2 ** 20:.1f} MiB ({own / 2 ** 20:.1f} MiB its own GRU state, the rest its last call's "
-                f"input and state and the pending pair)")
+    verdict += (". Coordinate-wise synthesizer's carried values for dni_lstm_lm_wikitext103 (2x1024) at 32 streams: " +
+                "; ".join(f"{cell.upper()} cell {total / 2 ** 20:.1f} MiB ({own / 2 ** 20:.1f} MiB its own state, the rest "
+                          "its last call's input and state and the pending pair)" for cell, (total, own) in memory.items()))
     write_results(args.out, rows, setting, verdict, tokens_header="tokens/s (median)",
                   note_header="ratio to real-tbptt; each repeat")
 

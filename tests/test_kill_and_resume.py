@@ -18,7 +18,8 @@ ALTERNATING = [
 COORDINATEWISE = ["--dni-synthesizer", "coordinatewise", "--dni-synthesizer-hidden", "8"]
 # AWD-LSTM at toy size: weight drop 0.5, locked and embedding dropout, AR/TAR, variable windows around 12 tokens
 AWD = ["--arch", "dni_awd_lstm_lm", "--decoder-embed-dim", "8", "--decoder-hidden-size", "12", "--alpha", "2",
-       "--beta", "1", "--variable-window", "--tokens-per-sample", "12"]
+       "--beta", "1", "--variable-window", "--tokens-per-sample", "12",
+       "--dni-synthesizer-cell", "qrnn"]  # the paper's base model with the paper's synthesizer cell
 
 
 def by_update(out):
@@ -46,7 +47,8 @@ def kill_after_checkpoint(procs, at):
     ("coordinatewise-awd", 1, 120, 50)])
 def test_sigkill_then_same_command_resumes_exactly(tiny_data, tmp_path, synthesizer, ranks, updates, kill_at):
     """coordinatewise-awd: the same with dni_awd_lstm_lm's weight drop, dropouts, AR/TAR and variable windows
-    (their masks and window lengths must come out the same after the restart)."""
+    (their masks and window lengths must come out the same after the restart), and the QRNN cell (its carried
+    previous input and flag)."""
     extra = [*ALTERNATING, "--max-update", updates, *(COORDINATEWISE if synthesizer.startswith("coordinatewise") else []),
              *(AWD if synthesizer.endswith("awd") else [])]
     env = dict(PYTHONUNBUFFERED="1")

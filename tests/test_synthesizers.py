@@ -99,19 +99,32 @@ def test_coordinatewise_carries_its_own_state(cell):
         torch.testing.assert_close(synth.decoder(y[:, 1]).reshape(2, 6), p2, rtol=1e-12, atol=1e-12)
 
 
-def test_qrnn_cell_equals_its_formula():
-    """c_t = f c_{t-1} + (1 - f) z, h_t = o c_t, gates from [x_t, x_{t-1}] (Bradbury et al. 2017)."""
+@pytest.mark.parametrize("has_previous", [True, False])
+def test_qrnn_cell_equals_its_formula(has_previous):
+    """c_t = f c_{t-1} + (1 - f) z, h_t = o c_t, gates from [x_t, x_{t-1}] with x = encoder(s) (Bradbury
+    et al. 2017), written out unfolded here; the synthesizer folds the encoder into the first layer's
+    gates. After a reset (flag 0) x_{t-1} is zero."""
     synth = trained("qrnn")
     state = torch.randn(2, 3, dtype=torch.float64)
-    c0, x0 = torch.randn(1, 6, 7, dtype=torch.float64), torch.randn(1, 6, 7, dtype=torch.float64)
-    out, (c1, x1) = synth(state, None, (c0, x0))
+    c0 = torch.randn(1, 6, 7, dtype=torch.float64)
+    s_prev = torch.randn(6, dtype=torch.float64) * has_previous
+    prev = torch.stack([s_prev, torch.full_like(s_prev, float(has_previous))], -1).unsqueeze(0)
+    out, (c1, prev1) = synth(state, None, (c0, prev))
     x = synth.encoder(state.reshape(6, 1))
-    gates = synth.rnn[0].gates(torch.cat([x, x0[0]], -1))
+    x_prev = synth.encoder(s_prev.reshape(6, 1)) if has_previous else torch.zeros_like(x)
+    gates = torch.cat([x, x_prev], -1) @ synth.rnn[0].gates.weight.T + synth.rnn[0].gates.bias
     z, f, o = torch.tanh(gates[:, :7]), torch.sigmoid(gates[:, 7:14]), torch.sigmoid(gates[:, 14:])
     c = f * c0[0] + (1 - f) * z
     torch.testing.assert_close(c1[0], c, rtol=0, atol=1e-14)
-    torch.testing.assert_close(x1[0], x, rtol=0, atol=0)
+    torch.testing.assert_close(prev1[0], torch.stack([state.reshape(6), torch.ones(6, dtype=torch.float64)], -1),
+                               rtol=0, atol=0)
     torch.testing.assert_close(out, synth.decoder(o * c).reshape(2, 3), rtol=0, atol=1e-14)
+    # the gradient reaches every parameter as through the unfolded layer
+    ref = synth.decoder(o * c).sum()
+    folded_grads = torch.autograd.grad(out.sum(), list(synth.parameters()))
+    ref_grads = torch.autograd.grad(ref, list(synth.parameters()))
+    for a, b in zip(folded_grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
 
 
 def test_input_noise_is_multiplicative_with_the_configured_spread_and_only_in_training():

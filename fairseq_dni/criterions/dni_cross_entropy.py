@@ -314,7 +314,7 @@ class DNICrossEntropyCriterion(LMCrossEntropyCriterion):
             prediction, new_own = self.synthesize(inputs, condition, own)
             finite = torch.isfinite(prediction).all()  # no host synchronisation: where() keeps it on the device
             prediction = torch.where(finite, prediction, 0.0)
-            new_own = tree_map(lambda t: torch.where(finite, t, 0.0), new_own)
+            new_own = tree_map(lambda t: t.masked_fill_(~finite, 0.0), new_own)  # in place: made just above
         logging_output["dni_nonfinite"] = (~finite).float()
         if self.mode == "synthetic":
             total = total + synthetic_gradient_term(final_flat, prediction.to(final_flat.dtype), self.cfg.dni_scale)

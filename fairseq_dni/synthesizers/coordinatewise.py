@@ -16,6 +16,9 @@ Where we depart from the paper's code (docs/design.md lists these):
 * the last layer starts at zero (theirs: uniform in [-0.1, 0.1]), so training starts as TBPTT;
 * it is called once per window; the regression later re-evaluates that same call (same noisy
   input, same recurrent state) instead of calling it a second time on the same state;
+* the QRNN's first layer folds the encoder into its gates (exact algebra, the same function and
+  parameters; its own state keeps the previous scalar input instead of its encoding): on a CPU
+  the unfolded (N, H) x (H, 3H) products cost more than the rest of the synthesizer;
 * the QRNN cell has no zoneout (a random mask would make the regressed prediction differ from
   the injected one); GRU/LSTM cells are torch's (cuDNN on GPU), the paper ran a QRNN.
 """
@@ -46,16 +49,45 @@ class QRNNLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, x_prev: Optional[torch.Tensor] = None):
         inputs = torch.cat([x, x_prev], dim=-1) if self.window == 2 else x
-        z, f, o = self.gates(inputs).chunk(3, dim=-1)
-        f = torch.sigmoid(f)
-        c = f * c + (1 - f) * torch.tanh(z)
+        return self.cell(self.gates(inputs), c)
+
+    @staticmethod
+    def cell(gates: torch.Tensor, c: torch.Tensor):
+        """``(h_t, c_t)`` from the gate pre-activations ``[z, f, o]`` (N, 3H) and ``c_{t-1}`` (N, H)."""
+        z, f, o = gates.chunk(3, dim=-1)
+        c = torch.lerp(torch.tanh(z), c, torch.sigmoid(f))  # f * c + (1 - f) * z
         return torch.sigmoid(o) * c, c
+
+    def forward_encoded_scalars(self, s: torch.Tensor, c: torch.Tensor, prev: torch.Tensor, encoder: nn.Linear):
+        """The same step on ``x_t = encoder(s_t)`` for scalar inputs ``s`` (N,), window 2, without the
+        (N, H) x (H, 3H) products: since the encoder is affine in a scalar, ``W [enc(s_t), enc(s_{t-1})]
+        = s_t W_a w + m s_{t-1} W_b w + m W_b b + W_a b`` (``enc(s) = s w + b``; ``W = [W_a, W_b]``), a
+        product with inner size 3. ``prev`` (N, 2) holds ``[s_{t-1}, m]``, ``m`` = 1 when there is a
+        previous input and 0 after a reset (then ``x_{t-1}`` = 0, as in the unfolded layer).
+
+        Each gate gets its own contiguous (N, H) product: on a CPU this step is bound by memory
+        traffic, and activations of strided (N, 3H) slices cost several times more. Without autograd
+        the activations run in place."""
+        hidden = c.size(-1)
+        w, b = encoder.weight[:, 0], encoder.bias
+        w_a, w_b = self.gates.weight[:, :hidden], self.gates.weight[:, hidden:]
+        folded = torch.stack([w_a @ w, w_b @ w, w_b @ b])  # (3, 3H)
+        bias = w_a @ b + self.gates.bias
+        inputs = torch.cat([s.unsqueeze(1), prev], dim=1)  # (N, 3)
+        (k_z, k_f, k_o), (b_z, b_f, b_o) = folded.split(hidden, dim=1), bias.split(hidden)
+        if torch.is_grad_enabled():
+            z = torch.tanh(torch.addmm(b_z, inputs, k_z))
+            c = torch.lerp(z, c, torch.sigmoid(torch.addmm(b_f, inputs, k_f)))  # f * c + (1 - f) * z
+            return torch.sigmoid(torch.addmm(b_o, inputs, k_o)) * c, c
+        c = torch.addmm(b_z, inputs, k_z).tanh_().lerp_(c, torch.addmm(b_f, inputs, k_f).sigmoid_())
+        return torch.addmm(b_o, inputs, k_o).sigmoid_().mul_(c), c
 
 
 class CoordinatewiseSynthesizer(Synthesizer):
     """Coordinate-wise recurrent synthesizer. ``forward(state (B, D), None, own_state)`` ->
-    ``(prediction (B, D), new own state)``. Own state, each tensor (layers or 1, B*D, H):
-    GRU ``(h,)``; LSTM ``(h, c)``; QRNN ``(c, previous input of the first layer)``."""
+    ``(prediction (B, D), new own state)``. Own state: GRU ``(h,)``, LSTM ``(h, c)``, each
+    (layers, B*D, H); QRNN ``(c, prev)``, ``c`` (layers, B*D, H) and ``prev`` (1, B*D, 2): the first
+    layer's previous scalar input and a flag, 1 when there is one (:meth:`QRNNLayer.forward_encoded_scalars`)."""
 
     def __init__(self, hidden: int = 50, layers: int = 1, cell: str = "gru", input_noise: float = 0.5):
         super().__init__()
@@ -87,7 +119,7 @@ class CoordinatewiseSynthesizer(Synthesizer):
             return (zeros,)
         if self.cell == "lstm":
             return zeros, zeros.clone()
-        return zeros, state.new_zeros(1, rows, self.hidden)
+        return zeros, state.new_zeros(1, rows, 2)
 
     def perturb(self, state: torch.Tensor) -> torch.Tensor:
         if self.training and self.input_noise > 0:
@@ -101,18 +133,22 @@ class CoordinatewiseSynthesizer(Synthesizer):
         if own_state is None:
             own_state = self.initial_state(state)
         batch, dim = state.shape
-        x = self.encoder(state.reshape(batch * dim, 1))  # (N, H): every coordinate a batch element
+        flat = state.reshape(batch * dim, 1)  # (N, 1): every coordinate a batch element
+        if self.cell == "qrnn":
+            cs, prev = own_state
+            # the first layer folds the encoder in (no (N, H) product: the layer costs elementwise work only)
+            y, c = self.rnn[0].forward_encoded_scalars(flat[:, 0], cs[0], prev[0], self.encoder)
+            new_cs = [c]
+            for i, layer in enumerate(self.rnn[1:], 1):
+                y, c = layer(y, cs[i])
+                new_cs.append(c)
+            new_state = (torch.stack(new_cs), torch.cat([flat, torch.ones_like(flat)], dim=1).unsqueeze(0))
+            return self.decoder(y).reshape(batch, dim), new_state
+        x = self.encoder(flat)
         if self.cell == "gru":
             y, h = self.rnn(x.unsqueeze(1), own_state[0])
             y, new_state = y.squeeze(1), (h,)
-        elif self.cell == "lstm":
+        else:
             y, (h, c) = self.rnn(x.unsqueeze(1), tuple(own_state))
             y, new_state = y.squeeze(1), (h, c)
-        else:
-            cs, x_prev = own_state
-            y, new_cs = x, []
-            for i, layer in enumerate(self.rnn):
-                y, c = layer(y, cs[i], x_prev[0] if i == 0 else None)
-                new_cs.append(c)
-            new_state = (torch.stack(new_cs), x.unsqueeze(0))
         return self.decoder(y).reshape(batch, dim), new_state
