@@ -133,11 +133,12 @@ def commit_logs(run, log_dir, message="Grid run"):
     print(f"warning: could not commit the logs of {run.name}; they are in {log_dir}", flush=True)
 
 
-def run_grid(runs, log_dir, work_dir, jobs=2, commit=False, force=False, message="Grid run"):
-    """Run every ``Run`` whose logs are missing (all of them with ``force``), ``jobs`` at a time, in order."""
+def run_grid(runs, log_dir, work_dir, jobs=2, commit=False, force=False, message="Grid run", threads=None):
+    """Run every ``Run`` whose logs are missing (all of them with ``force``), ``jobs`` at a time, in order,
+    each with ``threads`` threads (default: the cores shared out between the jobs)."""
     os.makedirs(log_dir, exist_ok=True)
     todo = [r for r in runs if force or not r.done(log_dir)]
-    threads = max(1, (os.cpu_count() or 2) // jobs)
+    threads = threads or max(1, (os.cpu_count() or 2) // jobs)
     print(f"{len(todo)} of {len(runs)} runs to do, {jobs} at a time with {threads} thread(s) each", flush=True)
     failed = []
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:

@@ -381,6 +381,7 @@ def main():
                                   f"{', '.join(WIKITEXT2_ARMS)} on WikiText-2)")
     p.add_argument("--seeds", default="1,2")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (threads per run = 2 // jobs, at least 1)")
+    p.add_argument("--threads", type=int, help="threads per run (default: the cores shared out between the jobs)")
     p.add_argument("--commit", action="store_true", help="git-commit each run's logs as soon as it finishes")
     p.add_argument("--force", action="store_true", help="rerun runs whose logs exist")
     p.add_argument("--report-only", action="store_true", help="only rebuild the CSV, tables, plots and RESULTS.md")
@@ -397,7 +398,8 @@ def main():
         grid_runner.binarize(args.corpus, args.text_dir or grid_runner.CORPORA[args.corpus][0], data_bin,
                              prog="paper_grid")
         runs = runs_for(args.corpus, [int(s) for s in args.seeds.split(",")], arms, data_bin)
-        grid_runner.run_grid(runs, log_dir, args.work_dir, args.jobs, args.commit, args.force, "Paper grid run")
+        grid_runner.run_grid(runs, log_dir, args.work_dir, args.jobs, args.commit, args.force, "Paper grid run",
+                             args.threads)
     report(log_dir, args.out, args.results_md)
 
 
