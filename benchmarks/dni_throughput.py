@@ -10,6 +10,9 @@ throughput.py for how tokens/s are read from fairseq's own wps meter):
   synthetic-coordinatewise  ... --dni-synthesizer coordinatewise              the seed paper's synthesizer, GRU cell
   synthetic-coordinatewise-qrnn  ... --dni-synthesizer-cell qrnn             with the paper's own cell (QRNN)
 
+and, timed in the same loop, each coordinate-wise cell's own per-window work alone (no LM): how close to
+plain TBPTT any criterion could get with it (``synthesizer_window``; ``--compiled`` adds torch.compile's).
+
 This machine's throughput drifts by several percent between identical runs, so the arms run
 interleaved ``--repeats`` times (in rotating order) and each arm's median is used; then the same
 arms step once more in one process, interleaved update by update (``per_update_ratios``), which a
@@ -70,14 +73,45 @@ def carried_memory(streams=32, hidden=1024, layers=2, embed=512, cell="gru"):
     return total, own
 
 
-def per_update_ratios(args, arms, optimizer, updates=120, warmup=10):
+def synthesizer_window(cell, streams, dim, compiled=False):
+    """One window's synthesizer work, alone: the call at the window's end (noisy input, no autograd, new own
+    state), the regression's re-evaluation of the previous call with autograd, its backward and the
+    synthesizer's own (fused) Adam step; as ``dni_cross_entropy`` does it, without the LM. Returns a
+    callable; timing it against an LM update bounds the ratio any criterion could reach with this cell:
+    ceiling = t_LM / (t_LM + t_synthesizer)."""
+    sys.path.insert(0, REPO)
+    from fairseq_dni.synthesizers.coordinatewise import CoordinatewiseSynthesizer
+
+    synth = CoordinatewiseSynthesizer(cell=cell).train()
+    torch.nn.init.normal_(synth.decoder.weight, std=0.1)   # a trained-like last layer (zero-init at the start)
+    adam = torch.optim.Adam(synth.parameters(), lr=1e-3, fused=True)
+    forward = torch.compile(synth, dynamic=False) if compiled else synth
+    state = {"own": synth.initial_state(torch.zeros(streams, dim)), "previous": None}
+
+    def window():
+        inputs = synth.perturb(torch.randn(streams, dim))
+        with torch.no_grad():
+            _, new_own = forward(inputs, None, state["own"])
+        if state["previous"] is not None:
+            prev_inputs, prev_own = state["previous"]
+            prediction, _ = forward(prev_inputs, None, prev_own)
+            (prediction - torch.randn_like(prediction)).pow(2).sum(-1).mean().backward()
+            adam.step()
+            adam.zero_grad()
+        state["previous"], state["own"] = (inputs, state["own"]), new_own
+
+    return window
+
+
+def per_update_ratios(args, arms, optimizer, updates=120, warmup=10, alone=None):
     """CPU seconds per update of each arm, the arms' updates interleaved one by one in one process.
 
     Each arm is built by fairseq's own parser and ``Trainer`` from the same flags as its
     fairseq-train run, and steps with ``trainer.train_step`` (what fairseq-train calls; its
     per-interval logging is left out). Interleaving update by update exposes every arm to the same
     load, which on a shared machine moves the per-run medians by more than the differences measured.
-    Returns {arm: CPU seconds per update}."""
+    ``alone`` ({name: callable}) is timed in the same loop (e.g. :func:`synthesizer_window`).
+    Returns {arm or name: CPU seconds per update}."""
     sys.path.insert(0, REPO)
     from fairseq import options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
@@ -97,11 +131,13 @@ def per_update_ratios(args, arms, optimizer, updates=120, warmup=10):
         trainer = Trainer(cfg, task, task.build_model(cfg.model), task.build_criterion(cfg.criterion))
         epoch = task.get_batch_iterator(task.dataset("train"), max_sentences=args.batch_size).next_epoch_itr(shuffle=False)
         trainers[name], batches[name] = trainer, [next(epoch) for _ in range(warmup + updates)]
-    seconds = {name: 0.0 for name in arms}
+    steps = {name: (lambda i, t=trainer, name=name: t.train_step([batches[name][i]])) for name, trainer in trainers.items()}
+    steps.update({name: (lambda i, fn=fn: fn()) for name, fn in (alone or {}).items()})
+    seconds = {name: 0.0 for name in steps}
     for i in range(warmup + updates):
-        for name, trainer in trainers.items():
+        for name, step in steps.items():
             start = time.process_time()
-            trainer.train_step([batches[name][i]])
+            step(i)
             if i >= warmup:
                 seconds[name] += time.process_time() - start
     return {name: s / updates for name, s in seconds.items()}
@@ -124,6 +160,8 @@ def main():
                         "only the one-process comparison, which a loaded machine disturbs far less)")
     parser.add_argument("--interleaved-updates", type=int, default=120,
                         help="timed updates of each arm in the one-process, update-by-update comparison")
+    parser.add_argument("--compiled", action="store_true", help="also time the QRNN synthesizer alone under "
+                        "torch.compile (inductor; needs a C++ compiler, about a minute to compile)")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "dni_throughput"))
     args = parser.parse_args()
 
@@ -151,10 +189,19 @@ def main():
     rows = [(name, arms[name][0], median[name],
              f"{median[name] / tbptt:.3f}x; " + " / ".join(f"{x:.0f}" for x in measured[name]))
             for name in names if name in median]
-    per_update = per_update_ratios(args, arms, optimizer, updates=args.interleaved_updates)
+    dim = 2 * args.layers * args.hidden   # h and c of every layer
+    alone = {f"{cell} synthesizer alone{' (torch.compile)' if compiled else ''}":
+             synthesizer_window(cell, args.batch_size, dim, compiled)
+             for cell, compiled in [("gru", False), ("qrnn", False)] + [("qrnn", True)] * args.compiled}
+    per_update = per_update_ratios(args, arms, optimizer, updates=args.interleaved_updates, alone=alone)
     rows += [(f"{name} (per update)", "same flags, updates interleaved one by one in one process",
               args.batch_size * args.window / per_update[name],
               f"{per_update['real-tbptt'] / per_update[name]:.3f}x; tokens per CPU second") for name in names]
+    t_lm = per_update["real-tbptt"]
+    ceilings = {name: t_lm / (t_lm + per_update[name]) for name in alone}
+    rows += [(name, f"its per-window work on {args.batch_size} x {dim} coordinates, {per_update[name] * 1000:.1f} ms "
+                    f"(real-tbptt's update: {t_lm * 1000:.1f} ms)", float("nan"),
+              f"ceiling {ceilings[name]:.3f}x = t_tbptt / (t_tbptt + this)") for name in alone]
     memory = {cell: carried_memory(cell=cell) for cell in ("gru", "qrnn")}
     setting = (f"{args.layers}x{args.hidden} LSTM, embed {args.embed_dim}, B={args.batch_size}, T={args.window}, "
                f"Adam (--optimizer alternating), clip {args.clip}, {args.repeats} interleaved repeats, "
@@ -163,6 +210,8 @@ def main():
     verdict = ", ".join(f"**{name}/real-tbptt = {median[name] / tbptt:.3f}**" for name in names[1:] if name in median)
     verdict += ("; " if median else "") + ("interleaved update by update in one process: " +
                 ", ".join(f"**{name} {per_update['real-tbptt'] / per_update[name]:.3f}**" for name in names[1:]))
+    verdict += ("; the most a criterion could reach with each synthesizer's own work alone (t_tbptt / (t_tbptt + "
+                "t_synthesizer)): " + ", ".join(f"{name} {c:.3f}" for name, c in ceilings.items()))
     verdict += (". Coordinate-wise synthesizer's carried values for dni_lstm_lm_wikitext103 (2x1024) at 32 streams: " +
                 "; ".join(f"{cell.upper()} cell {total / 2 ** 20:.1f} MiB ({own / 2 ** 20:.1f} MiB its own state, the rest "
                           "its last call's input and state and the pending pair)" for cell, (total, own) in memory.items()))
