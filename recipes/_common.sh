@@ -17,12 +17,15 @@ usage: bash recipes/$CORPUS.sh [--data-dir DIR] [--out DIR] [--cpu] [--gpus N] [
                           [--size full|smoke] [--dry-run] [-- EXTRA fairseq-train FLAGS]
   --data-dir DIR  local folder holding the corpus text (no download); file names accepted:
                   {train,valid,test}.txt, wiki.{train,valid,test}.tokens, ptb.{train,valid,test}.txt
-  --out DIR       outputs: text-SIZE/, data-bin-SIZE/, checkpoints-SIZE/, train-SIZE.log, eval-SIZE.log (default runs/recipes/$CORPUS)
+  --out DIR       outputs: text-SIZE/, data-bin-SIZE/, checkpoints-SIZE/, train-SIZE.log, eval-SIZE.log (default runs/recipes/$CORPUS);
+                  runs started at once on one DIR take turns preparing it and share its data-bin
   --cpu           train and score on CPU
   --gpus N        number of GPUs (fairseq's --distributed-world-size; default: all visible)
   --fp16          mixed precision (GPU)
-  --size smoke    a few minutes on a CPU: first 2000 training lines, 200 valid/test lines,
-                  a 1 x 64 LSTM, 40 updates in four 10-update cycles; everything else as full
+  --size smoke    about a minute on a CPU: first 2000 training lines, 200 valid/test lines,
+                  a 1 x 64 LSTM, 40 updates in four 10-update cycles; everything else as full.
+                  A tiny model trained for seconds: test perplexities in the hundreds to
+                  thousands are expected (PTB about 560); it checks the pipeline, not the method
   --dry-run       download nothing and train nothing: print what would be downloaded, then
                   the fairseq-train command (binarizing first when the text is already here)
 EOF
@@ -63,9 +66,12 @@ recipe_main() {
       printf '%q ' "${train_cmd[@]}"; echo
       return 0
     fi
-    src="$(fetch_corpus "$out" "$python" "$repo")" || return 1
   fi
-  [ -d "$src" ] || { echo "recipes/$CORPUS.sh: error: data directory $src not found" >&2; return 1; }
+  [ -z "$src" ] || [ -d "$src" ] || { echo "recipes/$CORPUS.sh: error: data directory $src not found" >&2; return 1; }
+  # runs started at once on one output folder (several arms, sizes, recipes) share its download,
+  # text and data-bin: one at a time prepares them, the others wait and reuse what it made
+  prepare_lock "$out" || return 1
+  [ -n "$src" ] || src="$(fetch_corpus "$out" "$python" "$repo")" || return 1
   mkdir -p "$text"
   local split f found
   for split in train valid test; do
@@ -83,12 +89,17 @@ recipe_main() {
     fi
   done
 
-  # 2. binarize (once per output folder and size)
-  local bin_dir="$out/data-bin-$size"
-  if [ ! -f "$bin_dir/dict.txt" ]; then
+  # 2. binarize (once per output folder and size) into a scratch folder, moved into place only when
+  # complete, so that a data-bin-SIZE that exists is a finished one
+  local bin_dir="$out/data-bin-$size" partial
+  if ! binarized "$bin_dir"; then
+    rm -rf "$bin_dir" "$out/.data-bin-$size.partial."*   # an unfinished one (an older version's, or killed)
+    partial="$(mktemp -d "$out/.data-bin-$size.partial.XXXXXX")"
     "${bin}fairseq-preprocess" --only-source --trainpref "$text/train.txt" --validpref "$text/valid.txt" \
-      --testpref "$text/test.txt" --destdir "$bin_dir" --workers 2 >/dev/null
+      --testpref "$text/test.txt" --destdir "$partial" --workers 2 >/dev/null || { rm -rf "$partial"; return 1; }
+    mv "$partial" "$bin_dir"
   fi
+  prepare_unlock
 
   # 3. train: the recipe's flags, then the size/device overrides, then the user's
   train_command "$out" "$size" "$bin" "$(wc -l < "$bin_dir/dict.txt")" "${extra[@]}"
@@ -106,6 +117,50 @@ recipe_main() {
   (cd "$repo" && "${bin}fairseq-eval-lm" "$bin_dir" --user-dir fairseq_dni --task dni_language_modeling \
     --path "$out/checkpoints-$run/${EVAL_CHECKPOINT:-checkpoint_last.pt}" "${eval_flags[@]}") 2>&1 | tee "$out/eval-$run.log"
   echo "$CORPUS test perplexity (fairseq-eval-lm, $run): $(sed -n 's/.*Perplexity: \([0-9.]*\).*/\1/p' "$out/eval-$run.log")"
+}
+
+# prepare_lock OUT: hold OUT's preparation (download, text-SIZE, data-bin-SIZE) until prepare_unlock
+# or exit. With flock (util-linux): an exclusive lock on OUT/.prepare.lock, waited for. Without it:
+# the folder OUT/.preparing made atomically by mkdir; when another run holds it, one error line.
+prepare_lock() {
+  local out="$1"
+  mkdir -p "$out"
+  if command -v flock >/dev/null; then
+    exec {PREPARE_FD}>"$out/.prepare.lock"
+    if ! flock -n "$PREPARE_FD"; then
+      echo "# $out is being prepared by another run: waiting for it, then reusing its data" >&2
+      flock "$PREPARE_FD"
+    fi
+  else
+    PREPARE_MARKER="$out/.preparing"
+    if ! mkdir "$PREPARE_MARKER" 2>/dev/null; then
+      echo "recipes/$CORPUS.sh: error: $out is being prepared by another run (without flock this run cannot wait for it): run again when it has finished, or remove $PREPARE_MARKER if no other run is" >&2
+      PREPARE_MARKER=""
+      return 1
+    fi
+    trap 'prepare_unlock' EXIT
+  fi
+}
+
+prepare_unlock() {
+  if [ -n "${PREPARE_FD:-}" ]; then
+    flock -u "$PREPARE_FD"
+    exec {PREPARE_FD}>&-
+    PREPARE_FD=""
+  fi
+  if [ -n "${PREPARE_MARKER:-}" ]; then
+    rmdir "$PREPARE_MARKER" 2>/dev/null || true
+    PREPARE_MARKER=""
+  fi
+}
+
+# binarized DIR: DIR is a finished fairseq-preprocess output (the dictionary and every split)
+binarized() {
+  local split
+  [ -f "$1/dict.txt" ] || return 1
+  for split in train valid test; do
+    [ -f "$1/$split.bin" ] && [ -f "$1/$split.idx" ] || return 1
+  done
 }
 
 # The fairseq-train command, into the global array train_cmd. Arguments: OUT SIZE BIN-PREFIX

@@ -90,6 +90,24 @@ def binarize(text_dir, dest):
     return dest
 
 
+def build_dni(dictionary, model, criterion, double=True):
+    """Our task, model and dni_cross_entropy criterion as fairseq builds them, in that order (so a seed
+    set before gives the same initial weights); the task learns the model's state layout. ``model``
+    and ``criterion`` are DNILSTMLMConfig and DNICrossEntropyConfig fields; float64 unless ``double``
+    is False. Returns (task, model, criterion)."""
+    from fairseq_dni.criterions.dni_cross_entropy import DNICrossEntropyConfig, DNICrossEntropyCriterion
+    from fairseq_dni.models.dni_lstm_lm import DNILSTMLanguageModel, DNILSTMLMConfig
+    from fairseq_dni.tasks.dni_language_modeling import DNILanguageModelingConfig, DNILanguageModelingTask
+
+    task = DNILanguageModelingTask(DNILanguageModelingConfig(), dictionary)
+    lm = DNILSTMLanguageModel.build_model(DNILSTMLMConfig(**model), task)
+    task.recurrent = lm.decoder.recurrent_interface()
+    if double:
+        lm = lm.double()
+    crit = DNICrossEntropyCriterion(task, DNICrossEntropyConfig(**criterion))
+    return task, lm, crit.double() if double else crit
+
+
 TINY_MODEL = ["--arch", "dni_lstm_lm_small", "--decoder-embed-dim", "16", "--decoder-hidden-size", "16"]
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, USER_DIR, fairseq
+from conftest import REPO, USER_DIR, build_dni, fairseq
 from fairseq_dni.data.stream_windows import StreamWindows
 from fairseq_dni.errors import DNIUserError
 
@@ -81,10 +81,6 @@ def test_regression_target_is_the_gradient_of_the_scored_future_loss():
     masked here from the raw tokens, not from the batch."""
     from fairseq.data import Dictionary
 
-    from fairseq_dni.criterions.dni_cross_entropy import DNICrossEntropyConfig, DNICrossEntropyCriterion
-    from fairseq_dni.models.dni_lstm_lm import DNILSTMLanguageModel, DNILSTMLMConfig
-    from fairseq_dni.tasks.dni_language_modeling import DNILanguageModelingConfig, DNILanguageModelingTask
-
     dictionary = Dictionary()
     for name in copy_task.unscored_symbols(4).split(",")[:-1] + [f"y{k}" for k in range(4)]:
         dictionary.add_symbol(name)
@@ -92,13 +88,10 @@ def test_regression_target_is_the_gradient_of_the_scored_future_loss():
     tokens = np.array([dictionary.index(w) if w != "</s>" else dictionary.eos()
                        for line in copy_task.sequences(30, 3, 4, seed=2) for w in line.split() + ["</s>"]])
     torch.manual_seed(0)
-    task = DNILanguageModelingTask(DNILanguageModelingConfig(), dictionary)
-    model = DNILSTMLanguageModel.build_model(
-        DNILSTMLMConfig(decoder_embed_dim=5, decoder_hidden_size=6, decoder_layers=1, dropout=0.0), task).double()
-    task.recurrent = model.decoder.recurrent_interface()
+    task, model, criterion = build_dni(
+        dictionary, dict(decoder_embed_dim=5, decoder_hidden_size=6, decoder_layers=1, dropout=0.0),
+        dict(dni_mode="synthetic", dni_scale=0.5, sentence_avg=False))
     flatten_state = task.recurrent.layout.flatten
-    criterion = DNICrossEntropyCriterion(
-        task, DNICrossEntropyConfig(dni_mode="synthetic", dni_scale=0.5, sentence_avg=False)).double()
     torch.nn.init.normal_(criterion.synthesizer.net[-1].weight, std=0.3)
     windows = StreamWindows(tokens, 3, 4, dictionary.pad(), dictionary.eos(), state_key="train", unscored=unscored)
     samples = [windows.collater([windows[i]]) for i in range(2)]
@@ -197,20 +190,14 @@ def test_eval_lm_refuses_unscored_symbols_instead_of_miscounting(copy_data, tmp_
 def tiny_masked_setup():
     from fairseq.data import Dictionary
 
-    from fairseq_dni.criterions.dni_cross_entropy import DNICrossEntropyConfig, DNICrossEntropyCriterion
-    from fairseq_dni.models.dni_lstm_lm import DNILSTMLanguageModel, DNILSTMLMConfig
-    from fairseq_dni.tasks.dni_language_modeling import DNILanguageModelingConfig, DNILanguageModelingTask
-
     dictionary = Dictionary()
     for name in ("a", "b", "y"):
         dictionary.add_symbol(name)
     a, b, y = (dictionary.index(n) for n in "aby")
     torch.manual_seed(0)
-    task = DNILanguageModelingTask(DNILanguageModelingConfig(), dictionary)
-    model = DNILSTMLanguageModel.build_model(
-        DNILSTMLMConfig(decoder_embed_dim=3, decoder_hidden_size=4, decoder_layers=1, dropout=0.0), task)
-    task.recurrent = model.decoder.recurrent_interface()
-    criterion = DNICrossEntropyCriterion(task, DNICrossEntropyConfig(dni_mode="synthetic", sentence_avg=False))
+    _, model, criterion = build_dni(
+        dictionary, dict(decoder_embed_dim=3, decoder_hidden_size=4, decoder_layers=1, dropout=0.0),
+        dict(dni_mode="synthetic", sentence_avg=False), double=False)
     torch.nn.init.normal_(criterion.synthesizer.net[-1].weight, std=0.3)
     # windows of 2: [a b] has no scored target, [a y] has one
     windows = StreamWindows(np.array([a, b, a, y] * 10), 1, 2, dictionary.pad(), dictionary.eos(),

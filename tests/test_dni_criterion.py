@@ -10,22 +10,12 @@ import pytest
 import torch
 from fairseq.data import Dictionary
 
+from conftest import build_dni
 from fairseq_dni.carried_state import StateLayout
-from fairseq_dni.criterions.dni_cross_entropy import DNICrossEntropyConfig, DNICrossEntropyCriterion
 from fairseq_dni.data.stream_windows import StreamWindows
-from fairseq_dni.models.dni_lstm_lm import DNILSTMLanguageModel, DNILSTMLMConfig
-from fairseq_dni.tasks.dni_language_modeling import DNILanguageModelingConfig, DNILanguageModelingTask
 
 B, T, LAYERS, HIDDEN, EMBED = 3, 5, 2, 6, 4
 flatten_state = StateLayout((HIDDEN,) * LAYERS).flatten
-
-
-def build(dictionary, model_cfg, double=True):
-    """Our task and model as fairseq builds them (the task learns the model's state layout)."""
-    task = DNILanguageModelingTask(DNILanguageModelingConfig(), dictionary)
-    model = DNILSTMLanguageModel.build_model(model_cfg, task)
-    task.recurrent = model.decoder.recurrent_interface()
-    return task, model.double() if double else model
 
 
 def pending_target(criterion):
@@ -37,11 +27,11 @@ def setup(mode="synthetic", scale=0.1, seed=0, **dni):
     for i in range(20):
         dictionary.add_symbol(f"w{i}")
     torch.manual_seed(seed)
-    cfg = DNILSTMLMConfig(decoder_embed_dim=EMBED, decoder_hidden_size=HIDDEN, decoder_layers=LAYERS, dropout=0.0)
-    task, model = build(dictionary, cfg)
+    _, model, criterion = build_dni(
+        dictionary, dict(decoder_embed_dim=EMBED, decoder_hidden_size=HIDDEN, decoder_layers=LAYERS, dropout=0.0),
+        dict(dni_mode=mode, dni_scale=scale, sentence_avg=False, **dni))
     model.train()
-    criterion = DNICrossEntropyCriterion(
-        task, DNICrossEntropyConfig(dni_mode=mode, dni_scale=scale, sentence_avg=False, **dni)).double().train()
+    criterion.train()
     tokens = torch.randint(4, len(dictionary), (200,), generator=torch.Generator().manual_seed(1)).numpy()
     windows = StreamWindows(tokens, B, T, dictionary.pad(), dictionary.eos(), state_key="train")
     samples = [windows.collater([windows[i]]) for i in range(len(windows))]
@@ -260,11 +250,12 @@ def test_adaptive_softmax_loss_equals_fairseq_adaptive_loss():
     for i in range(60):
         dictionary.add_symbol(f"w{i}")
     torch.manual_seed(0)
-    cfg = DNILSTMLMConfig(decoder_embed_dim=EMBED, decoder_hidden_size=HIDDEN, decoder_layers=LAYERS, dropout=0.0,
-                          adaptive_softmax_cutoff="20,40", adaptive_softmax_factor=2.0)
-    task, model = build(dictionary, cfg)
+    task, model, ours = build_dni(
+        dictionary, dict(decoder_embed_dim=EMBED, decoder_hidden_size=HIDDEN, decoder_layers=LAYERS, dropout=0.0,
+                         adaptive_softmax_cutoff="20,40", adaptive_softmax_factor=2.0),
+        dict(sentence_avg=False))
     model.eval()
-    ours = DNICrossEntropyCriterion(task, DNICrossEntropyConfig(sentence_avg=False)).double().eval()
+    ours.eval()
     reference = AdaptiveLoss(task, sentence_avg=False)
     tokens = torch.randint(4, len(dictionary), (120,), generator=torch.Generator().manual_seed(2)).numpy()
     windows = StreamWindows(tokens, B, T, dictionary.pad(), dictionary.eos(), state_key="valid")

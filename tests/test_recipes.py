@@ -161,6 +161,57 @@ def test_recipes_never_write_into_the_local_corpus(local_corpora, tmp_path):
     assert {f: open(os.path.join(folder, f), "rb").read() for f in os.listdir(folder)} == before
 
 
+# ---------------------------------------------------------------- runs started at once on one folder
+def binarized_lines(data_bin, split):
+    from fairseq.data import data_utils
+
+    return len(data_utils.load_indexed_dataset(os.path.join(data_bin, split), None))
+
+
+def test_concurrent_runs_prepare_one_data_bin_and_share_it(local_corpora, tmp_path):
+    """Two arms started at once on one output folder (--dry-run binarizes, then stops): one prepares
+    the text and the data-bin under the folder's lock, the other waits and reuses them; neither dies
+    on the other's half-written files."""
+    env = dict(os.environ, DNI_PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    out = tmp_path / "out"
+    procs = [subprocess.Popen(["bash", "recipes/paper/ptb.sh", "--arm", arm, "--size", "smoke", "--cpu", "--dry-run",
+                               "--data-dir", local_corpora["ptb"], "--out", str(out)],
+                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for arm in ("bptt", "dni-restart5")]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    for proc, text in zip(procs, outs):
+        assert proc.returncode == 0 and "Traceback" not in text, text[-4000:]
+        assert shlex.split(text.strip().splitlines()[-1])[1] == str(out / "data-bin-smoke")
+    # one finished data-bin, no scratch folder left; every split binarized whole
+    assert sorted(p.name for p in out.iterdir() if "data-bin" in p.name) == ["data-bin-smoke"]
+    for split in ("train", "valid", "test"):
+        with open(os.path.join(local_corpora["ptb"], f"ptb.{split}.txt")) as f:
+            lines = sum(1 for _ in f)
+        assert binarized_lines(str(out / "data-bin-smoke"), split) == lines
+    # the second run said it waited (the first did not have to)
+    assert sum("being prepared by another run: waiting" in text for text in outs) <= 1
+
+
+def test_concurrent_run_without_flock_is_one_line(local_corpora, tmp_path):
+    """Where flock is missing, a run that finds the folder being prepared stops with one line."""
+    tools = tmp_path / "bin"  # PATH: every command of /usr/bin and /bin but flock
+    tools.mkdir()
+    for folder in ("/usr/bin", "/bin"):
+        for name in os.listdir(folder):
+            if name != "flock" and not os.path.lexists(tools / name):
+                os.symlink(os.path.join(folder, name), tools / name)
+    env = dict(os.environ, DNI_PYTHON=sys.executable, PATH=str(tools))
+    out = tmp_path / "out"
+    (out / ".preparing").mkdir(parents=True)  # another run is preparing this folder
+    proc = subprocess.run(["bash", "recipes/ptb.sh", "--size", "smoke", "--dry-run", "--data-dir", local_corpora["ptb"],
+                           "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert proc.stderr.strip() == (f"recipes/ptb.sh: error: {out} is being prepared by another run (without flock this "
+                                   f"run cannot wait for it): run again when it has finished, or remove "
+                                   f"{out}/.preparing if no other run is")
+    assert sorted(os.listdir(out)) == [".preparing"]  # nothing written, the other run's marker kept
+
+
 # ---------------------------------------------------------------- downloads (no network in tests)
 DOWNLOADER = r"""#!/usr/bin/env bash
 # Stand-in for curl and wget: logs every call to $STUB_LOG; serves a URL from $STUB_SRV by its
