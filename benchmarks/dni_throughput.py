@@ -204,8 +204,10 @@ def main():
               f"ceiling {ceilings[name]:.3f}x = t_tbptt / (t_tbptt + this)") for name in alone]
     memory = {cell: carried_memory(cell=cell) for cell in ("gru", "qrnn")}
     setting = (f"{args.layers}x{args.hidden} LSTM, embed {args.embed_dim}, B={args.batch_size}, T={args.window}, "
-               f"Adam (--optimizer alternating), clip {args.clip}, {args.repeats} interleaved repeats, "
-               f"{args.updates} timed updates after {args.warmup} (one process: {args.interleaved_updates} after 10); torch {torch.__version__}, "
+               f"Adam (--optimizer alternating), clip {args.clip}, "
+               + (f"{args.repeats} interleaved repeats of {args.updates} timed updates after {args.warmup} (separate "
+                  f"fairseq-train runs), " if args.repeats else "") +
+               f"one process: {args.interleaved_updates} timed updates after 10; torch {torch.__version__}, "
                f"{torch.get_num_threads()} threads, {platform.machine()}")
     verdict = ", ".join(f"**{name}/real-tbptt = {median[name] / tbptt:.3f}**" for name in names[1:] if name in median)
     verdict += ("; " if median else "") + ("interleaved update by update in one process: " +
