@@ -207,11 +207,7 @@ def write_study(results_md, lines, runs, groups, out):
     md += ["## Validation curves", ""]
     for corpus, window in sorted(settings):
         md += [f"![{corpus} window {window}]({rel}/valid_{corpus}_T{window}.png)", ""]
-    fragment = os.path.join(out, "study.md")
-    grid_report.write_fragment(fragment, summary(groups), grid_report.demote(md))
-    fragments = [s[2] for s in grid_report.STUDIES]
-    fragments[0] = fragment
-    grid_report.write_page(results_md, fragments)
+    grid_report.publish(0, out, summary(groups), md, results_md)
 
 
 COLORS = dict(zip(ARMS, ["tab:gray", "tab:blue", "tab:red", "tab:green", "tab:orange", "tab:purple"]))
@@ -242,11 +238,7 @@ def plot(groups, out):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--corpus", choices=sorted(grid_runner.CORPORA), default="ptb")
-    p.add_argument("--text-dir", help="folder with the corpus' train/valid/test text (default ../shared/data/...)")
-    p.add_argument("--data-bin", help="binarized corpus (default runs/<corpus>-bin, made by fairseq-preprocess)")
-    p.add_argument("--out", default=OUT)
-    p.add_argument("--work-dir", default=os.path.join(REPO, "runs", "grid"), help="checkpoints (not committed)")
+    grid_runner.add_grid_arguments(p, OUT, os.path.join(REPO, "runs", "grid"))
     p.add_argument("--arms", default=",".join(ARMS[:4]))
     p.add_argument("--windows", default="10,35")
     p.add_argument("--seeds", default="1,2")
@@ -264,12 +256,6 @@ def main():
     p.add_argument("--dni-lr", type=float, default=1e-4)
     p.add_argument("--dni-scale", type=float, default=0.1)
     p.add_argument("--log-interval", type=int, default=100)
-    p.add_argument("--jobs", type=int, default=2, help="runs in parallel (threads per run = 2 // jobs, at least 1)")
-    p.add_argument("--commit", action="store_true", help="git-commit each run's logs as soon as it finishes")
-    p.add_argument("--force", action="store_true", help="rerun runs whose logs exist")
-    p.add_argument("--report-only", action="store_true")
-    p.add_argument("--results-md", default=os.path.join(REPO, "docs", "RESULTS.md"),
-                   help="page written from both studies' sections ('' to skip)")
     args = p.parse_args()
     log_dir = os.path.join(args.out, "logs")
     os.makedirs(log_dir, exist_ok=True)
@@ -284,7 +270,7 @@ def main():
             if a not in ARMS:
                 sys.exit(f"alternation_grid: error: unknown arm {a!r} (choose from {', '.join(ARMS)})")
         runs = [make_run(args.corpus, data_bin, w, a, s, args) for w, a, s in cells]
-        grid_runner.run_grid(runs, log_dir, args.work_dir, args.jobs, args.commit, args.force, "Grid run")
+        grid_runner.run_grid(runs, log_dir, args.work_dir, args.jobs, args.commit, args.force, "Grid run", args.threads)
     runs = collect(log_dir)
     if runs:
         lines, groups = report(runs, args.out)

@@ -199,6 +199,18 @@ def read_fragment(path):
     return (m.group(1), lines[1:]) if m else (None, lines)
 
 
+def publish(study, out, summary, md, results_md):
+    """Write study number ``study`` (0: the MLP grid, 1: the paper grid)'s section ``md`` (a page of its own,
+    headings demoted) to OUT/study.md with its one-line ``summary``, then rebuild ``results_md`` from every
+    study's section ('' or None: no page)."""
+    fragment = os.path.join(out, "study.md")
+    write_fragment(fragment, summary, demote(md))
+    if results_md:
+        fragments = [s[2] for s in STUDIES]
+        fragments[study] = fragment
+        write_page(results_md, fragments)
+
+
 def write_page(path, fragments=None):
     """docs/RESULTS.md: a summary table (one row per study), then each study's section."""
     fragments = fragments or [s[2] for s in STUDIES]

@@ -57,6 +57,23 @@ def eval_log_name(name, label):
     return f"{name}.eval-{label}.log" if label else f"{name}.eval.log"
 
 
+def add_grid_arguments(parser, out, work_dir):
+    """The options every grid takes: the corpus and where it is, where logs and checkpoints go, how many runs
+    at once, committing, rerunning and report-only. Grid-specific options (arms, seeds, sizes) stay with it."""
+    parser.add_argument("--corpus", choices=sorted(CORPORA), default="ptb")
+    parser.add_argument("--text-dir", help="folder with the corpus' train/valid/test text (default ../shared/data/...)")
+    parser.add_argument("--data-bin", help="binarized corpus (default runs/<corpus>-bin, made by fairseq-preprocess)")
+    parser.add_argument("--out", default=out, help="results; logs in OUT/logs")
+    parser.add_argument("--work-dir", default=work_dir, help="checkpoints (not committed)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (threads per run = 2 // jobs, at least 1)")
+    parser.add_argument("--threads", type=int, help="threads per run (default: the cores shared out between the jobs)")
+    parser.add_argument("--commit", action="store_true", help="git-commit each run's logs as soon as it finishes")
+    parser.add_argument("--force", action="store_true", help="rerun runs whose logs exist")
+    parser.add_argument("--report-only", action="store_true", help="only rebuild the CSV, tables, plots and RESULTS.md")
+    parser.add_argument("--results-md", default=os.path.join(REPO, "docs", "RESULTS.md"),
+                        help="page written from both studies' sections ('' to skip)")
+
+
 def binarize(corpus, text_dir, dest, prog="grid"):
     """fairseq-preprocess --only-source of a corpus' three text files into ``dest`` (once)."""
     if not os.path.isfile(os.path.join(dest, "dict.txt")):

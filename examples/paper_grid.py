@@ -374,30 +374,15 @@ def write_study(results_md, lines, runs, groups, out):
         md += ["## Validation curves", ""]
         for corpus in groups:
             md += [f"![{CORPUS_NAMES[corpus]}]({rel}/valid_{corpus}.png)", ""]
-    fragment = os.path.join(out, "study.md")
-    grid_report.write_fragment(fragment, summary(groups), grid_report.demote(md))
-    fragments = [s[2] for s in grid_report.STUDIES]
-    fragments[1] = fragment
-    grid_report.write_page(results_md, fragments)
+    grid_report.publish(1, out, summary(groups), md, results_md)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--corpus", choices=sorted(grid_runner.CORPORA), default="ptb")
-    p.add_argument("--text-dir", help="folder with the corpus' train/valid/test text (default ../shared/data/...)")
-    p.add_argument("--data-bin", help="binarized corpus (default runs/<corpus>-bin, made by fairseq-preprocess)")
-    p.add_argument("--out", default=OUT)
-    p.add_argument("--work-dir", default=os.path.join(REPO, "runs", "paper_grid"), help="checkpoints (not committed)")
+    grid_runner.add_grid_arguments(p, OUT, os.path.join(REPO, "runs", "paper_grid"))
     p.add_argument("--arms", help="comma-separated (default: all five on PTB, "
                                   f"{', '.join(WIKITEXT2_ARMS)} on WikiText-2)")
     p.add_argument("--seeds", default="1,2")
-    p.add_argument("--jobs", type=int, default=2, help="runs in parallel (threads per run = 2 // jobs, at least 1)")
-    p.add_argument("--threads", type=int, help="threads per run (default: the cores shared out between the jobs)")
-    p.add_argument("--commit", action="store_true", help="git-commit each run's logs as soon as it finishes")
-    p.add_argument("--force", action="store_true", help="rerun runs whose logs exist")
-    p.add_argument("--report-only", action="store_true", help="only rebuild the CSV, tables, plots and RESULTS.md")
-    p.add_argument("--results-md", default=os.path.join(REPO, "docs", "RESULTS.md"),
-                   help="page written from both studies' sections ('' to skip)")
     args = p.parse_args()
     log_dir = os.path.join(args.out, "logs")
     if not args.report_only:
