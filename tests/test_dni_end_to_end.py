@@ -87,6 +87,9 @@ def test_real_mode_is_plain_tbptt_even_with_clipping(tiny_data, tmp_path):
      "--dni-condition-on-next-target applies to --dni-synthesizer mlp only"),
     (["--dni-synthesizer", "coordinatewise", "--dni-synthesizer-hidden", "0"], "--dni-synthesizer-hidden must be >= 1"),
     (["--dni-input-noise", "-1"], "--dni-input-noise must be >= 0"),
+    (["--dni-lr", "-1"], "--dni-lr must be >= 0"),   # was torch's ValueError traceback
+    (["--dni-scale", "-0.1"], "--dni-scale must be >= 0"),   # was accepted silently
+    (["--dni-target-clip", "-1"], "--dni-target-clip must be >= 0"),   # was accepted silently
 ])
 def test_conflicting_or_inapplicable_dni_settings_are_one_line(tiny_data, tmp_path, flags, message):
     out = fairseq("fairseq-train", *train_args(tiny_data, tmp_path, *DNI, "--max-update", "2", *flags), check=False)

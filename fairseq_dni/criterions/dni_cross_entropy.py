@@ -191,6 +191,9 @@ class DNICrossEntropyCriterion(LMCrossEntropyCriterion):
                 "dni_cross_entropy needs --task dni_language_modeling and an LSTM model from fairseq_dni "
                 "(--arch dni_lstm_lm*): it reads the carried state the task threads through the windows")
         check_optimizer_and_mode(cfg)
+        for flag, value in (("--dni-scale", cfg.dni_scale), ("--dni-target-clip", cfg.dni_target_clip)):
+            if value < 0:  # a negative scale would inject the gradient's opposite; a negative clip means nothing
+                raise DNIUserError(f"{flag} must be >= 0, got {value}")
         super().__init__(task, cfg)
         self.cfg = cfg
         self.mode = str(cfg.dni_mode or "synthetic")

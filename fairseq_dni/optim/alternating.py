@@ -150,6 +150,9 @@ class AlternatingOptimizer(FairseqOptimizer):
         if not lm:
             raise DNIUserError("--optimizer alternating found no language-model parameters "
                              "(a flat fp16 parameter vector? use --fp16-no-flatten-grads)")
+        for flag, value in (("--dni-lr", cfg.dni_lr), ("--dni-weight-decay", cfg.dni_weight_decay)):
+            if value < 0:
+                raise DNIUserError(f"{flag} must be >= 0, got {value}")
         lr = cfg.lr[0]
         self.lm_params, self.synthesizer_params = lm, synth
         self._optimizer = TwoOptimizers(
