@@ -10,20 +10,23 @@ throughput.py for how tokens/s are read from fairseq's own wps meter):
   synthetic-coordinatewise  ... --dni-synthesizer coordinatewise              the seed paper's synthesizer, GRU cell
   synthetic-coordinatewise-qrnn  ... --dni-synthesizer-cell qrnn             with the paper's own cell (QRNN)
 
-and, timed in the same loop, each coordinate-wise cell's own per-window work alone (no LM): how close to
-plain TBPTT any criterion could get with it (``synthesizer_window``; ``--compiled`` adds torch.compile's).
+and, timed in the same loop, each coordinate-wise cell's own per-window work alone, without the LM
+(``synthesizer_window``; ``--compiled`` adds the QRNN cell under torch.compile): the ratio that work
+alone would leave, t_tbptt / (t_tbptt + t_cell), an estimate (not a strict bound: the in-criterion arm
+can come out a little above it) of where the coordinate-wise arms must land if the criterion adds nothing.
 
-This machine's throughput drifts by several percent between identical runs, so the arms run
-interleaved ``--repeats`` times (in rotating order) and each arm's median is used; then the same
-arms step once more in one process, interleaved update by update (``per_update_ratios``), which a
-loaded machine disturbs far less. Writes the
-ratios to plain TBPTT to benchmarks/results/<out>.{md,csv}, and the memory the coordinate-wise
-synthesizer carries across windows for ``dni_lstm_lm_wikitext103`` at 32 streams (measured on
-the criterion's carried values after a few windows).
+The arms step in one process, interleaved update by update (``per_update_ratios``: CPU time per
+update through fairseq's own ``Trainer``), which a loaded machine disturbs far less than separate runs;
+``--repeats N`` also runs each arm N times as a separate fairseq-train (rotating order, medians).
+Writes the ratios to plain TBPTT to OUT.md and OUT.csv (OUT a path prefix), and the memory the
+coordinate-wise synthesizer carries across windows for ``dni_lstm_lm_wikitext103`` at 32 streams
+(measured on the criterion's carried values after a few windows). As in docs/measurements.md:
 
-    python benchmarks/dni_throughput.py                                  # 2x200 (after examples/quickstart.sh)
-    python benchmarks/dni_throughput.py --hidden 650 --embed-dim 650 --repeats 1 --warmup 20 --updates 60 \
-        --interleaved-updates 60 --out benchmarks/results/dni_throughput_650       # 2x650 (slower: fewer updates)
+    python benchmarks/dni_throughput.py --data-bin runs/ptb-bin --repeats 0 --interleaved-updates 80 --compiled
+    python benchmarks/dni_throughput.py --data-bin runs/ptb-bin --hidden 650 --embed-dim 650 --repeats 0 \
+        --interleaved-updates 40 --out benchmarks/results/dni_throughput_650
+
+(``runs/ptb-bin``: PTB binarized by ``examples/paper_grid.py``, or any fairseq-preprocess'ed corpus.)
 """
 
 import argparse
@@ -77,8 +80,8 @@ def synthesizer_window(cell, streams, dim, compiled=False):
     """One window's synthesizer work, alone: the call at the window's end (noisy input, no autograd, new own
     state), the regression's re-evaluation of the previous call with autograd, its backward and the
     synthesizer's own (fused) Adam step; as ``dni_cross_entropy`` does it, without the LM. Returns a
-    callable; timing it against an LM update bounds the ratio any criterion could reach with this cell:
-    ceiling = t_LM / (t_LM + t_synthesizer)."""
+    callable; timed against an LM update it estimates the ratio this cell's work alone leaves,
+    t_LM / (t_LM + t_synthesizer)."""
     sys.path.insert(0, REPO)
     from fairseq_dni.synthesizers.coordinatewise import CoordinatewiseSynthesizer
 
@@ -201,7 +204,7 @@ def main():
     ceilings = {name: t_lm / (t_lm + per_update[name]) for name in alone}
     rows += [(name, f"its per-window work on {args.batch_size} x {dim} coordinates, {per_update[name] * 1000:.1f} ms "
                     f"(real-tbptt's update: {t_lm * 1000:.1f} ms)", float("nan"),
-              f"ceiling {ceilings[name]:.3f}x = t_tbptt / (t_tbptt + this)") for name in alone]
+              f"{ceilings[name]:.3f}x = t_tbptt / (t_tbptt + this), its own work alone") for name in alone]
     memory = {cell: carried_memory(cell=cell) for cell in ("gru", "qrnn")}
     setting = (f"{args.layers}x{args.hidden} LSTM, embed {args.embed_dim}, B={args.batch_size}, T={args.window}, "
                f"Adam (--optimizer alternating), clip {args.clip}, "
@@ -212,13 +215,13 @@ def main():
     verdict = ", ".join(f"**{name}/real-tbptt = {median[name] / tbptt:.3f}**" for name in names[1:] if name in median)
     verdict += ("; " if median else "") + ("interleaved update by update in one process: " +
                 ", ".join(f"**{name} {per_update['real-tbptt'] / per_update[name]:.3f}**" for name in names[1:]))
-    verdict += ("; the most a criterion could reach with each synthesizer's own work alone (t_tbptt / (t_tbptt + "
-                "t_synthesizer)): " + ", ".join(f"{name} {c:.3f}" for name, c in ceilings.items()))
+    verdict += ("; what each cell's own work alone leaves (t_tbptt / (t_tbptt + t_cell)): " + ", ".join(f"{name} {c:.3f}" for name, c in ceilings.items()))
     verdict += (". Coordinate-wise synthesizer's carried values for dni_lstm_lm_wikitext103 (2x1024) at 32 streams: " +
                 "; ".join(f"{cell.upper()} cell {total / 2 ** 20:.1f} MiB ({own / 2 ** 20:.1f} MiB its own state, the rest "
                           "its last call's input and state and the pending pair)" for cell, (total, own) in memory.items()))
-    write_results(args.out, rows, setting, verdict, tokens_header="tokens/s (median)",
-                  note_header="ratio to real-tbptt; each repeat")
+    write_results(args.out, rows, setting, verdict,
+                  tokens_header="tokens/s (median of repeats; per update: per CPU second)" if args.repeats else
+                  "tokens per CPU second", note_header="ratio to real-tbptt" + ("; each repeat" if args.repeats else ""))
 
 
 if __name__ == "__main__":

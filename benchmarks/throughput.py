@@ -106,7 +106,8 @@ def write_results(out, rows, setting, verdict, tokens_header="tokens/s", note_he
         for arm, what, tps, note in rows:
             w.writerow([arm, what, f"{tps:.1f}", note, setting])
     lines = [f"Setting: {setting}", "", f"| arm | what | {tokens_header} | {note_header} |", "|---|---|---|---|"]
-    lines += [f"| {arm} | {what} | {tps:,.0f} | {note} |" for arm, what, tps, note in rows]
+    lines += [f"| {arm} | {what} | {tps:,.0f} | {note} |" if tps == tps else f"| {arm} | {what} | - | {note} |"
+              for arm, what, tps, note in rows]   # tps nan: a row with no tokens/s of its own
     lines += ["", verdict]
     with open(out + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
