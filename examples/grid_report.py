@@ -92,21 +92,34 @@ def mean_pm(values):
 
 def compare(arms, arm, baselines, key="test_ppl"):
     """(beats every baseline?, one phrase per baseline present): is ``arm``'s mean ``key`` lower than
-    each baseline's by more than the two arms' seed half-ranges together? ``arms``: arm -> runs."""
-    alt_mean, alt_half = spread([r[key] for r in arms[arm]])
+    each baseline's by more than the two arms' seed half-ranges together? ``arms``: arm -> runs.
+    Where runs carry a ``seed``, each pair of arms is compared on the seeds both have (a mean over
+    other seeds would compare seeds, not arms). One seed gives no spread: "lower", never "beat"."""
     parts = []
     for base in [a for a in baselines if a in arms]:
-        mean, half = spread([r[key] for r in arms[base]])
+        ours, theirs = arms[arm], arms[base]
+        note = ""
+        if all("seed" in r for r in ours + theirs):
+            common = sorted({r["seed"] for r in ours} & {r["seed"] for r in theirs})
+            if not common:
+                parts.append(f"no seed in common with {base} yet")
+                continue
+            if len(common) < max(len(ours), len(theirs)):
+                note = f", on seed{'s' if len(common) > 1 else ''} {', '.join(map(str, common))} only"
+            ours = [r for r in ours if r["seed"] in common]
+            theirs = [r for r in theirs if r["seed"] in common]
+        alt_mean, alt_half = spread([r[key] for r in ours])
+        mean, half = spread([r[key] for r in theirs])
         diff = alt_mean - mean
         margin = alt_half + half
         if math.isnan(margin):
             word = "lower" if diff < 0 else "higher"
-            parts.append(f"{word} than {base} by {abs(diff):.2f} (one seed: no spread to compare with)")
+            parts.append(f"{word} than {base} by {abs(diff):.2f} (one seed: no spread to compare with{note})")
         elif abs(diff) <= margin:
-            parts.append(f"within the seed spread of {base} ({diff:+.2f}, spread {margin:.2f})")
+            parts.append(f"within the seed spread of {base} ({diff:+.2f}, spread {margin:.2f}{note})")
         else:
-            parts.append(f"{'better' if diff < 0 else 'worse'} than {base} ({diff:+.2f}, spread {margin:.2f})")
-    return all(p.startswith(("better", "lower")) for p in parts), parts
+            parts.append(f"{'better' if diff < 0 else 'worse'} than {base} ({diff:+.2f}, spread {margin:.2f}{note})")
+    return bool(parts) and all(p.startswith("better") for p in parts), parts
 
 
 def verdict(arms, arm, baselines, key="test_ppl", lead=""):
@@ -115,13 +128,16 @@ def verdict(arms, arm, baselines, key="test_ppl", lead=""):
         return f"(no {arm} arm in this setting yet)"
     beats_all, parts = compare(arms, arm, baselines, key)
     name = arm[0].upper() + arm[1:]
-    return (f"{lead}**{name} {'beat' if beats_all else 'did not beat'} every baseline here**: "
+    return (f"{lead}**{name} {'beat' if beats_all else 'did not beat'} every baseline here** (by more than "
+            "the seed spread): "
             + "; ".join(parts) + ".")
 
 
 def best_arm(arms, key="test_ppl"):
-    """The arm with the lowest mean ``key``."""
-    return min(arms, key=lambda a: spread([r[key] for r in arms[a]])[0])
+    """The arm with the lowest mean ``key``, among the arms with the most runs (a mean over fewer seeds
+    is not comparable while a grid is incomplete)."""
+    most = max(len(runs) for runs in arms.values())
+    return min((a for a in arms if len(arms[a]) == most), key=lambda a: spread([r[key] for r in arms[a]])[0])
 
 
 def write_csv(path, fields, rows):

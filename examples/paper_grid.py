@@ -243,7 +243,7 @@ def summary(groups):
                         f"{arm} {'was' if beat else 'was not'} lower than every baseline present (no spread yet)")
         parts.append(f"{CORPUS_NAMES[corpus]} ({seeds} seed{'s' if seeds > 1 else ''}): "
                      + ("; ".join(said) or "no alternating arm yet")
-                     + f"; lowest test perplexity: {grid_report.best_arm(arms, 'test_ppl_last')}")
+                     + f"; lowest test perplexity among the arms with every seed run so far: {grid_report.best_arm(arms, 'test_ppl_last')}")
     return ". ".join(parts)
 
 

@@ -125,6 +125,10 @@ def test_computed_verdict_against_the_seed_spread():
     assert grid_report.compare(arms, "alt", ["base"])[0]
     assert not grid_report.compare(arms, "close", ["base"])[0]   # -1.00 is within the spread 2.00
     assert "within the seed spread of base (-1.00, spread 2.00)" in grid_report.verdict(arms, "close", ["base"])
+    # arms with different seeds are compared on the seeds both have, and one seed never "beats"
+    seeded = {"base": [dict(seed=1, test_ppl=150.0), dict(seed=2, test_ppl=160.0)], "alt": [dict(seed=1, test_ppl=149.0)]}
+    beats, parts = grid_report.compare(seeded, "alt", ["base"])
+    assert not beats and parts == ["lower than base by 1.00 (one seed: no spread to compare with, on seed 1 only)"]
 
 
 # ---- (b) every arm ends at the bottom of a cycle ---------------------------------------------------
