@@ -37,9 +37,9 @@ class QRNNLayer(nn.Module):
 
     Gates from the current input and, with ``window`` 2, the previous one:
     ``z = tanh(W_z [x_t, x_{t-1}])``, ``f = sigmoid(W_f [...])``, ``o = sigmoid(W_o [...])``;
-    then ``c_t = f * c_{t-1} + (1 - f) * z`` and ``h_t = o * c_t``. ``x``, ``c`` and
-    ``x_prev`` are (N, H_in), (N, H), (N, H_in); returns ``(h_t, c_t)``.
-    (The paper's first synthesizer layer has window 2, later ones window 1.)
+    then ``c_t = f * c_{t-1} + (1 - f) * z`` and ``h_t = o * c_t``.
+    (The paper's first synthesizer layer has window 2, later ones window 1.) A window-2 layer runs on
+    encoded scalars (:meth:`forward_encoded_scalars`), a window-1 layer on (N, H_in) inputs (:meth:`forward`).
     """
 
     def __init__(self, input_size: int, hidden: int, window: int = 2):
@@ -47,14 +47,13 @@ class QRNNLayer(nn.Module):
         self.window = window
         self.gates = nn.Linear(window * input_size, 3 * hidden)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, x_prev: Optional[torch.Tensor] = None):
-        inputs = torch.cat([x, x_prev], dim=-1) if self.window == 2 else x
-        return self.cell(self.gates(inputs), c)
+    def forward(self, x: torch.Tensor, c: torch.Tensor):
+        """A window-1 step: ``x`` (N, H_in), ``c`` (N, H) -> ``(h_t, c_t)``."""
+        return self.cell(*self.gates(x).chunk(3, dim=-1), c)
 
     @staticmethod
-    def cell(gates: torch.Tensor, c: torch.Tensor):
-        """``(h_t, c_t)`` from the gate pre-activations ``[z, f, o]`` (N, 3H) and ``c_{t-1}`` (N, H)."""
-        z, f, o = gates.chunk(3, dim=-1)
+    def cell(z: torch.Tensor, f: torch.Tensor, o: torch.Tensor, c: torch.Tensor):
+        """``(h_t, c_t)`` from the gate pre-activations ``z``, ``f``, ``o`` and ``c_{t-1}``, each (N, H)."""
         c = torch.lerp(torch.tanh(z), c, torch.sigmoid(f))  # f * c + (1 - f) * z
         return torch.sigmoid(o) * c, c
 
@@ -76,9 +75,8 @@ class QRNNLayer(nn.Module):
         inputs = torch.cat([s.unsqueeze(1), prev], dim=1)  # (N, 3)
         (k_z, k_f, k_o), (b_z, b_f, b_o) = folded.split(hidden, dim=1), bias.split(hidden)
         if torch.is_grad_enabled():
-            z = torch.tanh(torch.addmm(b_z, inputs, k_z))
-            c = torch.lerp(z, c, torch.sigmoid(torch.addmm(b_f, inputs, k_f)))  # f * c + (1 - f) * z
-            return torch.sigmoid(torch.addmm(b_o, inputs, k_o)) * c, c
+            return self.cell(torch.addmm(b_z, inputs, k_z), torch.addmm(b_f, inputs, k_f),
+                             torch.addmm(b_o, inputs, k_o), c)
         c = torch.addmm(b_z, inputs, k_z).tanh_().lerp_(c, torch.addmm(b_f, inputs, k_f).sigmoid_())
         return torch.addmm(b_o, inputs, k_o).sigmoid_().mul_(c), c
 
