@@ -41,9 +41,23 @@ python="${DNI_PYTHON:-python3}"
 opt=()
 [ -n "$valid" ] && opt+=(--valid "$valid")
 [ -n "$test" ] && opt+=(--test "$test")
-"$python" "$repo/recipes/prepare_custom_corpus.py" --train "$text" "${opt[@]}" --out "$out/encoded" --vocab-size "$vocab"
-# the encoded text is a fresh corpus each time: drop a binarization of an older one
-rm -rf "$out/data-bin-$size"
+# encode under the output folder's preparation lock (runs started at once share it); a binarization
+# is dropped only when the encoded text differs from the one it was made from (sentencepiece
+# learns the same pieces from the same text, so a rerun or a second arm keeps it)
+prepare_lock "$out" || exit 1
+rm -rf "$out/encoded.new"
+"$python" "$repo/recipes/prepare_custom_corpus.py" --train "$text" "${opt[@]}" --out "$out/encoded.new" --vocab-size "$vocab"
+same=1
+for f in train.txt valid.txt test.txt sentencepiece.bpe.vocab; do
+  cmp -s "$out/encoded.new/$f" "$out/encoded/$f" || { same=0; break; }
+done
+if [ "$same" = 1 ]; then
+  rm -rf "$out/encoded.new"
+else
+  rm -rf "$out/encoded" "$out"/data-bin-*
+  mv "$out/encoded.new" "$out/encoded"
+fi
+prepare_unlock
 recipe_main --data-dir "$out/encoded" "${rest[@]}"
 case " ${rest[*]} " in *" --dry-run "*) exit 0 ;; esac
 cp "$out/data-bin-$size/dict.txt" "$out/encoded/sentencepiece.bpe.model" "$out/checkpoints-$size/"

@@ -90,6 +90,7 @@ def test_real_mode_is_plain_tbptt_even_with_clipping(tiny_data, tmp_path):
     (["--dni-lr", "-1"], "--dni-lr must be >= 0"),   # was torch's ValueError traceback
     (["--dni-scale", "-0.1"], "--dni-scale must be >= 0"),   # was accepted silently
     (["--dni-target-clip", "-1"], "--dni-target-clip must be >= 0"),   # was accepted silently
+    (["--dni-synthesizer-cell", "qrnn"], "--dni-synthesizer-cell applies to --dni-synthesizer coordinatewise only"),
 ])
 def test_conflicting_or_inapplicable_dni_settings_are_one_line(tiny_data, tmp_path, flags, message):
     out = fairseq("fairseq-train", *train_args(tiny_data, tmp_path, *DNI, "--max-update", "2", *flags), check=False)

@@ -8,6 +8,7 @@
 """
 import math
 import re
+import shutil
 
 import pytest
 
@@ -36,6 +37,22 @@ def custom_model(tmp_path_factory):
                      "--vocab-size", "60", "--cpu", "--size", "smoke", "--out", str(work / "out"))
     assert re.search(r"custom test perplexity \(fairseq-eval-lm, smoke\): [0-9.]+", out)
     return work
+
+
+def test_custom_corpus_rerun_keeps_its_data_bin_and_new_text_replaces_it(custom_model, tmp_path):
+    """A rerun on the same text (a second arm, a resumed run, one started at once) re-encodes it
+    identically and keeps the binarization other runs may be reading; different text replaces both."""
+    out = tmp_path / "out"
+    shutil.copytree(custom_model / "out", out, symlinks=True)
+    args = ["--test", str(custom_model / "test.txt"), "--vocab-size", "60", "--cpu", "--size", "smoke",
+            "--out", str(out), "--dry-run"]
+    dict_txt = out / "data-bin-smoke" / "dict.txt"
+    before = dict_txt.stat().st_ino
+    run_recipe("custom_corpus", "--text", str(custom_model / "raw.txt"), *args)
+    assert dict_txt.stat().st_ino == before and not (out / "encoded.new").exists()
+    write_raw_text(custom_model / "other.txt", 600, seed=3)
+    run_recipe("custom_corpus", "--text", str(custom_model / "other.txt"), *args)
+    assert dict_txt.stat().st_ino != before and not (out / "encoded.new").exists()
 
 
 def test_custom_corpus_hub_scores_like_eval_lm(custom_model):

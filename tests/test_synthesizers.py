@@ -152,6 +152,7 @@ def test_parameter_count_does_not_grow_with_the_lm():
     (dict(kind="mlp", layers=0), "--dni-synthesizer-layers must be >= 1"),
     (dict(kind="coordinatewise", condition_dim=8), "takes no condition"),
     (dict(kind="coordinatewise", cell="rnn"), "unknown --dni-synthesizer-cell"),
+    (dict(kind="mlp", cell="qrnn"), "--dni-synthesizer-cell applies to --dni-synthesizer coordinatewise only"),
 ])
 def test_settings_that_do_not_apply_are_refused(kwargs, message):
     kind = kwargs.pop("kind")

@@ -70,8 +70,9 @@ class DNICrossEntropyConfig(LMCrossEntropyConfig):
         default="mlp",
         metadata={"help": "mlp: Jaderberg et al.'s MLP over the whole state; coordinatewise: the seed paper's small "
                           "recurrent network shared by every state coordinate, its own state carried across windows"})
-    dni_synthesizer_cell: CELLS = field(
-        default="gru", metadata={"help": "recurrent cell of the coordinate-wise synthesizer (the paper ran a QRNN)"})
+    dni_synthesizer_cell: Optional[CELLS] = field(
+        default=None,
+        metadata={"help": "coordinatewise: its recurrent cell, default gru (the paper ran a QRNN: qrnn)"})
     dni_synthesizer_layers: Optional[int] = field(
         default=None,
         metadata={"help": "mlp: linear layers (ReLU between; default 2); coordinatewise: recurrent layers (default 1)"})
@@ -212,7 +213,8 @@ class DNICrossEntropyCriterion(LMCrossEntropyCriterion):
             self.synthesizer = build_synthesizer(
                 kind, self.layout, hidden=cfg.dni_synthesizer_hidden, layers=cfg.dni_synthesizer_layers,
                 condition_dim=condition_dim, input_norm=not cfg.dni_no_input_norm,
-                cell=str(cfg.dni_synthesizer_cell), input_noise=cfg.dni_input_noise)
+                cell=None if cfg.dni_synthesizer_cell is None else str(cfg.dni_synthesizer_cell),
+                input_noise=cfg.dni_input_noise)
             self.future_head = None
             if cfg.dni_future_aux > 0:
                 self.future_head = build_synthesizer(

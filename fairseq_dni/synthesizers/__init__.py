@@ -45,7 +45,7 @@ class Synthesizer(nn.Module):
 
 
 def build_synthesizer(kind: str, layout, *, hidden: Optional[int] = None, layers: Optional[int] = None,
-                      condition_dim: int = 0, input_norm: bool = True, cell: str = "gru",
+                      condition_dim: int = 0, input_norm: bool = True, cell: Optional[str] = None,
                       input_noise: Optional[float] = None) -> Synthesizer:
     """The synthesizer called ``kind`` for an LSTM state laid out as ``layout`` (a StateLayout).
 
@@ -61,6 +61,8 @@ def build_synthesizer(kind: str, layout, *, hidden: Optional[int] = None, layers
     if layers is not None and layers < 1:
         raise ValueError(f"--dni-synthesizer-layers must be >= 1, got {layers}")
     if kind == "mlp":
+        if cell is not None:
+            raise ValueError("--dni-synthesizer-cell applies to --dni-synthesizer coordinatewise only, not mlp")
         hidden = 256 if hidden is None else hidden
         if hidden < 0:
             raise ValueError(f"--dni-synthesizer-hidden must be >= 1 (or 0: the state size), got {hidden}")
@@ -75,6 +77,7 @@ def build_synthesizer(kind: str, layout, *, hidden: Optional[int] = None, layers
             raise ValueError("the coordinate-wise synthesizer sees one state coordinate at a time and takes no "
                              "condition: drop --dni-condition-on-next-input/--dni-condition-on-next-target, "
                              "or use --dni-synthesizer mlp")
+        cell = "gru" if cell is None else cell
         if cell not in CELLS:
             raise ValueError(f"unknown --dni-synthesizer-cell {cell!r}; choose one of {', '.join(CELLS)}")
         return CoordinatewiseSynthesizer(hidden=hidden, layers=layers or 1, cell=cell,
