@@ -19,7 +19,6 @@ keeps the fused op), of oneDNN ``aten::mkldnn_rnn_layer`` kernels, and of any pe
     python benchmarks/awd_throughput.py --data-bin runs/awd_regularizers/data-bin   # PTB binarized
 """
 
-import argparse
 import os
 import platform
 import statistics
@@ -28,7 +27,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from throughput import HERE, REPO, fairseq_wps, write_results  # noqa: E402
+from throughput import HERE, REPO, benchmark_parser, fairseq_wps, parse_benchmark_args, write_results  # noqa: E402
 
 sys.path.insert(0, os.path.join(REPO, "examples"))
 from awd_regularizers import OFF  # noqa: E402  (every rate and weight set to 0)
@@ -64,23 +63,10 @@ def fused_kernel_counts(window=35, streams=20, vocab=10000):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-bin", default=os.path.join(REPO, "runs", "awd_regularizers", "data-bin"))
-    parser.add_argument("--embed-dim", type=int, default=128, help="dni_awd_lstm_lm_small's")
-    parser.add_argument("--hidden", type=int, default=256, help="dni_awd_lstm_lm_small's")
-    parser.add_argument("--layers", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=20)
-    parser.add_argument("--window", type=int, default=35)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--clip", type=float, default=0.25)
-    parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--updates", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default=os.path.join(HERE, "results", "awd_throughput"))
-    args = parser.parse_args()
-    if args.updates % args.warmup:
-        sys.exit("--updates must be a multiple of --warmup (fairseq logs every --warmup updates)")
+    parser = benchmark_parser("awd_throughput", os.path.join(REPO, "runs", "awd_regularizers", "data-bin"),
+                              embed_dim=128, hidden=256, layers=3, updates=100,   # dni_awd_lstm_lm_small's
+                              extra=[(["--repeats"], dict(type=int, default=3))])
+    args = parse_benchmark_args(parser)
 
     base = ["--user-dir", os.path.join(REPO, "fairseq_dni"), "--task", "dni_language_modeling",
             "--arch", "dni_awd_lstm_lm_small", "--criterion", "lm_cross_entropy"]

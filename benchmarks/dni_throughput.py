@@ -29,7 +29,6 @@ coordinate-wise synthesizer carries across windows for ``dni_lstm_lm_wikitext103
 (``runs/ptb-bin``: PTB binarized by ``examples/paper_grid.py``, or any fairseq-preprocess'ed corpus.)
 """
 
-import argparse
 import os
 import platform
 import statistics
@@ -39,7 +38,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from throughput import HERE, REPO, fairseq_wps, write_results  # noqa: E402
+from throughput import HERE, REPO, benchmark_parser, fairseq_wps, parse_benchmark_args, write_results  # noqa: E402
 
 
 def carried_memory(streams=32, hidden=1024, layers=2, embed=512, cell="gru"):
@@ -147,26 +146,14 @@ def per_update_ratios(args, arms, optimizer, updates=120, warmup=10, alone=None)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-bin", default=os.path.join(REPO, "runs", "quickstart", "data-bin"))
-    parser.add_argument("--embed-dim", type=int, default=200)
-    parser.add_argument("--hidden", type=int, default=200)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=20)
-    parser.add_argument("--window", type=int, default=35)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--clip", type=float, default=0.25)
-    parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--updates", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3, help="separate fairseq-train runs per arm (0: none, "
-                        "only the one-process comparison, which a loaded machine disturbs far less)")
-    parser.add_argument("--interleaved-updates", type=int, default=120,
-                        help="timed updates of each arm in the one-process, update-by-update comparison")
-    parser.add_argument("--compiled", action="store_true", help="also time the QRNN synthesizer alone under "
-                        "torch.compile (inductor; needs a C++ compiler, about a minute to compile)")
-    parser.add_argument("--out", default=os.path.join(HERE, "results", "dni_throughput"))
-    args = parser.parse_args()
+    parser = benchmark_parser("dni_throughput", os.path.join(REPO, "runs", "quickstart", "data-bin"), extra=[
+        (["--repeats"], dict(type=int, default=3, help="separate fairseq-train runs per arm (0: none, only the "
+                             "one-process comparison, which a loaded machine disturbs far less)")),
+        (["--interleaved-updates"], dict(type=int, default=120, help="timed updates of each arm in the "
+                                         "one-process, update-by-update comparison")),
+        (["--compiled"], dict(action="store_true", help="also time the QRNN synthesizer alone under torch.compile "
+                              "(inductor; needs a C++ compiler, about a minute to compile)"))])
+    args = parse_benchmark_args(parser)
 
     base = ["--user-dir", os.path.join(REPO, "fairseq_dni"), "--task", "dni_language_modeling",
             "--arch", "dni_lstm_lm", "--dropout", "0"]

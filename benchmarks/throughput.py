@@ -114,24 +114,41 @@ def write_results(out, rows, setting, verdict, tokens_header="tokens/s", note_he
     print("\n".join(lines))
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-bin", default=os.path.join(REPO, "runs", "quickstart", "data-bin"))
-    parser.add_argument("--text-dir", default=None, help="binarize ptb.{train,valid,test}.txt from here first")
-    parser.add_argument("--embed-dim", type=int, default=200)
-    parser.add_argument("--hidden", type=int, default=200)
-    parser.add_argument("--layers", type=int, default=2)
+def benchmark_parser(name, data_bin, embed_dim=200, hidden=200, layers=2, updates=200, extra=()):
+    """The options every throughput benchmark shares (model size, windows, optimizer, timing), with the
+    script's defaults; ``extra``: (flags, add_argument kwargs) pairs of its own, listed before ``--out``
+    (results/NAME.{md,csv} by default)."""
+    parser = argparse.ArgumentParser(description=sys.modules["__main__"].__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-bin", default=data_bin)
+    parser.add_argument("--embed-dim", type=int, default=embed_dim)
+    parser.add_argument("--hidden", type=int, default=hidden)
+    parser.add_argument("--layers", type=int, default=layers)
     parser.add_argument("--batch-size", type=int, default=20, help="streams B")
     parser.add_argument("--window", type=int, default=35, help="tokens per window T")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--clip", type=float, default=0.25)
     parser.add_argument("--warmup", type=int, default=20, help="updates excluded from timing (also fairseq's log interval)")
-    parser.add_argument("--updates", type=int, default=200, help="timed updates")
+    parser.add_argument("--updates", type=int, default=updates, help="timed updates")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--out", default=os.path.join(HERE, "results", "throughput"))
+    for flags, kwargs in extra:
+        parser.add_argument(*flags, **kwargs)
+    parser.add_argument("--out", default=os.path.join(HERE, "results", name))
+    return parser
+
+
+def parse_benchmark_args(parser):
     args = parser.parse_args()
     if args.updates % args.warmup:
-        sys.exit("--updates must be a multiple of --warmup (fairseq logs every --warmup updates)")
+        parser.exit(2, f"{parser.prog}: error: --updates must be a multiple of --warmup (fairseq logs every "
+                       "--warmup updates)\n")
+    return args
+
+
+def main():
+    parser = benchmark_parser("throughput", os.path.join(REPO, "runs", "quickstart", "data-bin"), extra=[
+        (["--text-dir"], dict(default=None, help="binarize ptb.{train,valid,test}.txt from here first"))])
+    args = parse_benchmark_args(parser)
 
     if args.text_dir:
         args.data_bin = os.path.join(tempfile.mkdtemp(), "bin")

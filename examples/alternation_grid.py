@@ -199,11 +199,7 @@ def write_study(results_md, lines, runs, groups, out):
           "```", "", "Training command of one run per setting (the alternating arm where present):", ""]
     for (corpus, window), command in sorted(settings.items()):
         md += [f"* {corpus}, window {window}: `{command}`"]
-    md += ["", "## Results", ""] + lines
-    notes = os.path.join(out, "notes.md")  # hand-written reading of the tables: words, no numbers
-    if os.path.exists(notes):
-        with open(notes) as f:
-            md += ["## Reading", "", f.read().strip(), ""]
+    md += ["", "## Results", ""] + lines + grid_report.reading(out)
     md += ["## Validation curves", ""]
     for corpus, window in sorted(settings):
         md += [f"![{corpus} window {window}]({rel}/valid_{corpus}_T{window}.png)", ""]

@@ -199,6 +199,16 @@ def demote(lines, levels=1):
     return [("#" * levels + line) if line.startswith("#") else line for line in lines]
 
 
+def reading(out):
+    """The study's hand-written reading of its tables (``OUT/notes.md``; every figure it cites is in the
+    tables) as a "Reading" section's lines, or [] when there is none."""
+    notes = os.path.join(out, "notes.md")
+    if not os.path.exists(notes):
+        return []
+    with open(notes) as f:
+        return ["## Reading", "", f.read().strip(), ""]
+
+
 def write_fragment(path, summary, lines):
     """A study's section of RESULTS.md: the summary verdict (an HTML comment), then the section."""
     with open(path, "w") as f:

@@ -370,6 +370,7 @@ def write_study(results_md, lines, runs, groups, out):
     md += ["## Results", ""]
     md += lines if lines else ["Not run yet: no finished run in "
                                f"[`{rel}/logs`]({rel}/logs) (its logs land there as each run finishes).", ""]
+    md += grid_report.reading(out) if lines else []
     if groups:
         md += ["## Validation curves", ""]
         for corpus in groups:
