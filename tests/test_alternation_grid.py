@@ -40,3 +40,16 @@ def test_grid_reports_what_the_logs_say(tiny_data, tmp_path):
     # a second call skips finished runs (logs present) and only re-reports
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "finished" not in again.stdout
+
+
+def test_committed_results_are_what_the_committed_logs_say(tmp_path):
+    """docs/RESULTS.md's MLP-grid tables and results.csv are what --report-only makes of the committed logs."""
+    from pathlib import Path
+
+    sys.path.insert(0, os.path.join(REPO, "examples"))
+    import alternation_grid
+    from test_paper_grid import committed_tables_match
+
+    docs = Path(REPO, "docs")
+    alternation_grid.report(alternation_grid.collect(str(docs / "results" / "logs")), str(tmp_path))
+    committed_tables_match(tmp_path, docs / "results", docs / "RESULTS.md")

@@ -5,7 +5,9 @@ import csv
 import json
 import os
 import random
+import re
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -228,3 +230,32 @@ def test_the_one_cycle_baseline_is_one_cosine_over_the_run(no_data):
     for k, (lr, _) in enumerate(reference):   # at every epoch's start: the paper's rate of that epoch
         sched.set_clock(Clock(update=k * WINDOWS, epoch=k))
         assert optimizer.get_lr() == pytest.approx(lr, abs=1e-12)
+
+
+def committed_tables_match(out, committed, page):
+    """The report just written into ``out`` from the committed logs has the committed CSV and tables, and
+    every table line stands in ``page`` (docs/RESULTS.md)."""
+    for name in ("results.csv", "table.md"):
+        assert (out / name).read_text() == (committed / name).read_text(), f"{committed / name} is stale"
+    text = page.read_text()
+    for line in (out / "table.md").read_text().splitlines():
+        assert line.lstrip("#").strip() in text, line
+
+
+def test_committed_results_are_what_the_committed_logs_say(tmp_path):
+    """docs/RESULTS.md's paper-grid tables and results.csv are what --report-only makes of the committed logs."""
+    docs = os.path.join(REPO, "docs")
+    paper_grid.report(os.path.join(docs, "results", "paper", "logs"), str(tmp_path))
+    committed_tables_match(tmp_path, Path(docs, "results", "paper"), Path(docs, "RESULTS.md"))
+
+
+def test_readme_figures_are_the_results_pages():
+    """Every perplexity the README's 'Measured' section quotes for the two studies is on docs/RESULTS.md."""
+    readme = Path(REPO, "README.md").read_text()
+    measured = readme.split("## Measured", 1)[1].split("\n## ", 1)[0]
+    studies = [b for b in measured.split("\n* ") if b.startswith(("**Does alternation", "**With the seed paper"))]
+    assert len(studies) == 2
+    figures = [f for b in studies for f in re.findall(r"\b\d+\.\d\d\b", b)]
+    assert len(figures) >= 8
+    page = Path(REPO, "docs", "RESULTS.md").read_text()
+    assert [f for f in figures if f not in page] == []
