@@ -150,6 +150,10 @@ def parse_run(log_dir, name):
     # have no synthesizer and log none: real)
     modes = ["synthetic" if float(r.get("train_dni_synthetic", 0)) > 0.5 else "real" for r in epochs]
     cos = [float(r["dni_cos"]) for r in rows["train_inner"] if "dni_cos" in r]
+    # how much the synthesizer predicts: its output's norm over the true gradient's, last epoch's means
+    last = epochs[-1] if epochs else {}
+    pred_over_target = (float(last["train_dni_pred_norm"]) / float(last["train_dni_target_norm"])
+                        if "train_dni_pred_norm" in last and float(last["train_dni_target_norm"]) > 0 else float("nan"))
     periods = [int(p) for p in grid_report.flag(path, "--lr-period-epochs", "0").split(",")]
     max_epoch = int(grid_report.flag(path, "--max-epoch"))
     restarts = [sum(periods[:k]) for k in range(1, len(periods)) if sum(periods[:k]) < max_epoch]
@@ -164,7 +168,7 @@ def parse_run(log_dir, name):
         updates=ends[-1] if ends else None, epochs=len(epochs),
         synthetic_epochs=" ".join(str(e) for e, m in enumerate(modes, start=1) if m == "synthetic"),
         dni_cos_first=cos[0] if cos else float("nan"), dni_cos_last=cos[-1] if cos else float("nan"),
-        train_wall_s=grid_report.train_wall(path),
+        dni_pred_over_target=pred_over_target, train_wall_s=grid_report.train_wall(path),
         curve=(epoch_x(valid, ends), [float(r["valid_ppl"]) for r in valid]), modes=modes, restarts=restarts,
         params=params.group(1) if params else None, command=grid_report.command_of(path),
         eval_command=grid_report.command_of(os.path.join(log_dir, f"{name}.eval-best.log")))
@@ -186,7 +190,7 @@ def collect(log_dir):
 
 
 FIELDS = ["corpus", "arm", "seed", "test_ppl_last", "test_ppl_best", "final_valid_ppl", "best_valid_ppl",
-          "best_epoch", "updates", "epochs", "synthetic_epochs", "dni_cos_first", "dni_cos_last", "train_wall_s"]
+          "best_epoch", "updates", "epochs", "synthetic_epochs", "dni_cos_first", "dni_cos_last", "dni_pred_over_target", "train_wall_s"]
 COLORS = {"bptt-one-cycle": "tab:gray", "bptt-restarts": "tab:blue", "dni-restarts": "tab:red",
           "alternating-restarts": "tab:green", "alternating-restarts-mlp": "tab:orange"}
 
@@ -202,9 +206,10 @@ def corpus_table(corpus, arms):
     planned = len(planned_arms(corpus)) * len(SEEDS[corpus])
     lines = [f"### {CORPUS_NAMES[corpus]} ({done} of {planned} runs)", "",
              "| arm | seeds | test ppl, last checkpoint (mean ± half-range) | each seed | test ppl, best-validation "
-             "checkpoint (mean) | final valid ppl (mean) | synthesizer cos first → last (mean) | synthetic epochs "
-             "| updates | train wall s (runs share the 2 cores) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "checkpoint (mean) | final valid ppl (mean) | synthesizer cos first → last (mean) | synthesizer "
+             "‖prediction‖ / ‖target‖, last epoch (mean) | synthetic epochs | updates | train wall s (runs share the "
+             "2 cores) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     best = grid_report.best_arm(arms, "test_ppl_last")
     for arm in [a for a in ARMS if a in arms]:
         rs = arms[arm]
@@ -217,7 +222,7 @@ def corpus_table(corpus, arms):
         lines.append(f"| {arm} | {len(rs)} | {last} | {' / '.join(format(r['test_ppl_last'], '.2f') for r in rs)} | "
                      f"{cell([r['test_ppl_best'] for r in rs], '.2f')} | "
                      f"{cell([r['final_valid_ppl'] for r in rs], '.2f')} | "
-                     f"{cos} | {synthetic} | {' / '.join(sorted({str(r['updates']) for r in rs}))} | "
+                     f"{cos} | {cell([r['dni_pred_over_target'] for r in rs], '.3f')} | {synthetic} | {' / '.join(sorted({str(r['updates']) for r in rs}))} | "
                      f"{cell([r['train_wall_s'] for r in rs], '.0f')} |")
     lines.append("")
     for arm in [a for a in ALTERNATING if a in arms or a in planned_arms(corpus)]:
@@ -241,9 +246,16 @@ def summary(groups):
             said.append(f"{arm} {'beat' if beat else 'did not beat'} every baseline present by more than the seed "
                         "spread" if seeds > 1 else
                         f"{arm} {'was' if beat else 'was not'} lower than every baseline present (no spread yet)")
+        best = grid_report.best_arm(arms, "test_ppl_last")
+        _, against = grid_report.compare(arms, best, [a for a in ARMS if a in arms and a != best], "test_ppl_last")
+        margin = ("one seed: no spread" if seeds == 1 else
+                  "by more than the seed spread" if all(p.startswith("better") for p in against) else
+                  "within the seed spread of " + ", ".join(p.split(" (")[0][len("within the seed spread of "):]
+                                                          for p in against if p.startswith("within")))
         parts.append(f"{CORPUS_NAMES[corpus]} ({seeds} seed{'s' if seeds > 1 else ''}): "
                      + ("; ".join(said) or "no alternating arm yet")
-                     + f"; lowest test perplexity among the arms with every seed run so far: {grid_report.best_arm(arms, 'test_ppl_last')}")
+                     + "; lowest mean test perplexity among the arms with every seed run so far: "
+                     + f"{best} ({margin})")
     return ". ".join(parts)
 
 

@@ -64,6 +64,7 @@ def write_fake_run(log_dir, corpus, arm, seed, rng):
         epoch_record = {"epoch": epoch, "train_loss": 7.2, "train_num_updates": update}
         if dni:
             epoch_record["train_dni_synthetic"] = modes[epoch - 1]
+            epoch_record.update(train_dni_pred_norm=0.25 * epoch, train_dni_target_norm=2.0)
         lines.append(record("train", epoch_record))
     wall = rng.randint(100, 999)
     lines.append(f"# exit 0 after {wall} s\n")
@@ -78,7 +79,8 @@ def write_fake_run(log_dir, corpus, arm, seed, rng):
     return dict(corpus=corpus, arm=arm, seed=str(seed), test_ppl_last=tests["last"], test_ppl_best=tests["best"],
                 final_valid_ppl=last_valid, best_valid_ppl=best[1], best_epoch=str(best[2]), updates=str(update),
                 epochs="4", synthetic_epochs=" ".join(str(e) for e, m in enumerate(modes, 1) if m),
-                dni_cos_first=cos[0] if cos else "", dni_cos_last=cos[-1] if cos else "", train_wall_s=str(wall))
+                dni_cos_first=cos[0] if cos else "", dni_cos_last=cos[-1] if cos else "",
+                dni_pred_over_target=0.5 if dni else "", train_wall_s=str(wall))
 
 
 def test_report_prints_the_numbers_in_the_logs(tmp_path, no_data):
