@@ -258,20 +258,28 @@ def main():
 
     if not args.report_only:
         data_bin = args.data_bin or os.path.join(REPO, "runs", f"{args.corpus}-bin")
-        grid_runner.binarize(args.corpus, args.text_dir or grid_runner.CORPORA[args.corpus][0], data_bin,
-                             prog="alternation_grid")
+        data_bin = grid_runner.binarize(args.corpus, args.text_dir or grid_runner.CORPORA[args.corpus][0], data_bin,
+                                        prog="alternation_grid")
         cells = [(w, a, s) for w in map(int, args.windows.split(",")) for s in map(int, args.seeds.split(","))
                  for a in args.arms.split(",")]
         for _, a, _ in cells:
             if a not in ARMS:
                 sys.exit(f"alternation_grid: error: unknown arm {a!r} (choose from {', '.join(ARMS)})")
         runs = [make_run(args.corpus, data_bin, w, a, s, args) for w, a, s in cells]
-        grid_runner.run_grid(runs, log_dir, args.work_dir, args.jobs, args.commit, args.force, "Grid run", args.threads)
+        grid_runner.run_grid(runs, log_dir, args.work_dir, args.jobs, args.commit, args.force, "Grid run", args.threads,
+                             report=lambda: report_all(log_dir, args.out, args.results_md))
+    report_all(log_dir, args.out, args.results_md)
+
+
+def report_all(log_dir, out, results_md):
+    """The report from every finished run's logs; returns the files it wrote."""
     runs = collect(log_dir)
     if runs:
-        lines, groups = report(runs, args.out)
-        if args.results_md:
-            write_study(args.results_md, lines, runs, groups, args.out)
+        lines, groups = report(runs, out)
+        if results_md:
+            write_study(results_md, lines, runs, groups, out)
+    return grid_report.written(out, results_md)
+
 
 if __name__ == "__main__":
     main()

@@ -199,6 +199,12 @@ def demote(lines, levels=1):
     return [("#" * levels + line) if line.startswith("#") else line for line in lines]
 
 
+def written(out, results_md):
+    """The files a study's report writes: OUT's CSV, tables and plots, and the page (if any)."""
+    files = [os.path.join(out, f) for f in sorted(os.listdir(out)) if f.endswith((".csv", ".md", ".png"))]
+    return files + ([results_md] if results_md else [])
+
+
 def reading(out):
     """The study's hand-written reading of its tables (``OUT/notes.md``; every figure it cites is in the
     tables) as a "Reading" section's lines, or [] when there is none."""

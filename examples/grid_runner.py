@@ -61,12 +61,15 @@ def add_grid_arguments(parser, out, work_dir):
     """The options every grid takes: the corpus and where it is, where logs and checkpoints go, how many runs
     at once, committing, rerunning and report-only. Grid-specific options (arms, seeds, sizes) stay with it."""
     parser.add_argument("--corpus", choices=sorted(CORPORA), default="ptb")
-    parser.add_argument("--text-dir", help="folder with the corpus' train/valid/test text (default ../shared/data/...)")
-    parser.add_argument("--data-bin", help="binarized corpus (default runs/<corpus>-bin, made by fairseq-preprocess)")
+    parser.add_argument("--text-dir", help="folder with the corpus' train/valid/test text (default: the "
+                        "repository's ../shared/data/<corpus>)")
+    parser.add_argument("--data-bin", help="binarized corpus (default runs/<corpus>-bin); made from --text-dir "
+                        "with fairseq-preprocess when it has no dict.txt yet")
     parser.add_argument("--out", default=out, help="results; logs in OUT/logs")
     parser.add_argument("--work-dir", default=work_dir, help="checkpoints (not committed)")
-    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (threads per run = 2 // jobs, at least 1)")
-    parser.add_argument("--threads", type=int, help="threads per run (default: the cores shared out between the jobs)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel")
+    parser.add_argument("--threads", type=int, help="threads per run (default: the cores shared out between the jobs, "
+                        "at least 1)")
     parser.add_argument("--commit", action="store_true", help="git-commit each run's logs as soon as it finishes")
     parser.add_argument("--force", action="store_true", help="rerun runs whose logs exist")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the CSV, tables, plots and RESULTS.md")
@@ -75,8 +78,17 @@ def add_grid_arguments(parser, out, work_dir):
 
 
 def binarize(corpus, text_dir, dest, prog="grid"):
-    """fairseq-preprocess --only-source of a corpus' three text files into ``dest`` (once)."""
-    if not os.path.isfile(os.path.join(dest, "dict.txt")):
+    """fairseq-preprocess --only-source of a corpus' three text files into ``dest`` (once); returns ``dest``
+    as an absolute path (the runs start in the repository root). Exits with one line when a corpus file is
+    missing, or when ``dest`` holds a dictionary but not every split."""
+    dest = os.path.abspath(dest)
+    if os.path.isfile(os.path.join(dest, "dict.txt")):
+        missing = [f"{split}.{ext}" for split in ("train", "valid", "test") for ext in ("bin", "idx")
+                   if not os.path.isfile(os.path.join(dest, f"{split}.{ext}"))]
+        if missing:
+            sys.exit(f"{prog}: error: {dest} has dict.txt but no {', '.join(missing)}: an unfinished "
+                     "binarization? remove the folder to make it again")
+    else:
         train, valid, test = (os.path.join(text_dir, f) for f in CORPORA[corpus][1])
         for f in (train, valid, test):
             if not os.path.isfile(f):
@@ -136,9 +148,10 @@ def train_and_score(run, log_dir, work_dir, threads):
     return run
 
 
-def commit_logs(run, log_dir, message="Grid run"):
-    """Commit one run's logs; retried, and only a warning if git stays busy (the logs stay on disk)."""
-    files = run.log_paths(log_dir)
+def commit_logs(run, log_dir, message="Grid run", also=()):
+    """Commit one run's logs (and the files ``also``, the report rewritten from them); retried, and only a
+    warning if git stays busy (the logs stay on disk)."""
+    files = [*run.log_paths(log_dir), *also]
     for attempt in range(5):
         add = subprocess.run(["git", "add", "-f", *files], cwd=REPO, capture_output=True)
         done = add.returncode == 0 and subprocess.run(
@@ -150,9 +163,12 @@ def commit_logs(run, log_dir, message="Grid run"):
     print(f"warning: could not commit the logs of {run.name}; they are in {log_dir}", flush=True)
 
 
-def run_grid(runs, log_dir, work_dir, jobs=2, commit=False, force=False, message="Grid run", threads=None):
+def run_grid(runs, log_dir, work_dir, jobs=2, commit=False, force=False, message="Grid run", threads=None,
+             report=None):
     """Run every ``Run`` whose logs are missing (all of them with ``force``), ``jobs`` at a time, in order,
-    each with ``threads`` threads (default: the cores shared out between the jobs)."""
+    each with ``threads`` threads (default: the cores shared out between the jobs). With ``commit``, each
+    finished run's logs are committed at once, together with the files ``report()`` returns, having
+    rewritten them from the logs (so a grid stopped half-way leaves its tables in step with its logs)."""
     os.makedirs(log_dir, exist_ok=True)
     todo = [r for r in runs if force or not r.done(log_dir)]
     threads = threads or max(1, (os.cpu_count() or 2) // jobs)
@@ -169,6 +185,6 @@ def run_grid(runs, log_dir, work_dir, jobs=2, commit=False, force=False, message
                 continue
             print(f"finished {run.name}", flush=True)
             if commit:
-                commit_logs(run, log_dir, message)
+                commit_logs(run, log_dir, message, report() if report else ())
     if failed:
         sys.exit(f"grid: error: {len(failed)} run(s) failed: {', '.join(failed)}")

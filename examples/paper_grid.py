@@ -6,7 +6,7 @@ SGDR restarts counted in epochs: cycles of 5, 5, 10, 20, ... epochs against one 
 first epoch real (``--whenswitch 2``) where the paper does so. Scaled down in proportion to a CPU:
 ``dni_awd_lstm_lm_small`` (3 layers 256/256/128, tied 128-d embedding), 4 epochs, cycles of
 1, 1, 2 epochs (the paper's 5, 5, 10 divided by 5) against one 4-epoch cycle, windows of 70 (AWD-LSTM's
-own --bptt: see WINDOW for why not the paper's 200), the rate annealing
+own --bptt; docs/RESULTS.md, 'Window', says why not the paper's 200), the rate annealing
 within epochs (the paper holds it for a whole epoch: over 5-epoch cycles that still anneals, over
 1-epoch cycles it would not). Arms:
 
@@ -208,7 +208,7 @@ def corpus_table(corpus, arms):
              "| arm | seeds | test ppl, last checkpoint (mean ± half-range) | each seed | test ppl, best-validation "
              "checkpoint (mean) | final valid ppl (mean) | synthesizer cos first → last (mean) | synthesizer "
              "‖prediction‖ / ‖target‖, last epoch (mean) | synthetic epochs | updates | train wall s (runs share the "
-             "2 cores) |",
+             "2 cores: not a speed comparison) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     best = grid_report.best_arm(arms, "test_ppl_last")
     for arm in [a for a in ARMS if a in arms]:
@@ -305,6 +305,12 @@ def report(log_dir, out, results_md=None):
     return runs
 
 
+def report_files(log_dir, out, results_md):
+    """``report``, then the files it writes (to be committed with a run's logs)."""
+    report(log_dir, out, results_md)
+    return grid_report.written(out, results_md)
+
+
 def write_study(results_md, lines, runs, groups, out):
     """The paper grid's section of docs/RESULTS.md (``OUT/study.md``), then the page from both studies."""
     rel = os.path.relpath(out, os.path.dirname(results_md))
@@ -361,8 +367,8 @@ def write_study(results_md, lines, runs, groups, out):
           "both against a restatement of the paper's training loop). By epoch that makes PTB's alternating arms "
           "real, synthetic, real, real; WikiText-2's real, real, synthetic, synthetic; dni-restarts real, then "
           "synthetic (the tables' \"synthetic epochs\" column reads the modes back from the logs). One thing does "
-          "not scale: where the paper's first cycle has one real epoch and four synthetic ones, ours is one "
-          "epoch, all real.", "",
+          "not scale: in the paper's `--whenswitch 2` arms (dni-restarts; WikiText-2's alternating) the first cycle "
+          "has one real epoch and four synthetic ones; ours is one epoch, all real.", "",
           "Reproduce:", "", "```bash",
           "python examples/paper_grid.py --corpus ptb --seeds 1,2 --commit",
           "python examples/paper_grid.py --corpus wikitext2 --seeds 1 --commit   # " + ", ".join(WIKITEXT2_ARMS),
@@ -395,7 +401,8 @@ def main():
     grid_runner.add_grid_arguments(p, OUT, os.path.join(REPO, "runs", "paper_grid"))
     p.add_argument("--arms", help="comma-separated (default: all five on PTB, "
                                   f"{', '.join(WIKITEXT2_ARMS)} on WikiText-2)")
-    p.add_argument("--seeds", default="1,2")
+    p.add_argument("--seeds", default="1,2", help="comma-separated seeds (the committed grid: 1,2 on PTB, 1 on "
+                                                   "WikiText-2)")
     args = p.parse_args()
     log_dir = os.path.join(args.out, "logs")
     if not args.report_only:
@@ -404,11 +411,15 @@ def main():
             if a not in ARMS:
                 sys.exit(f"paper_grid: error: unknown arm {a!r} (choose from {', '.join(ARMS)})")
         data_bin = args.data_bin or os.path.join(REPO, "runs", f"{args.corpus}-bin")
-        grid_runner.binarize(args.corpus, args.text_dir or grid_runner.CORPORA[args.corpus][0], data_bin,
-                             prog="paper_grid")
-        runs = runs_for(args.corpus, [int(s) for s in args.seeds.split(",")], arms, data_bin)
+        data_bin = grid_runner.binarize(args.corpus, args.text_dir or grid_runner.CORPORA[args.corpus][0], data_bin,
+                                        prog="paper_grid")
+        try:
+            seeds = [int(s) for s in args.seeds.split(",")]
+        except ValueError:
+            sys.exit(f"paper_grid: error: --seeds takes comma-separated whole numbers, got {args.seeds!r}")
+        runs = runs_for(args.corpus, seeds, arms, data_bin)
         grid_runner.run_grid(runs, log_dir, args.work_dir, args.jobs, args.commit, args.force, "Paper grid run",
-                             args.threads)
+                             args.threads, report=lambda: report_files(log_dir, args.out, args.results_md))
     report(log_dir, args.out, args.results_md)
 
 

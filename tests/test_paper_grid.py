@@ -261,3 +261,15 @@ def test_readme_figures_are_the_results_pages():
     assert len(figures) >= 8
     page = Path(REPO, "docs", "RESULTS.md").read_text()
     assert [f for f in figures if f not in page] == []
+
+
+def test_a_half_binarized_folder_is_one_line_and_the_data_bin_absolute(tmp_path, monkeypatch):
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "dict.txt").write_text("the 1\n")
+    with pytest.raises(SystemExit, match=r"has dict.txt but no train.bin, train.idx.*unfinished binarization"):
+        paper_grid.grid_runner.binarize("ptb", str(tmp_path), str(tmp_path / "half"), prog="paper_grid")
+    for split in ("train", "valid", "test"):   # a finished one is reused, as an absolute path (runs start in REPO)
+        for ext in ("bin", "idx"):
+            (tmp_path / "half" / f"{split}.{ext}").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    assert paper_grid.grid_runner.binarize("ptb", "nowhere", "half") == str(tmp_path / "half")
