@@ -190,7 +190,8 @@ def collect(log_dir):
 
 
 FIELDS = ["corpus", "arm", "seed", "test_ppl_last", "test_ppl_best", "final_valid_ppl", "best_valid_ppl",
-          "best_epoch", "updates", "epochs", "synthetic_epochs", "dni_cos_first", "dni_cos_last", "dni_pred_over_target", "train_wall_s"]
+          "best_epoch", "updates", "epochs", "synthetic_epochs", "dni_cos_first", "dni_cos_last",
+          "dni_pred_over_target", "train_wall_s"]
 COLORS = {"bptt-one-cycle": "tab:gray", "bptt-restarts": "tab:blue", "dni-restarts": "tab:red",
           "alternating-restarts": "tab:green", "alternating-restarts-mlp": "tab:orange"}
 
@@ -222,7 +223,8 @@ def corpus_table(corpus, arms):
         lines.append(f"| {arm} | {len(rs)} | {last} | {' / '.join(format(r['test_ppl_last'], '.2f') for r in rs)} | "
                      f"{cell([r['test_ppl_best'] for r in rs], '.2f')} | "
                      f"{cell([r['final_valid_ppl'] for r in rs], '.2f')} | "
-                     f"{cos} | {cell([r['dni_pred_over_target'] for r in rs], '.3f')} | {synthetic} | {' / '.join(sorted({str(r['updates']) for r in rs}))} | "
+                     f"{cos} | {cell([r['dni_pred_over_target'] for r in rs], '.3f')} | {synthetic} | "
+                     f"{' / '.join(sorted({str(r['updates']) for r in rs}))} | "
                      f"{cell([r['train_wall_s'] for r in rs], '.0f')} |")
     lines.append("")
     for arm in [a for a in ALTERNATING if a in arms or a in planned_arms(corpus)]:
@@ -247,11 +249,11 @@ def summary(groups):
                         "spread" if seeds > 1 else
                         f"{arm} {'was' if beat else 'was not'} lower than every baseline present (no spread yet)")
         best = grid_report.best_arm(arms, "test_ppl_last")
-        _, against = grid_report.compare(arms, best, [a for a in ARMS if a in arms and a != best], "test_ppl_last")
+        against = {a: grid_report.compare(arms, best, [a], "test_ppl_last")[1][0]   # one phrase per other arm
+                   for a in ARMS if a in arms and a != best}
         margin = ("one seed: no spread" if seeds == 1 else
-                  "by more than the seed spread" if all(p.startswith("better") for p in against) else
-                  "within the seed spread of " + ", ".join(p.split(" (")[0][len("within the seed spread of "):]
-                                                          for p in against if p.startswith("within")))
+                  "by more than the seed spread" if all(p.startswith("better") for p in against.values()) else
+                  "within the seed spread of " + ", ".join(a for a, p in against.items() if p.startswith("within")))
         parts.append(f"{CORPUS_NAMES[corpus]} ({seeds} seed{'s' if seeds > 1 else ''}): "
                      + ("; ".join(said) or "no alternating arm yet")
                      + "; lowest mean test perplexity among the arms with every seed run so far: "

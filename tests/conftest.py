@@ -44,6 +44,16 @@ def assert_same_weights(path_a, path_b, parts=("model",), rtol=0.0, atol=0.0):
                 torch.testing.assert_close(b[part][name], value, rtol=rtol, atol=atol, msg=f"{part}.{name}")
 
 
+def committed_tables_match(out, committed, page):
+    """The report just written into ``out`` from the committed logs has the committed CSV and tables, and
+    every table line stands in ``page`` (docs/RESULTS.md)."""
+    for name in ("results.csv", "table.md"):
+        assert (out / name).read_text() == (committed / name).read_text(), f"{committed / name} is stale"
+    text = page.read_text()
+    for line in (out / "table.md").read_text().splitlines():
+        assert line.lstrip("#").strip() in text, line
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

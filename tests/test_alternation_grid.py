@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from conftest import REPO
+from conftest import REPO, committed_tables_match
 
 
 def test_grid_reports_what_the_logs_say(tiny_data, tmp_path):
@@ -48,7 +48,6 @@ def test_committed_results_are_what_the_committed_logs_say(tmp_path):
 
     sys.path.insert(0, os.path.join(REPO, "examples"))
     import alternation_grid
-    from test_paper_grid import committed_tables_match
 
     docs = Path(REPO, "docs")
     alternation_grid.report(alternation_grid.collect(str(docs / "results" / "logs")), str(tmp_path))

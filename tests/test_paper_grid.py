@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, committed_tables_match
 
 sys.path.insert(0, os.path.join(REPO, "examples"))
 import paper_grid  # noqa: E402
@@ -232,16 +232,6 @@ def test_the_one_cycle_baseline_is_one_cosine_over_the_run(no_data):
     for k, (lr, _) in enumerate(reference):   # at every epoch's start: the paper's rate of that epoch
         sched.set_clock(Clock(update=k * WINDOWS, epoch=k))
         assert optimizer.get_lr() == pytest.approx(lr, abs=1e-12)
-
-
-def committed_tables_match(out, committed, page):
-    """The report just written into ``out`` from the committed logs has the committed CSV and tables, and
-    every table line stands in ``page`` (docs/RESULTS.md)."""
-    for name in ("results.csv", "table.md"):
-        assert (out / name).read_text() == (committed / name).read_text(), f"{committed / name} is stale"
-    text = page.read_text()
-    for line in (out / "table.md").read_text().splitlines():
-        assert line.lstrip("#").strip() in text, line
 
 
 def test_committed_results_are_what_the_committed_logs_say(tmp_path):
