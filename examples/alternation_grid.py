@@ -161,10 +161,9 @@ def summary(groups):
     beat = [s for s in settings if "alternating" in groups[s]
             and grid_report.compare(groups[s], "alternating", ARMS[:3])[0]]
     names = "; ".join(f"{c} window {w}" for c, w in settings)
-    bests = {grid_report.best_arm(groups[s]) for s in settings}
-    best = (f"lowest test perplexity in every setting: {bests.pop()}" if len(bests) == 1 else
-            "lowest test perplexity: " + ", ".join(f"{grid_report.best_arm(groups[s])} ({s[0]} window {s[1]})"
-                                                   for s in settings))
+    lows = {s: grid_report.lowest(groups[s]) for s in settings}
+    best = "lowest test perplexity: " + ", ".join(f"{arm} in {s[0]} window {s[1]} ({margin})"
+                                                  for s, (arm, margin) in lows.items())
     return (f"alternating beat every baseline by more than the seed spread in {len(beat)} of {len(settings)} "
             f"settings ({names}); {best}")
 

@@ -140,6 +140,25 @@ def best_arm(arms, key="test_ppl"):
     return min((a for a in arms if len(arms[a]) == most), key=lambda a: spread([r[key] for r in arms[a]])[0])
 
 
+def lowest(arms, key="test_ppl"):
+    """``(arm, margin)``: ``best_arm`` and how far ahead it is, in words: "one seed: no spread", "by
+    more than the seed spread" (than every other arm, ``compare`` arm by arm), or which arms it is not
+    clearly ahead of ("within the seed spread of A, B"; "lower on one common seed only (no spread)
+    than C"; "higher on the seeds both ran than D"; "no seed in common with E")."""
+    best = best_arm(arms, key)
+    against = {a: compare(arms, best, [a], key)[1][0] for a in arms if a != best}  # one phrase per other arm
+    if max(len(rs) for rs in arms.values()) == 1:
+        return best, "one seed: no spread"
+    said = []
+    for words, phrase in ((("within",), "within the seed spread of "),
+                          (("lower",), "lower on one common seed only (no spread) than "),
+                          (("worse", "higher"), "higher on the seeds both ran than "),
+                          (("no seed",), "no seed in common with ")):
+        names = [a for a, p in against.items() if p.startswith(words)]
+        said += [phrase + ", ".join(names)] if names else []
+    return best, "; ".join(said) or "by more than the seed spread"
+
+
 def write_csv(path, fields, rows):
     """One row per run; floats with 4 decimals, nan and None as empty cells."""
     def cell(v):

@@ -248,12 +248,7 @@ def summary(groups):
             said.append(f"{arm} {'beat' if beat else 'did not beat'} every baseline present by more than the seed "
                         "spread" if seeds > 1 else
                         f"{arm} {'was' if beat else 'was not'} lower than every baseline present (no spread yet)")
-        best = grid_report.best_arm(arms, "test_ppl_last")
-        against = {a: grid_report.compare(arms, best, [a], "test_ppl_last")[1][0]   # one phrase per other arm
-                   for a in ARMS if a in arms and a != best}
-        margin = ("one seed: no spread" if seeds == 1 else
-                  "by more than the seed spread" if all(p.startswith("better") for p in against.values()) else
-                  "within the seed spread of " + ", ".join(a for a, p in against.items() if p.startswith("within")))
+        best, margin = grid_report.lowest({a: arms[a] for a in ARMS if a in arms}, "test_ppl_last")
         parts.append(f"{CORPUS_NAMES[corpus]} ({seeds} seed{'s' if seeds > 1 else ''}): "
                      + ("; ".join(said) or "no alternating arm yet")
                      + "; lowest mean test perplexity among the arms with every seed run so far: "

@@ -135,6 +135,22 @@ def test_computed_verdict_against_the_seed_spread():
     assert not beats and parts == ["lower than base by 1.00 (one seed: no spread to compare with, on seed 1 only)"]
 
 
+def test_the_lowest_arm_and_its_margin_in_words():
+    import grid_report
+
+    runs = lambda *ppl: [dict(seed=s, test_ppl=p) for s, p in enumerate(ppl, 1)]  # noqa: E731
+    assert grid_report.lowest({"a": runs(140.0, 141.0), "b": runs(150.0, 152.0)}) == (
+        "a", "by more than the seed spread")
+    assert grid_report.lowest({"a": runs(140.0, 141.0), "b": runs(150.0, 152.0), "c": runs(140.5, 141.5),
+                               "d": runs(140.2, 141.4)}) == ("a", "within the seed spread of c, d")
+    assert grid_report.lowest({"a": runs(140.0), "b": runs(150.0)}) == ("a", "one seed: no spread")
+    # the lowest mean over both seeds, yet higher than c on seed 1, the only one c has run
+    assert grid_report.lowest({"a": runs(140.0, 130.0), "b": runs(150.0, 152.0), "c": runs(120.0)}) == (
+        "a", "higher on the seeds both ran than c")
+    assert grid_report.lowest({"a": runs(140.0, 130.0), "b": runs(150.0, 152.0), "c": runs(150.0)}) == (
+        "a", "lower on one common seed only (no spread) than c")
+
+
 # ---- (b) every arm ends at the bottom of a cycle ---------------------------------------------------
 def schedule_flags(args):
     """The schedule flags of an arm's fairseq-train arguments (everything cosine_alternating reads)."""
