@@ -101,7 +101,7 @@ def assert_yaml_is_the_command(name, cfg, argv, yaml_path):
     skip = {("common", "user_dir"), ("task", "data"), ("model", "_name")}
     # every YAML value is the recipe's
     for path, value in leaves(OmegaConf.to_container(yaml)):
-        if path in skip:
+        if path in skip or path[0] == "hydra":  # hydra.run.dir: Hydra's own setting, not fairseq's
             continue
         got = OmegaConf.select(cfg, ".".join(path))
         assert got == value, f"{name}: {'.'.join(path)} = {got!r} in the recipe, {value!r} in the YAML"
@@ -138,17 +138,22 @@ def test_hydra_train_runs_a_recipe_config(local_corpora, tmp_path):
     for split in ("train", "valid", "test"):
         os.symlink(os.path.join(local_corpora["ptb"], f"ptb.{split}.txt"), text / f"{split}.txt")
     binarize(str(text), data)
+    # launched from another folder with relative paths, as a user would: the YAML's hydra.run.dir "."
+    # keeps Hydra from changing into outputs/DATE/TIME, where none of them would resolve
+    launch = tmp_path / "launch"
+    launch.mkdir()
     out = fairseq("fairseq-hydra-train", "--config-dir", os.path.join(REPO, "recipes", "config"),
-                  "--config-name", "ptb", f"task.data={data}", f"checkpoint.save_dir={tmp_path / 'ck'}",
-                  f"hydra.run.dir={tmp_path / 'hydra'}", "common.cpu=true", "common.log_interval=5",
+                  "--config-name", "ptb", "task.data=../bin", "checkpoint.save_dir=ck",
+                  f"common.user_dir={os.path.relpath(os.path.join(REPO, 'fairseq_dni'), launch)}",
+                  "common.cpu=true", "common.log_interval=5",
                   "model.decoder_layers=1", "model.decoder_hidden_size=32", "model.decoder_embed_dim=32",
                   "dataset.batch_size=4", "dataset.num_workers=0", "lr_scheduler.lr_period_updates=5",
-                  "optimization.max_update=15")
+                  "optimization.max_update=15", cwd=launch)
     rows = [json.loads(r) for r in re.findall(r"\[train_inner\]\[INFO\] - (\{.*\})", out)]
     assert [int(r["num_updates"]) for r in rows] == [5, 10, 15]
     # 5-update cycles with t_mult 2 from the YAML: 5 synthetic, then 10 real
     assert [float(r["dni_synthetic"]) for r in rows] == [1.0, 0.0, 0.0]
-    assert os.path.exists(tmp_path / "ck" / "checkpoint_last.pt")
+    assert os.path.exists(launch / "ck" / "checkpoint_last.pt") and os.path.isdir(launch / ".hydra")
 
 
 def test_recipes_never_write_into_the_local_corpus(local_corpora, tmp_path):

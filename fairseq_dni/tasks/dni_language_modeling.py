@@ -153,7 +153,8 @@ class DNILanguageModelingTask(FairseqTask):
         dict_path = os.path.join(paths[0], "dict.txt")
         if not os.path.isfile(dict_path):
             raise DNIDataNotFound(
-                f"dni_language_modeling: no dictionary at {dict_path}; "
+                f"dni_language_modeling: no dictionary at {dict_path}"
+                f"{'' if os.path.isabs(dict_path) else f' (relative to {os.getcwd()})'}; "
                 "binarize the corpus with 'fairseq-preprocess --only-source' first"
             )
         dictionary = Dictionary.load(dict_path)
