@@ -1,7 +1,7 @@
 """--optimizer alternating + --lr-scheduler cosine_alternating through stock fairseq-train."""
 import pytest
 
-from conftest import USER_DIR, assert_same_weights, fairseq, launch_ranks, train_inner, train_args
+from helpers import USER_DIR, assert_same_weights, fairseq, launch_ranks, train_inner, train_args
 from fairseq_dni.optim.lr_scheduler.cosine_alternating import learning_rate, mode_at
 
 PERIOD, T_MULT, WARMUP, LR, MIN_LR = 10, 2, 3, 0.01, 0.0005

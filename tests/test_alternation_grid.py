@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from conftest import REPO, committed_tables_match
+from helpers import REPO, committed_tables_match
 
 
 def test_grid_reports_what_the_logs_say(tiny_data, tmp_path):

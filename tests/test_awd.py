@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from fairseq.data import Dictionary
 
-from conftest import USER_DIR, fairseq
+from helpers import USER_DIR, fairseq
 from fairseq_dni.criterions.dni_cross_entropy import DNICrossEntropyConfig, DNICrossEntropyCriterion
 from fairseq_dni.criterions.lm_cross_entropy import LMCrossEntropyConfig, LMCrossEntropyCriterion
 from fairseq_dni.data.stream_windows import StreamWindows

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, USER_DIR, build_dni, fairseq
+from helpers import REPO, USER_DIR, build_dni, fairseq
 from fairseq_dni.data.stream_windows import StreamWindows
 from fairseq_dni.errors import DNIUserError
 

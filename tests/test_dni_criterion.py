@@ -10,7 +10,7 @@ import pytest
 import torch
 from fairseq.data import Dictionary
 
-from conftest import build_dni
+from helpers import build_dni
 from fairseq_dni.carried_state import StateLayout
 from fairseq_dni.data.stream_windows import StreamWindows
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import USER_DIR, fairseq, train_args, train_inner
+from helpers import USER_DIR, fairseq, train_args, train_inner
 
 DNI = ["--criterion", "dni_cross_entropy", "--optimizer", "alternating", "--dni-lr", "0.01"]
 

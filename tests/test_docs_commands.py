@@ -38,7 +38,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, train_inner
+from helpers import REPO, train_inner
 from test_hub import write_raw_text
 
 RECIPES_INPUTS = {"my_raw_text.txt": lambda path, tiny_data: write_raw_text(path, 600, seed=4)}  # "your raw text"

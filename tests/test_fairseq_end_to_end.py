@@ -6,7 +6,7 @@ import subprocess
 import pytest
 import torch
 
-from conftest import BIN, USER_DIR, assert_same_weights, fairseq, launch_ranks, train_args
+from helpers import BIN, USER_DIR, assert_same_weights, fairseq, launch_ranks, train_args
 from reference_lm import perplexity
 
 

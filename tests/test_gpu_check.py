@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 import gpu_check  # noqa: E402

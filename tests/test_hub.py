@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 
-from conftest import fairseq
+from helpers import fairseq
 from test_recipes import run_recipe
 
 

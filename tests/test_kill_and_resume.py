@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import BIN, assert_same_weights, fairseq, launch_ranks, start_ranks, train_args, train_inner
+from helpers import BIN, assert_same_weights, fairseq, launch_ranks, start_ranks, train_args, train_inner
 
 ALTERNATING = [
     "--criterion", "dni_cross_entropy", "--optimizer", "alternating", "--dni-lr", "0.003",

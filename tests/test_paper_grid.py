@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, committed_tables_match
+from helpers import REPO, committed_tables_match
 
 sys.path.insert(0, os.path.join(REPO, "examples"))
 import paper_grid  # noqa: E402

@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, fairseq, write_corpus
+from helpers import REPO, fairseq, write_corpus
 from test_recipes import assert_yaml_is_the_command, recipe_config, run_recipe
 from test_schedule import paper_epochs
 

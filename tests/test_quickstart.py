@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from conftest import REPO, TINY_MODEL, fairseq, train_inner
+from helpers import REPO, TINY_MODEL, fairseq, train_inner
 
 
 def quickstart_command(work):

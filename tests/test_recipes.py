@@ -20,7 +20,7 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import REPO, fairseq, train_inner, write_corpus
+from helpers import REPO, fairseq, train_inner, write_corpus
 
 RECIPES = {  # recipe -> the file names its local data folder uses in this test
     "ptb": "ptb.{split}.txt",
@@ -130,7 +130,7 @@ def test_hydra_config_is_the_recipe(name, local_corpora, tmp_path):
 
 
 def test_hydra_train_runs_a_recipe_config(local_corpora, tmp_path):
-    from conftest import binarize
+    from helpers import binarize
 
     data = str(tmp_path / "bin")
     text = tmp_path / "text"

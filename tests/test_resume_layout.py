@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import fairseq, train_args, train_inner
+from helpers import fairseq, train_args, train_inner
 from fairseq_dni.data.stream_windows import StreamWindows, window_boundaries
 
 PAD, EOS = 1, 2

@@ -1,0 +1,126 @@
+"""Helpers the test files share: fairseq's console scripts run as a user would, tiny corpora made at
+run time, multi-rank launches, checkpoint comparison, the committed-report check. The fixtures that
+use them are in conftest.py."""
+import json
+import os
+import random
+import re
+import socket
+import subprocess
+import sys
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+USER_DIR = os.path.join(REPO, "fairseq_dni")
+BIN = os.path.dirname(sys.executable)  # fairseq's console scripts live next to this python
+
+
+def fairseq(tool, *args, cwd=None, env=None, check=True, timeout=600):
+    """Run a stock fairseq console script; return its combined output."""
+    cmd = [os.path.join(BIN, tool), *map(str, args)]
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0", **(env or {}))
+    proc = subprocess.run(cmd, cwd=cwd or REPO, env=full_env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{tool} failed ({proc.returncode}):\n{proc.stdout[-4000:]}")
+    return proc.stdout
+
+
+def train_inner(out):
+    """The per-interval training records of a fairseq json log, in order."""
+    return [json.loads(m) for m in re.findall(r"\| train_inner \| (\{.*\})", out)]
+
+
+def assert_same_weights(path_a, path_b, parts=("model",), rtol=0.0, atol=0.0):
+    """Every tensor of ``parts`` in two checkpoints agrees (bitwise by default)."""
+    a = torch.load(path_a, map_location="cpu", weights_only=True)
+    b = torch.load(path_b, map_location="cpu", weights_only=True)
+    for part in parts:
+        for name, value in a[part].items():
+            if torch.is_tensor(value):
+                torch.testing.assert_close(b[part][name], value, rtol=rtol, atol=atol, msg=f"{part}.{name}")
+
+
+def committed_tables_match(out, committed, page):
+    """The report just written into ``out`` from the committed logs has the committed CSV and tables, and
+    every table line stands in ``page`` (docs/RESULTS.md)."""
+    for name in ("results.csv", "table.md"):
+        assert (out / name).read_text() == (committed / name).read_text(), f"{committed / name} is stale"
+    text = page.read_text()
+    for line in (out / "table.md").read_text().splitlines():
+        assert line.lstrip("#").strip() in text, line
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank_commands(args, world=2):
+    """The fairseq-train command of each of ``world`` gloo ranks on this machine."""
+    port = free_port()
+    common = [*map(str, args), "--distributed-world-size", str(world), "--distributed-backend", "gloo",
+              "--ddp-backend", "legacy_ddp", "--distributed-no-spawn",
+              "--distributed-init-method", f"tcp://127.0.0.1:{port}"]
+    return [[os.path.join(BIN, "fairseq-train"), *common, "--distributed-rank", str(rank)] for rank in range(world)]
+
+
+def start_ranks(args, world=2, **env):
+    return [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env=dict(os.environ, OMP_NUM_THREADS="1", **env))
+            for command in rank_commands(args, world)]
+
+
+def launch_ranks(args, world=2, timeout=300):
+    """Run fairseq-train as ``world`` gloo processes on this machine; rank 0's output."""
+    procs = start_ranks(args, world)
+    outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(out[-3000:] for out in outs)
+    return outs[0]
+
+
+def write_corpus(folder, seed=0, sizes=(("train", 300), ("valid", 40), ("test", 37)), vocab=50):
+    rng = random.Random(seed)
+    words = [f"w{i}" for i in range(vocab)]
+    os.makedirs(folder, exist_ok=True)
+    for split, lines in sizes:
+        with open(os.path.join(folder, f"{split}.txt"), "w") as f:
+            for _ in range(lines):
+                f.write(" ".join(rng.choice(words) for _ in range(rng.randint(1, 12))) + "\n")
+
+
+def binarize(text_dir, dest):
+    fairseq("fairseq-preprocess", "--only-source", "--trainpref", f"{text_dir}/train.txt",
+            "--validpref", f"{text_dir}/valid.txt", "--testpref", f"{text_dir}/test.txt",
+            "--destdir", dest, "--workers", "1")
+    return dest
+
+
+def build_dni(dictionary, model, criterion, double=True):
+    """Our task, model and dni_cross_entropy criterion as fairseq builds them, in that order (so a seed
+    set before gives the same initial weights); the task learns the model's state layout. ``model``
+    and ``criterion`` are DNILSTMLMConfig and DNICrossEntropyConfig fields; float64 unless ``double``
+    is False. Returns (task, model, criterion)."""
+    from fairseq_dni.criterions.dni_cross_entropy import DNICrossEntropyConfig, DNICrossEntropyCriterion
+    from fairseq_dni.models.dni_lstm_lm import DNILSTMLanguageModel, DNILSTMLMConfig
+    from fairseq_dni.tasks.dni_language_modeling import DNILanguageModelingConfig, DNILanguageModelingTask
+
+    task = DNILanguageModelingTask(DNILanguageModelingConfig(), dictionary)
+    lm = DNILSTMLanguageModel.build_model(DNILSTMLMConfig(**model), task)
+    task.recurrent = lm.decoder.recurrent_interface()
+    if double:
+        lm = lm.double()
+    crit = DNICrossEntropyCriterion(task, DNICrossEntropyConfig(**criterion))
+    return task, lm, crit.double() if double else crit
+
+
+TINY_MODEL = ["--arch", "dni_lstm_lm_small", "--decoder-embed-dim", "16", "--decoder-hidden-size", "16"]
+
+
+def train_args(data, save_dir, *extra):
+    return [data, "--user-dir", USER_DIR, "--task", "dni_language_modeling", *TINY_MODEL,
+            "--tokens-per-sample", "7", "--batch-size", "4", "--optimizer", "adam", "--lr", "0.01",
+            "--save-dir", save_dir, "--cpu", "--num-workers", "0", "--seed", "1",
+            "--log-format", "json", "--log-interval", "1", "--no-progress-bar", *extra]
