@@ -32,7 +32,7 @@ TRAIN_FLAGS=(
   --optimizer alternating --base-optimizer adam --lr 1e-3 --clip-norm 0.25 --dni-lr 1e-4
   --lr-scheduler cosine_alternating --lr-period-updates 12000 --t-mult 2 --warmup-updates 1000 --min-lr 1e-5
   --mode-schedule alternate --first-mode synthetic
-  --max-update 84000 --seed 1 --log-interval 100 --validate-interval-updates 6000
+  --max-update 85000 --seed 1 --log-interval 100 --validate-interval-updates 6000
 )
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 [ "${BASH_SOURCE[0]}" != "$0" ] || recipe_main "$@"  # unless sourced (the tests source it)

@@ -129,6 +129,19 @@ def test_hydra_config_is_the_recipe(name, local_corpora, tmp_path):
     assert_yaml_is_the_command(name, cfg, argv, os.path.join(REPO, "recipes", "config", f"{name}.yaml"))
 
 
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_recipe_ends_at_the_bottom_of_a_cosine_cycle(name, local_corpora, tmp_path):
+    """The last update closes a cycle (the warm-up belongs to the first), so the checkpoint scored is
+    the one at the schedule's minimum rate, as the recipes' README says."""
+    from fairseq_dni.optim.lr_scheduler.cosine_alternating import cycle_of, learning_rate
+
+    cfg, _ = recipe_config(name, local_corpora[name], str(tmp_path))
+    sched, last = cfg.lr_scheduler, cfg.optimization.max_update
+    shape = (sched.lr_period_updates, sched.t_mult, sched.warmup_updates)
+    assert cycle_of(last, *shape)[1] == last, f"{name}: --max-update {last} is inside a cosine cycle"
+    assert learning_rate(last - 1, 1.0, 0.0, *shape) < 1e-5  # of the peak
+
+
 def test_hydra_train_runs_a_recipe_config(local_corpora, tmp_path):
     from helpers import binarize
 
