@@ -133,12 +133,12 @@ def report(runs, out):
                   "| arm | seeds | test ppl (mean ± half-range) | each seed | final valid ppl (mean) | "
                   "synthesizer cos first → last (mean) | updates | train wall s (runs share the 2 cores) |",
                   "|---|---|---|---|---|---|---|---|"]
-        best = min(spread([r["test_ppl"] for r in rs])[0] for rs in arms.values())
+        best = grid_report.lowest_arms(arms)
         for arm in [a for a in ARMS if a in arms]:
             rs = sorted(arms[arm], key=lambda r: r["seed"])
             mean, half = spread([r["test_ppl"] for r in rs])
             each = " / ".join(f"{r['test_ppl']:.2f}" for r in rs)
-            bold = "**" if mean == best else ""
+            bold = "**" if arm in best else ""
             pm = f" ± {half:.2f}" if not math.isnan(half) else ""
             lines.append(f"| {arm} | {len(rs)} | {bold}{mean:.2f}{bold}{pm} | {each} | "
                          f"{spread([r['final_valid_ppl'] for r in rs])[0]:.2f} | "
@@ -189,7 +189,7 @@ def write_study(results_md, lines, runs, groups, out):
           "`--dni-condition-on-next-input --dni-condition-on-next-target`; see docs/dni_stability).", "",
           "Test perplexity is `fairseq-eval-lm` on the test split with the last checkpoint (the end of the "
           "last cosine cycle), 10 streams, state carried. Mean ± half the range over seeds.", "",
-          "Reproduce:", "", "```bash",
+          f"Reproduce (each command skips the runs whose logs exist; {grid_runner.TEXT_SOURCES}):", "", "```bash",
           "python examples/alternation_grid.py --corpus ptb --windows 10,35 --seeds 1,2 --commit",
           "python examples/alternation_grid.py --corpus ptb --windows 10 --seeds 1,2 "
           "--arms alternating-cdni,synthetic-restarts-cdni --commit",
@@ -257,7 +257,7 @@ def main():
 
     if not args.report_only:
         data_bin = args.data_bin or os.path.join(REPO, "runs", f"{args.corpus}-bin")
-        data_bin = grid_runner.binarize(args.corpus, args.text_dir or grid_runner.CORPORA[args.corpus][0], data_bin,
+        data_bin = grid_runner.binarize(args.corpus, args.text_dir or grid_runner.CORPORA[args.corpus], data_bin,
                                         prog="alternation_grid")
         cells = [(w, a, s) for w in map(int, args.windows.split(",")) for s in map(int, args.seeds.split(","))
                  for a in args.arms.split(",")]

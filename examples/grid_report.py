@@ -60,21 +60,12 @@ def flag(path, name, default=None):
 
 
 def command_of(path):
-    """The training command a log starts with, shortened to what a reader needs: no ``--save-dir``,
-    paths relative to the checkout the run was made in (the folder above its ``--user-dir``)."""
+    """The command a log starts with, its paths relative to the checkout the run was made in (the
+    folder above its ``--user-dir``), so that it runs from a clone's root."""
     words = command_words(path)
     user_dir = words[words.index("--user-dir") + 1] if "--user-dir" in words else None
     root = os.path.dirname(user_dir.rstrip("/")) if user_dir and os.path.isabs(user_dir) else REPO
-    kept, skip = [], False
-    for w in words:
-        if skip:
-            skip = False
-            continue
-        if w == "--save-dir":
-            skip = True
-            continue
-        kept.append(os.path.relpath(w, root) if os.path.isabs(w) else w)
-    return " ".join(kept)
+    return " ".join(os.path.relpath(w, root) if os.path.isabs(w) else w for w in words)
 
 
 # ---------------------------------------------------------------- numbers and verdicts
@@ -133,20 +124,24 @@ def verdict(arms, arm, baselines, key="test_ppl", lead=""):
             + "; ".join(parts) + ".")
 
 
-def best_arm(arms, key="test_ppl"):
-    """The arm with the lowest mean ``key``, among the arms with the most runs (a mean over fewer seeds
-    is not comparable while a grid is incomplete)."""
+def lowest_arms(arms, key="test_ppl"):
+    """The arms with the lowest mean ``key`` at the 2 decimals the tables print (ties kept, in ``arms``'
+    order), among the arms with the most runs (a mean over fewer seeds is not comparable while a grid
+    is incomplete)."""
     most = max(len(runs) for runs in arms.values())
-    return min((a for a in arms if len(arms[a]) == most), key=lambda a: spread([r[key] for r in arms[a]])[0])
+    means = {a: round(spread([r[key] for r in rs])[0], 2) for a, rs in arms.items() if len(rs) == most}
+    return [a for a, m in means.items() if m == min(means.values())]
 
 
 def lowest(arms, key="test_ppl"):
-    """``(arm, margin)``: ``best_arm`` and how far ahead it is, in words: "one seed: no spread", "by
+    """``(arm, margin)``: the first of ``lowest_arms`` (naming the arms tied with it) and how far ahead it is of the
+    others, in words: "one seed: no spread", "by
     more than the seed spread" (than every other arm, ``compare`` arm by arm), or which arms it is not
     clearly ahead of ("within the seed spread of A, B"; "lower on one common seed only (no spread)
     than C"; "higher on the seeds both ran than D"; "no seed in common with E")."""
-    best = best_arm(arms, key)
-    against = {a: compare(arms, best, [a], key)[1][0] for a in arms if a != best}  # one phrase per other arm
+    tied = lowest_arms(arms, key)
+    best = tied[0] + (f", tied with {' and '.join(tied[1:])}" if len(tied) > 1 else "")
+    against = {a: compare(arms, tied[0], [a], key)[1][0] for a in arms if a not in tied}  # one phrase per arm
     if max(len(rs) for rs in arms.values()) == 1:
         return best, "one seed: no spread"
     said = []
@@ -271,7 +266,8 @@ def write_page(path, fragments=None):
           "`python examples/alternation_grid.py --report-only` or `python examples/paper_grid.py "
           "--report-only`: either rewrites its own study's section (`docs/results/study.md`, "
           "`docs/results/paper/study.md`) and assembles this page from both. No number on this page was "
-          "typed by hand.", "",
+          "typed by hand, except in the two sections marked hand-written (\"Reading\"), which quote the "
+          "tables.", "",
           "| study | setting | verdict (computed from the logs) |", "|---|---|---|"]
     sections = []
     for k, ((title, setting, _, command), fragment) in enumerate(zip(STUDIES, fragments), start=1):

@@ -24,10 +24,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 SHARED = os.path.join(REPO, "..", "shared", "data")
 
-CORPORA = {  # name -> (text dir, train/valid/test file names)
-    "ptb": (os.path.join(SHARED, "ptb"), ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt")),
-    "wikitext2": (os.path.join(SHARED, "wikitext-2"), ("train.txt", "valid.txt", "test.txt")),
+CORPORA = {  # name -> default text dir (this machine's copies)
+    "ptb": os.path.join(SHARED, "ptb"),
+    "wikitext2": os.path.join(SHARED, "wikitext-2"),
 }
+# the file names a text dir may use, as the recipes accept them (recipes/README.md, --data-dir)
+TEXT_NAMES = ("{split}.txt", "wiki.{split}.tokens", "ptb.{split}.txt")
+# where a clone gets the text, for the reports' "Reproduce" lines
+TEXT_SOURCES = ("the corpus text comes from `--text-dir`, default `../shared/data/<corpus>` (this machine's copies); "
+                "after the quickstart, `--text-dir runs/quickstart/text` holds PTB, and after "
+                "`bash recipes/wikitext2.sh --cpu --size smoke`, `--text-dir runs/recipes/wikitext2/download/wikitext-2` "
+                "holds WikiText-2")
 
 
 @dataclass
@@ -61,8 +68,9 @@ def add_grid_arguments(parser, out, work_dir):
     """The options every grid takes: the corpus and where it is, where logs and checkpoints go, how many runs
     at once, committing, rerunning and report-only. Grid-specific options (arms, seeds, sizes) stay with it."""
     parser.add_argument("--corpus", choices=sorted(CORPORA), default="ptb")
-    parser.add_argument("--text-dir", help="folder with the corpus' train/valid/test text (default: the "
-                        "repository's ../shared/data/<corpus>)")
+    parser.add_argument("--text-dir", help="folder with the corpus' text, as {train,valid,test}.txt, "
+                        "wiki.{train,valid,test}.tokens or ptb.{train,valid,test}.txt (default: the repository's "
+                        "../shared/data/<corpus>)")
     parser.add_argument("--data-bin", help="binarized corpus (default runs/<corpus>-bin); made from --text-dir "
                         "with fairseq-preprocess when it has no dict.txt yet")
     parser.add_argument("--out", default=out, help="results; logs in OUT/logs")
@@ -89,10 +97,13 @@ def binarize(corpus, text_dir, dest, prog="grid"):
             sys.exit(f"{prog}: error: {dest} has dict.txt but no {', '.join(missing)}: an unfinished "
                      "binarization? remove the folder to make it again")
     else:
-        train, valid, test = (os.path.join(text_dir, f) for f in CORPORA[corpus][1])
-        for f in (train, valid, test):
-            if not os.path.isfile(f):
-                sys.exit(f"{prog}: error: corpus file {f} not found (--text-dir)")
+        found = [[os.path.join(text_dir, name.format(split=s)) for s in ("train", "valid", "test")]
+                 for name in TEXT_NAMES]
+        found = [files for files in found if all(os.path.isfile(f) for f in files)]
+        if not found:
+            sys.exit(f"{prog}: error: no {corpus} text in {text_dir} (--text-dir): it needs "
+                     + " or ".join(name.format(split="{train,valid,test}") for name in TEXT_NAMES))
+        train, valid, test = found[0]
         subprocess.run([os.path.join(BIN, "fairseq-preprocess"), "--only-source", "--trainpref", train,
                         "--validpref", valid, "--testpref", test, "--destdir", dest, "--workers", "2"],
                        check=True, stdout=subprocess.DEVNULL)

@@ -144,6 +144,9 @@ def test_the_lowest_arm_and_its_margin_in_words():
     assert grid_report.lowest({"a": runs(140.0, 141.0), "b": runs(150.0, 152.0), "c": runs(140.5, 141.5),
                                "d": runs(140.2, 141.4)}) == ("a", "within the seed spread of c, d")
     assert grid_report.lowest({"a": runs(140.0), "b": runs(150.0)}) == ("a", "one seed: no spread")
+    # equal at the printed 2 decimals: a tie, named as such
+    assert grid_report.lowest({"b": runs(150.0, 152.0), "a": runs(140.0, 141.0), "e": runs(140.001, 141.0)}) == (
+        "a, tied with e", "by more than the seed spread")
     # the lowest mean over both seeds, yet higher than c on seed 1, the only one c has run
     assert grid_report.lowest({"a": runs(140.0, 130.0), "b": runs(150.0, 152.0), "c": runs(120.0)}) == (
         "a", "higher on the seeds both ran than c")
@@ -279,3 +282,21 @@ def test_a_half_binarized_folder_is_one_line_and_the_data_bin_absolute(tmp_path,
             (tmp_path / "half" / f"{split}.{ext}").write_bytes(b"")
     monkeypatch.chdir(tmp_path)
     assert paper_grid.grid_runner.binarize("ptb", "nowhere", "half") == str(tmp_path / "half")
+
+
+def test_the_text_dir_takes_the_recipes_file_names(tmp_path):
+    """WikiText-2 as the recipes download it (wiki.*.tokens) binarizes; a folder without any of the
+    accepted names is one line naming them."""
+    from helpers import write_corpus
+
+    write_corpus(tmp_path / "text")
+    for split in ("train", "valid", "test"):
+        os.rename(tmp_path / "text" / f"{split}.txt", tmp_path / "text" / f"wiki.{split}.tokens")
+    dest = paper_grid.grid_runner.binarize("wikitext2", str(tmp_path / "text"), str(tmp_path / "bin"))
+    assert sorted(os.listdir(dest)) == ["dict.txt", "preprocess.log", "test.bin", "test.idx", "train.bin",
+                                        "train.idx", "valid.bin", "valid.idx"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match=r"^grid: error: no ptb text in .*empty \(--text-dir\): it needs "
+                                         r"\{train,valid,test\}.txt or wiki.\{train,valid,test\}.tokens or "
+                                         r"ptb.\{train,valid,test\}.txt$"):
+        paper_grid.grid_runner.binarize("ptb", str(tmp_path / "empty"), str(tmp_path / "bin2"))
