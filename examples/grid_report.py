@@ -103,7 +103,10 @@ def compare(arms, arm, baselines, key="test_ppl"):
         mean, half = spread([r[key] for r in theirs])
         diff = alt_mean - mean
         margin = alt_half + half
-        if math.isnan(margin):
+        if math.isnan(margin) and round(diff, 2) == 0:
+            parts.append(f"equal to {base} at the 2 decimals eval-lm prints (one seed: no spread to compare "
+                         f"with{note})")
+        elif math.isnan(margin):
             word = "lower" if diff < 0 else "higher"
             parts.append(f"{word} than {base} by {abs(diff):.2f} (one seed: no spread to compare with{note})")
         elif abs(diff) <= margin:
@@ -148,6 +151,7 @@ def lowest(arms, key="test_ppl"):
     for words, phrase in ((("within",), "within the seed spread of "),
                           (("lower",), "lower on one common seed only (no spread) than "),
                           (("worse", "higher"), "higher on the seeds both ran than "),
+                          (("equal",), "equal on the one seed both ran to "),
                           (("no seed",), "no seed in common with ")):
         names = [a for a, p in against.items() if p.startswith(words)]
         said += [phrase + ", ".join(names)] if names else []

@@ -242,17 +242,21 @@ def summary(groups):
     parts = []
     for corpus, arms in groups.items():
         seeds = max(len(rs) for rs in arms.values())
+        complete = sum(len(rs) for rs in arms.values()) == len(planned_arms(corpus)) * len(SEEDS[corpus])
+        present = "" if complete else " present"
         said = []
         for arm in [a for a in ALTERNATING if a in arms]:
-            beat = grid_report.compare(arms, arm, BASELINES, "test_ppl_last")[0]
-            said.append(f"{arm} {'beat' if beat else 'did not beat'} every baseline present by more than the seed "
+            beat, phrases = grid_report.compare(arms, arm, BASELINES, "test_ppl_last")
+            lower = bool(phrases) and all(p.startswith("lower") for p in phrases)
+            said.append(f"{arm} {'beat' if beat else 'did not beat'} every baseline{present} by more than the seed "
                         "spread" if seeds > 1 else
-                        f"{arm} {'was' if beat else 'was not'} lower than every baseline present (no spread yet)")
+                        f"{arm} {'was' if lower else 'was not'} lower than every baseline{present} (one seed: no "
+                        "spread)")
         best, margin = grid_report.lowest({a: arms[a] for a in ARMS if a in arms}, "test_ppl_last")
         parts.append(f"{CORPUS_NAMES[corpus]} ({seeds} seed{'s' if seeds > 1 else ''}): "
                      + ("; ".join(said) or "no alternating arm yet")
-                     + "; lowest mean test perplexity among the arms with every seed run so far: "
-                     + f"{best} ({margin})")
+                     + "; lowest mean test perplexity"
+                     + ("" if complete else " among the arms with every seed run so far") + f": {best} ({margin})")
     return ". ".join(parts)
 
 

@@ -133,6 +133,9 @@ def test_computed_verdict_against_the_seed_spread():
     seeded = {"base": [dict(seed=1, test_ppl=150.0), dict(seed=2, test_ppl=160.0)], "alt": [dict(seed=1, test_ppl=149.0)]}
     beats, parts = grid_report.compare(seeded, "alt", ["base"])
     assert not beats and parts == ["lower than base by 1.00 (one seed: no spread to compare with, on seed 1 only)"]
+    same = {"base": [dict(seed=1, test_ppl=150.0)], "alt": [dict(seed=1, test_ppl=150.001)]}
+    assert grid_report.compare(same, "alt", ["base"])[1] == [
+        "equal to base at the 2 decimals eval-lm prints (one seed: no spread to compare with)"]
 
 
 def test_the_lowest_arm_and_its_margin_in_words():
@@ -300,3 +303,18 @@ def test_the_text_dir_takes_the_recipes_file_names(tmp_path):
                                          r"\{train,valid,test\}.txt or wiki.\{train,valid,test\}.tokens or "
                                          r"ptb.\{train,valid,test\}.txt$"):
         paper_grid.grid_runner.binarize("ptb", str(tmp_path / "empty"), str(tmp_path / "bin2"))
+
+
+def test_summary_of_a_one_seed_corpus_in_progress():
+    """One seed: "was lower", computed from the comparisons (compare never says "beat" without a
+    spread); an incomplete grid says "present" and "so far", a complete one does not."""
+    run = lambda ppl: [dict(seed=1, test_ppl_last=ppl)]  # noqa: E731
+    arms = {"bptt-one-cycle": run(150.0), "alternating-restarts": run(149.0)}
+    assert paper_grid.summary({"wikitext2": arms}) == (
+        "WikiText-2 (1 seed): alternating-restarts was lower than every baseline present (one seed: no spread); "
+        "lowest mean test perplexity among the arms with every seed run so far: alternating-restarts "
+        "(one seed: no spread)")
+    arms["bptt-restarts"] = run(149.0)
+    assert paper_grid.summary({"wikitext2": arms}) == (
+        "WikiText-2 (1 seed): alternating-restarts was not lower than every baseline (one seed: no spread); "
+        "lowest mean test perplexity: bptt-restarts, tied with alternating-restarts (one seed: no spread)")
