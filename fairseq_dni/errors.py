@@ -2,12 +2,20 @@
 
 Importing the plugin wraps ``sys.excepthook`` so that an uncaught :class:`DNIUserError` prints
 ``fairseq-dni: error: <message>`` and nothing else (exit status 1); any other exception keeps
-its traceback. Raised before anything is written, so no checkpoint is overwritten.
+its traceback. Under ``fairseq-hydra-train``, Hydra catches the exception before the hook: as a
+Hydra ``CompactHydraException`` it prints the message alone, after Hydra's own line
+``Error executing job with overrides: [...]`` (exit status 1). Raised before anything is written,
+so no checkpoint is overwritten.
 """
 import sys
 
+try:  # fairseq depends on hydra-core; the torch-only modules (dni.py, synthesizers) never import this one
+    from hydra.errors import CompactHydraException
+except ImportError:  # pragma: no cover
+    CompactHydraException = Exception
 
-class DNIUserError(ValueError):
+
+class DNIUserError(ValueError, CompactHydraException):
     """Bad input: an impossible setting, data that does not fit, a wrong combination."""
 
 

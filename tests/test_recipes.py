@@ -167,6 +167,16 @@ def test_hydra_train_runs_a_recipe_config(local_corpora, tmp_path):
     # 5-update cycles with t_mult 2 from the YAML: 5 synthetic, then 10 real
     assert [float(r["dni_synthetic"]) for r in rows] == [1.0, 0.0, 0.0]
     assert os.path.exists(launch / "ck" / "checkpoint_last.pt") and os.path.isdir(launch / ".hydra")
+    # bad settings are the message alone under Hydra too (after Hydra's "Error executing job" line)
+    out = fairseq("fairseq-hydra-train", "--config-dir", os.path.join(REPO, "recipes", "config"),
+                  "--config-name", "ptb", "task.data=../bin", "checkpoint.save_dir=ck2",
+                  f"common.user_dir={os.path.relpath(os.path.join(REPO, 'fairseq_dni'), launch)}",
+                  "common.cpu=true", "optimization.max_update=3", cwd=launch, check=False)
+    assert "Traceback" not in out, out[-3000:]
+    assert out.strip().splitlines()[-3:] == [
+        "the first cosine cycle (1328 updates) is longer than the run (--max-update 3): the learning rate would "
+        "never anneal; shorten --lr-period-updates", "",
+        "Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace."]
 
 
 def test_recipes_never_write_into_the_local_corpus(local_corpora, tmp_path):
