@@ -81,19 +81,20 @@ def mean_pm(values):
     return f"{mean:.2f}" + (f" ± {half:.2f}" if not math.isnan(half) else "")
 
 
-def compare(arms, arm, baselines, key="test_ppl"):
-    """(beats every baseline?, one phrase per baseline present): is ``arm``'s mean ``key`` lower than
-    each baseline's by more than the two arms' seed half-ranges together? ``arms``: arm -> runs.
-    Where runs carry a ``seed``, each pair of arms is compared on the seeds both have (a mean over
-    other seeds would compare seeds, not arms). One seed gives no spread: "lower", never "beat"."""
-    parts = []
+def comparisons(arms, arm, baselines, key="test_ppl"):
+    """``(kind, phrase)`` per baseline present: is ``arm``'s mean ``key`` lower than each baseline's by
+    more than the two arms' seed half-ranges together? ``kind``: "better", "worse" or "within" (the
+    spread), "lower", "higher" or "equal" (one seed: no spread), "no seed" (none in common).
+    ``arms``: arm -> runs. Where runs carry a ``seed``, each pair of arms is compared on the seeds
+    both have (a mean over other seeds would compare seeds, not arms)."""
+    out = []
     for base in [a for a in baselines if a in arms]:
         ours, theirs = arms[arm], arms[base]
         note = ""
         if all("seed" in r for r in ours + theirs):
             common = sorted({r["seed"] for r in ours} & {r["seed"] for r in theirs})
             if not common:
-                parts.append(f"no seed in common with {base} yet")
+                out.append(("no seed", f"no seed in common with {base} yet"))
                 continue
             if len(common) < max(len(ours), len(theirs)):
                 note = f", on seed{'s' if len(common) > 1 else ''} {', '.join(map(str, common))} only"
@@ -104,16 +105,24 @@ def compare(arms, arm, baselines, key="test_ppl"):
         diff = alt_mean - mean
         margin = alt_half + half
         if math.isnan(margin) and round(diff, 2) == 0:
-            parts.append(f"equal to {base} at the 2 decimals eval-lm prints (one seed: no spread to compare "
-                         f"with{note})")
+            out.append(("equal", f"equal to {base} at the 2 decimals eval-lm prints (one seed: no spread to "
+                                 f"compare with{note})"))
         elif math.isnan(margin):
             word = "lower" if diff < 0 else "higher"
-            parts.append(f"{word} than {base} by {abs(diff):.2f} (one seed: no spread to compare with{note})")
+            out.append((word, f"{word} than {base} by {abs(diff):.2f} (one seed: no spread to compare with{note})"))
         elif abs(diff) <= margin:
-            parts.append(f"within the seed spread of {base} ({diff:+.2f}, spread {margin:.2f}{note})")
+            out.append(("within", f"within the seed spread of {base} ({diff:+.2f}, spread {margin:.2f}{note})"))
         else:
-            parts.append(f"{'better' if diff < 0 else 'worse'} than {base} ({diff:+.2f}, spread {margin:.2f}{note})")
-    return bool(parts) and all(p.startswith("better") for p in parts), parts
+            word = "better" if diff < 0 else "worse"
+            out.append((word, f"{word} than {base} ({diff:+.2f}, spread {margin:.2f}{note})"))
+    return out
+
+
+def compare(arms, arm, baselines, key="test_ppl"):
+    """(beats every baseline?, one phrase per baseline present), from ``comparisons``. One seed gives no
+    spread: "lower", never "beat"."""
+    found = comparisons(arms, arm, baselines, key)
+    return bool(found) and all(kind == "better" for kind, _ in found), [phrase for _, phrase in found]
 
 
 def verdict(arms, arm, baselines, key="test_ppl", lead=""):
@@ -133,27 +142,29 @@ def lowest_arms(arms, key="test_ppl"):
     is incomplete)."""
     most = max(len(runs) for runs in arms.values())
     means = {a: round(spread([r[key] for r in rs])[0], 2) for a, rs in arms.items() if len(rs) == most}
-    return [a for a, m in means.items() if m == min(means.values())]
+    low = min(means.values())
+    return [a for a, m in means.items() if m == low]
 
 
 def lowest(arms, key="test_ppl"):
-    """``(arm, margin)``: the first of ``lowest_arms`` (naming the arms tied with it) and how far ahead it is of the
-    others, in words: "one seed: no spread", "by
-    more than the seed spread" (than every other arm, ``compare`` arm by arm), or which arms it is not
-    clearly ahead of ("within the seed spread of A, B"; "lower on one common seed only (no spread)
-    than C"; "higher on the seeds both ran than D"; "no seed in common with E")."""
+    """``(arm, margin)``: the first of ``lowest_arms`` (naming the arms tied with it) and how far ahead
+    it is of the others, in words: "one seed: no spread", "by more than the seed spread" (than every
+    other arm, ``comparisons`` arm by arm), or which arms it is not clearly ahead of ("within the
+    seed spread of A, B"; "lower on one common seed only (no spread) than C"; "higher on the seeds
+    both ran than D"; "equal on the one seed both ran to E"; "no seed in common with F")."""
     tied = lowest_arms(arms, key)
     best = tied[0] + (f", tied with {' and '.join(tied[1:])}" if len(tied) > 1 else "")
-    against = {a: compare(arms, tied[0], [a], key)[1][0] for a in arms if a not in tied}  # one phrase per arm
     if max(len(rs) for rs in arms.values()) == 1:
         return best, "one seed: no spread"
+    others = [a for a in arms if a not in tied]
+    kinds = {a: kind for a, (kind, _) in zip(others, comparisons(arms, tied[0], others, key))}
     said = []
-    for words, phrase in ((("within",), "within the seed spread of "),
+    for group, phrase in ((("within",), "within the seed spread of "),
                           (("lower",), "lower on one common seed only (no spread) than "),
                           (("worse", "higher"), "higher on the seeds both ran than "),
                           (("equal",), "equal on the one seed both ran to "),
                           (("no seed",), "no seed in common with ")):
-        names = [a for a, p in against.items() if p.startswith(words)]
+        names = [a for a, kind in kinds.items() if kind in group]
         said += [phrase + ", ".join(names)] if names else []
     return best, "; ".join(said) or "by more than the seed spread"
 

@@ -246,8 +246,9 @@ def summary(groups):
         present = "" if complete else " present"
         said = []
         for arm in [a for a in ALTERNATING if a in arms]:
-            beat, phrases = grid_report.compare(arms, arm, BASELINES, "test_ppl_last")
-            lower = bool(phrases) and all(p.startswith("lower") for p in phrases)
+            beat = grid_report.compare(arms, arm, BASELINES, "test_ppl_last")[0]
+            kinds = [kind for kind, _ in grid_report.comparisons(arms, arm, BASELINES, "test_ppl_last")]
+            lower = bool(kinds) and all(kind == "lower" for kind in kinds)
             said.append(f"{arm} {'beat' if beat else 'did not beat'} every baseline{present} by more than the seed "
                         "spread" if seeds > 1 else
                         f"{arm} {'was' if lower else 'was not'} lower than every baseline{present} (one seed: no "

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, committed_tables_match
+from helpers import REPO, committed_tables_match, write_corpus
 
 sys.path.insert(0, os.path.join(REPO, "examples"))
 import paper_grid  # noqa: E402
@@ -290,8 +290,6 @@ def test_a_half_binarized_folder_is_one_line_and_the_data_bin_absolute(tmp_path,
 def test_the_text_dir_takes_the_recipes_file_names(tmp_path):
     """WikiText-2 as the recipes download it (wiki.*.tokens) binarizes; a folder without any of the
     accepted names is one line naming them."""
-    from helpers import write_corpus
-
     write_corpus(tmp_path / "text")
     for split in ("train", "valid", "test"):
         os.rename(tmp_path / "text" / f"{split}.txt", tmp_path / "text" / f"wiki.{split}.tokens")

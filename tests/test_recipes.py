@@ -20,7 +20,7 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from helpers import REPO, fairseq, train_inner, write_corpus
+from helpers import REPO, binarize, fairseq, train_inner, write_corpus
 
 RECIPES = {  # recipe -> the file names its local data folder uses in this test
     "ptb": "ptb.{split}.txt",
@@ -143,8 +143,6 @@ def test_recipe_ends_at_the_bottom_of_a_cosine_cycle(name, local_corpora, tmp_pa
 
 
 def test_hydra_train_runs_a_recipe_config(local_corpora, tmp_path):
-    from helpers import binarize
-
     data = str(tmp_path / "bin")
     text = tmp_path / "text"
     text.mkdir()
@@ -155,23 +153,24 @@ def test_hydra_train_runs_a_recipe_config(local_corpora, tmp_path):
     # keeps Hydra from changing into outputs/DATE/TIME, where none of them would resolve
     launch = tmp_path / "launch"
     launch.mkdir()
-    out = fairseq("fairseq-hydra-train", "--config-dir", os.path.join(REPO, "recipes", "config"),
-                  "--config-name", "ptb", "task.data=../bin", "checkpoint.save_dir=ck",
-                  f"common.user_dir={os.path.relpath(os.path.join(REPO, 'fairseq_dni'), launch)}",
-                  "common.cpu=true", "common.log_interval=5",
-                  "model.decoder_layers=1", "model.decoder_hidden_size=32", "model.decoder_embed_dim=32",
-                  "dataset.batch_size=4", "dataset.num_workers=0", "lr_scheduler.lr_period_updates=5",
-                  "optimization.max_update=15", cwd=launch)
+
+    def hydra_train(*overrides, check=True):
+        return fairseq("fairseq-hydra-train", "--config-dir", os.path.join(REPO, "recipes", "config"),
+                       "--config-name", "ptb", "task.data=../bin",
+                       f"common.user_dir={os.path.relpath(os.path.join(REPO, 'fairseq_dni'), launch)}",
+                       "common.cpu=true", *overrides, cwd=launch, check=check)
+
+    out = hydra_train("checkpoint.save_dir=ck", "common.log_interval=5",
+                      "model.decoder_layers=1", "model.decoder_hidden_size=32", "model.decoder_embed_dim=32",
+                      "dataset.batch_size=4", "dataset.num_workers=0", "lr_scheduler.lr_period_updates=5",
+                      "optimization.max_update=15")
     rows = [json.loads(r) for r in re.findall(r"\[train_inner\]\[INFO\] - (\{.*\})", out)]
     assert [int(r["num_updates"]) for r in rows] == [5, 10, 15]
     # 5-update cycles with t_mult 2 from the YAML: 5 synthetic, then 10 real
     assert [float(r["dni_synthetic"]) for r in rows] == [1.0, 0.0, 0.0]
     assert os.path.exists(launch / "ck" / "checkpoint_last.pt") and os.path.isdir(launch / ".hydra")
     # bad settings are the message alone under Hydra too (after Hydra's "Error executing job" line)
-    out = fairseq("fairseq-hydra-train", "--config-dir", os.path.join(REPO, "recipes", "config"),
-                  "--config-name", "ptb", "task.data=../bin", "checkpoint.save_dir=ck2",
-                  f"common.user_dir={os.path.relpath(os.path.join(REPO, 'fairseq_dni'), launch)}",
-                  "common.cpu=true", "optimization.max_update=3", cwd=launch, check=False)
+    out = hydra_train("checkpoint.save_dir=ck2", "optimization.max_update=3", check=False)
     assert "Traceback" not in out, out[-3000:]
     assert out.strip().splitlines()[-3:] == [
         "the first cosine cycle (1328 updates) is longer than the run (--max-update 3): the learning rate would "
