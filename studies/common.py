@@ -1,41 +1,244 @@
-"""Reading a grid's logs back into tables, verdicts, plots and docs/RESULTS.md (shared by the grids).
+"""What the studies share: binarizing a corpus, running stock fairseq commands log by log, reading
+fairseq logs back, and writing a study's tables, plots and page from them.
 
-Both grids (``alternation_grid.py``, the MLP grid; ``paper_grid.py``, the paper grid) report only
-what their fairseq logs say; this module holds what their reports share:
+Every study under ``studies/`` reports only what its fairseq logs say (the first line of each log
+is the exact command); this module is the one place that
 
-* ``train_wall``, ``command_of``, ``flag``: the wall time, command and flags a log records;
-* ``spread``: mean and half the range over seeds; ``compare`` and ``verdict``: the computed sentence
-  "did ARM beat every baseline by more than the seed spread?";
-* ``write_csv``: one row per run, floats with 4 decimals;
-* ``plot_curves``: validation perplexity against updates or epochs, dotted warm restarts, shaded
-  synthetic stretches (matplotlib; skipped with a note if it is not installed);
-* ``write_fragment`` and ``write_page``: each grid writes its study as a fragment
-  (docs/results/study.md, docs/results/paper/study.md, first line an HTML comment with its summary
-  verdict); ``write_page`` assembles docs/RESULTS.md from both, a summary table on top. A study
-  with no fragment yet reads "not run yet".
+* binarizes a corpus (``binarize``: ``fairseq-preprocess --only-source`` of its three text files);
+* reads fairseq logs back (``records``: fairseq-train's json records; ``eval_perplexity``:
+  fairseq-eval-lm's; ``train_wall``, ``command_of``, ``flag``: what a log's own lines record);
+* runs a grid of ``fairseq-train`` / ``fairseq-eval-lm`` commands (``Run``, ``run_grid``: logs
+  ``LOG_DIR/NAME.train.log`` and ``NAME.eval-LABEL.log``, ``NAME.eval.log`` for the label "";
+  a run's logs appear only when all its commands succeeded; with ``commit=True`` each finished run's
+  logs are committed at once, so a grid can be completed piece by piece across sessions);
+* turns a grid's runs into numbers and sentences (``spread``: mean and half the range over seeds;
+  ``compare``, ``verdict``, ``lowest``: "did ARM beat every baseline by more than the seed spread?"),
+  a CSV (``write_csv``), plots (``plot_curves``) and the study's page (``write_page``: OUT/README.md,
+  its computed verdict on top, the hand-written ``OUT/notes.md`` as its "Reading").
 """
 
+import concurrent.futures
 import csv
+import json
 import math
 import os
 import re
+import shutil
 import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
 
-from grid_runner import REPO
-
-DOCS = os.path.join(REPO, "docs")
-# (title, setting in one line, fragment written by the grid's report, command that writes it)
-STUDIES = [
-    ("The MLP grid", "Jaderberg's MLP synthesizer, plain LSTM, SGD, update-counted cycles",
-     os.path.join(DOCS, "results", "study.md"), "python examples/alternation_grid.py --report-only"),
-    ("The paper grid", "the paper's method scaled: AWD-LSTM small, Adam, coordinate-wise QRNN synthesizer, "
-                       "epoch-counted cycles 1,1,2",
-     os.path.join(DOCS, "results", "paper", "study.md"), "python examples/paper_grid.py --report-only"),
-]
-SUMMARY = re.compile(r"<!-- summary: (.*) -->$")
+STUDIES = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(STUDIES)
+BIN = os.path.dirname(sys.executable)
+SHARED = os.path.join(REPO, "..", "shared", "data")
 
 
-# ---------------------------------------------------------------- what a log records
+# ---------------------------------------------------------------- corpora and grids of runs
+CORPORA = {  # name -> default text dir (this machine's copies)
+    "ptb": os.path.join(SHARED, "ptb"),
+    "wikitext2": os.path.join(SHARED, "wikitext-2"),
+}
+# the file names a text dir may use, as the recipes accept them (recipes/README.md, --data-dir)
+TEXT_NAMES = ("{split}.txt", "wiki.{split}.tokens", "ptb.{split}.txt")
+# where a clone gets the text, for the reports' "Reproduce" lines
+TEXT_SOURCES = ("the corpus text comes from `--text-dir`, default `../shared/data/<corpus>` (this machine's copies); "
+                "after the quickstart, `--text-dir runs/quickstart/text` holds PTB, and after "
+                "`bash recipes/wikitext2.sh --cpu --size smoke`, `--text-dir runs/recipes/wikitext2/download/wikitext-2` "
+                "holds WikiText-2")
+
+
+@dataclass
+class Run:
+    """One grid cell: ``fairseq-train DATA --save-dir WORK/NAME <train_args>``, then one
+    ``fairseq-eval-lm DATA --path WORK/NAME/<checkpoint> <eval_args>`` per ``evals`` entry
+    (label -> checkpoint file name, e.g. {"last": "checkpoint_last.pt"}). The label names the log,
+    ``NAME.eval-LABEL.log``; the label "" (or None) names it ``NAME.eval.log`` (one checkpoint per run,
+    the MLP grid's logs)."""
+
+    name: str
+    data_bin: str
+    train_args: list
+    eval_args: list
+    evals: dict = field(default_factory=lambda: {"last": "checkpoint_last.pt"})
+
+    def log_paths(self, log_dir):
+        return [os.path.join(log_dir, f"{self.name}.train.log")] + [
+            os.path.join(log_dir, eval_log_name(self.name, label)) for label in self.evals]
+
+    def done(self, log_dir):
+        return all(os.path.exists(p) for p in self.log_paths(log_dir))
+
+
+def eval_log_name(name, label):
+    """``NAME.eval-LABEL.log``, or ``NAME.eval.log`` for the label "" or None."""
+    return f"{name}.eval-{label}.log" if label else f"{name}.eval.log"
+
+
+def add_grid_arguments(parser, out, work_dir):
+    """The options every grid takes: the corpus and where it is, where logs and checkpoints go, how many runs
+    at once, committing, rerunning and report-only. Grid-specific options (arms, seeds, sizes) stay with it."""
+    parser.add_argument("--corpus", choices=sorted(CORPORA), default="ptb")
+    parser.add_argument("--text-dir", help="folder with the corpus' text, as {train,valid,test}.txt, "
+                        "wiki.{train,valid,test}.tokens or ptb.{train,valid,test}.txt (default: the repository's "
+                        "../shared/data/<corpus>)")
+    parser.add_argument("--data-bin", help="binarized corpus (default runs/<corpus>-bin); made from --text-dir "
+                        "with fairseq-preprocess when it has no dict.txt yet")
+    parser.add_argument("--out", default=out, help="results; logs in OUT/logs")
+    parser.add_argument("--work-dir", default=work_dir, help="checkpoints (not committed)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel")
+    parser.add_argument("--threads", type=int, help="threads per run (default: the cores shared out between the jobs, "
+                        "at least 1)")
+    parser.add_argument("--commit", action="store_true", help="git-commit each run's logs as soon as it finishes")
+    parser.add_argument("--force", action="store_true", help="rerun runs whose logs exist")
+    parser.add_argument("--report-only", action="store_true", help="only rebuild the CSV, tables, plots and the page "
+                        "(OUT/README.md) from the logs")
+
+
+def binarize(text_dir, dest, corpus="corpus", prog="studies", workers=2):
+    """``fairseq-preprocess --only-source`` of a corpus' three text files in ``text_dir`` (named as in
+    ``TEXT_NAMES``) into ``dest``, once: a folder that already holds a dictionary and every split is
+    reused. Returns ``dest`` as an absolute path (the runs start in the repository root). Exits with
+    one line naming ``corpus`` when a text file is missing, or when ``dest`` holds a dictionary but not
+    every split."""
+    dest = os.path.abspath(dest)
+    if os.path.isfile(os.path.join(dest, "dict.txt")):
+        missing = [f"{split}.{ext}" for split in ("train", "valid", "test") for ext in ("bin", "idx")
+                   if not os.path.isfile(os.path.join(dest, f"{split}.{ext}"))]
+        if missing:
+            sys.exit(f"{prog}: error: {dest} has dict.txt but no {', '.join(missing)}: an unfinished "
+                     "binarization? remove the folder to make it again")
+        return dest
+    found = [[os.path.join(text_dir, name.format(split=s)) for s in ("train", "valid", "test")]
+             for name in TEXT_NAMES]
+    found = [files for files in found if all(os.path.isfile(f) for f in files)]
+    if not found:
+        sys.exit(f"{prog}: error: no {corpus} text in {text_dir} (--text-dir): it needs "
+                 + " or ".join(name.format(split="{train,valid,test}") for name in TEXT_NAMES))
+    train, valid, test = found[0]
+    subprocess.run([os.path.join(BIN, "fairseq-preprocess"), "--only-source", "--trainpref", train,
+                    "--validpref", valid, "--testpref", test, "--destdir", dest, "--workers", str(workers)],
+                   check=True, stdout=subprocess.DEVNULL)
+    return dest
+
+
+def train_tokens(data_bin, prog="grid"):
+    """Tokens in the binarized train split (end-of-sentence symbols included), read from the header of
+    fairseq's mmap index (magic, version, dtype code, item count, doc count, then int32 sizes), so the
+    runner needs no fairseq import."""
+    import numpy as np
+
+    with open(os.path.join(data_bin, "train.idx"), "rb") as f:
+        if f.read(9) != b"MMIDIDX\x00\x00":
+            sys.exit(f"{prog}: error: {data_bin}/train.idx is not a fairseq mmap index")
+        f.read(8 + 1)
+        count = int(np.frombuffer(f.read(8), dtype="<i8")[0])
+        f.read(8)
+        return int(np.frombuffer(f.read(4 * count), dtype="<i4").sum())
+
+
+def updates_per_epoch(data_bin, streams, window):
+    """Windows per epoch of the dni_language_modeling task (fixed windows): ceil(ceil(N / B) / T)."""
+    return math.ceil(math.ceil(train_tokens(data_bin) / streams) / window)
+
+
+def _call(cmd, path, env):
+    start = time.time()
+    with open(path, "w") as log:
+        log.write("# " + " ".join([f"OMP_NUM_THREADS={env['OMP_NUM_THREADS']}", os.path.basename(cmd[0])]
+                                  + cmd[1:]) + "\n")
+        log.flush()
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env).returncode
+        log.write(f"# exit {rc} after {time.time() - start:.0f} s\n")
+    return rc
+
+
+def train_and_score(run, log_dir, work_dir, threads):
+    """Train from scratch, then score each checkpoint; raises RuntimeError naming the failed log."""
+    save_dir = os.path.join(work_dir, run.name)
+    shutil.rmtree(save_dir, ignore_errors=True)  # a fresh run: fairseq would resume from an old checkpoint_last.pt
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    cmds = [[os.path.join(BIN, "fairseq-train"), run.data_bin, *run.train_args, "--save-dir", save_dir]]
+    cmds += [[os.path.join(BIN, "fairseq-eval-lm"), run.data_bin, *run.eval_args,
+              "--path", os.path.join(save_dir, ckpt)] for ckpt in run.evals.values()]
+    finals = run.log_paths(log_dir)
+    for cmd, final in zip(cmds, finals):
+        rc = _call(cmd, final + ".tmp", env)
+        if rc != 0:
+            raise RuntimeError(f"{run.name}: exit {rc}; see {final}.tmp")
+    for final in finals:  # a run's logs appear only when every command succeeded
+        os.replace(final + ".tmp", final)
+    return run
+
+
+def commit_logs(run, log_dir, message="Grid run", also=()):
+    """Commit one run's logs (and the files ``also``, the report rewritten from them); retried, and only a
+    warning if git stays busy (the logs stay on disk)."""
+    files = [*run.log_paths(log_dir), *also]
+    for attempt in range(5):
+        add = subprocess.run(["git", "add", "-f", *files], cwd=REPO, capture_output=True)
+        done = add.returncode == 0 and subprocess.run(
+            ["git", "commit", "-q", "-m", f"{message} {run.name}: logs", "--", *files], cwd=REPO,
+            capture_output=True).returncode == 0
+        if done:
+            return
+        time.sleep(3 + 3 * attempt)
+    print(f"warning: could not commit the logs of {run.name}; they are in {log_dir}", flush=True)
+
+
+def run_grid(runs, log_dir, work_dir, jobs=2, commit=False, force=False, message="Grid run", threads=None,
+             report=None):
+    """Run every ``Run`` whose logs are missing (all of them with ``force``), ``jobs`` at a time, in order,
+    each with ``threads`` threads (default: the cores shared out between the jobs). With ``commit``, each
+    finished run's logs are committed at once, together with the files ``report()`` returns, having
+    rewritten them from the logs (so a grid stopped half-way leaves its tables in step with its logs)."""
+    os.makedirs(log_dir, exist_ok=True)
+    todo = [r for r in runs if force or not r.done(log_dir)]
+    threads = threads or max(1, (os.cpu_count() or 2) // jobs)
+    print(f"{len(todo)} of {len(runs)} runs to do, {jobs} at a time with {threads} thread(s) each", flush=True)
+    failed = []
+    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+        futures = {pool.submit(train_and_score, r, log_dir, work_dir, threads): r for r in todo}
+        for fut in concurrent.futures.as_completed(futures):
+            try:
+                run = fut.result()
+            except RuntimeError as e:
+                print(f"failed: {e}", flush=True)
+                failed.append(futures[fut].name)
+                continue
+            print(f"finished {run.name}", flush=True)
+            if commit:
+                commit_logs(run, log_dir, message, report() if report else ())
+    if failed:
+        sys.exit(f"grid: error: {len(failed)} run(s) failed: {', '.join(failed)}")
+
+
+# ---------------------------------------------------------------- reading fairseq logs
+RECORD = re.compile(r"\| (train_inner|valid|train) \| (\{.*\})")
+
+
+def records(path):
+    """{'train_inner': [...], 'valid': [...], 'train': [...]}: the json records of a fairseq-train log."""
+    found = {"train_inner": [], "valid": [], "train": []}
+    with open(path) as f:
+        for line in f:
+            m = RECORD.search(line)
+            if m:
+                found[m.group(1)].append(json.loads(m.group(2)))
+    return found
+
+
+def eval_perplexity(path):
+    """The test perplexity of a fairseq-eval-lm log (its 'Loss (base 2): ..., Perplexity: ...' line)."""
+    with open(path) as f:
+        m = re.search(r"Loss \(base 2\): [0-9.]+, Perplexity: ([0-9.]+)", f.read())
+    if not m:
+        raise ValueError(f"{path}: no 'Perplexity:' line (did fairseq-eval-lm finish?)")
+    return float(m.group(1))
+
+
 def train_wall(path):
     """Seconds of the command (its log's last line, ``# exit 0 after N s``); None if it did not finish."""
     wall = None
@@ -222,18 +425,7 @@ def plot_curves(path, curves, restarts=(), spans=(), xlabel="update", title="", 
     return True
 
 
-# ---------------------------------------------------------------- docs/RESULTS.md
-def demote(lines, levels=1):
-    """Markdown headings one level deeper (a study's page becomes a section of RESULTS.md)."""
-    return [("#" * levels + line) if line.startswith("#") else line for line in lines]
-
-
-def written(out, results_md):
-    """The files a study's report writes: OUT's CSV, tables and plots, and the page (if any)."""
-    files = [os.path.join(out, f) for f in sorted(os.listdir(out)) if f.endswith((".csv", ".md", ".png"))]
-    return files + ([results_md] if results_md else [])
-
-
+# ---------------------------------------------------------------- the study's page
 def reading(out):
     """The study's hand-written reading of its tables (``OUT/notes.md``; every figure it cites is in the
     tables) as a "Reading" section's lines, or [] when there is none."""
@@ -244,54 +436,18 @@ def reading(out):
         return ["## Reading", "", f.read().strip(), ""]
 
 
-def write_fragment(path, summary, lines):
-    """A study's section of RESULTS.md: the summary verdict (an HTML comment), then the section."""
-    with open(path, "w") as f:
-        f.write(f"<!-- summary: {summary} -->\n" + "\n".join(lines).rstrip("\n") + "\n")
+def write_page(out, title, command, summary, md):
+    """The study's page, ``OUT/README.md``: ``title``, how it is made (``command``), the computed
+    ``summary`` verdict, then the lines ``md`` (its sections, tables and plots)."""
+    head = [f"# {title}", "",
+            f"Generated from the committed fairseq logs (the first line of each is the exact command) by "
+            f"`{command}`. No number on this page was typed by hand, except in the section marked "
+            "hand-written (\"Reading\"), which quotes the tables.", "",
+            f"**Verdict** (computed from the logs): {summary}.", ""]
+    with open(os.path.join(out, "README.md"), "w") as f:
+        f.write("\n".join(head + md).rstrip("\n") + "\n")
 
 
-def read_fragment(path):
-    """(summary verdict, section lines), or (None, None) when the study has written none yet."""
-    if not os.path.exists(path):
-        return None, None
-    with open(path) as f:
-        lines = f.read().splitlines()
-    m = SUMMARY.match(lines[0]) if lines else None
-    return (m.group(1), lines[1:]) if m else (None, lines)
-
-
-def publish(study, out, summary, md, results_md):
-    """Write study number ``study`` (0: the MLP grid, 1: the paper grid)'s section ``md`` (a page of its own,
-    headings demoted) to OUT/study.md with its one-line ``summary``, then rebuild ``results_md`` from every
-    study's section ('' or None: no page)."""
-    fragment = os.path.join(out, "study.md")
-    write_fragment(fragment, summary, demote(md))
-    if results_md:
-        fragments = [s[2] for s in STUDIES]
-        fragments[study] = fragment
-        write_page(results_md, fragments)
-
-
-def write_page(path, fragments=None):
-    """docs/RESULTS.md: a summary table (one row per study), then each study's section."""
-    fragments = fragments or [s[2] for s in STUDIES]
-    md = ["# Does alternating synthetic and real gradients beat plain TBPTT?", "",
-          "Two studies, each a grid of stock `fairseq-train` and `fairseq-eval-lm` runs. Everything below "
-          "is generated from the committed fairseq logs (the first line of each is the exact command) by "
-          "`python examples/alternation_grid.py --report-only` or `python examples/paper_grid.py "
-          "--report-only`: either rewrites its own study's section (`docs/results/study.md`, "
-          "`docs/results/paper/study.md`) and assembles this page from both. No number on this page was "
-          "typed by hand, except in the two sections marked hand-written (\"Reading\"), which quote the "
-          "tables.", "",
-          "| study | setting | verdict (computed from the logs) |", "|---|---|---|"]
-    sections = []
-    for k, ((title, setting, _, command), fragment) in enumerate(zip(STUDIES, fragments), start=1):
-        summary, lines = read_fragment(fragment)
-        md.append(f"| {k}. {title} | {setting} | {summary or 'not run yet'} |")
-        sections += [f"## {k}. {title}: {setting}", ""]
-        sections += lines if lines is not None else [f"Not run yet (no `{os.path.relpath(fragment, REPO)}`; "
-                                                     f"`{command}` writes it).", ""]
-        sections.append("")
-    md += [""] + sections
-    with open(path, "w") as f:
-        f.write("\n".join(md).rstrip("\n") + "\n")
+def written(out):
+    """The files a study's report writes: OUT's CSV, tables, plots and page."""
+    return [os.path.join(out, f) for f in sorted(os.listdir(out)) if f.endswith((".csv", ".md", ".png"))]

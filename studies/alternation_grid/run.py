@@ -1,4 +1,4 @@
-"""Does alternating synthetic and real gradients beat plain TBPTT? The MLP grid (study 1 of docs/RESULTS.md).
+"""Does alternating synthetic and real gradients beat plain TBPTT? The MLP grid.
 
 Four arms, identical model, data, number of updates and seeds; only the gradient mode and
 the learning-rate schedule differ (all use ``--criterion dni_cross_entropy``, so the
@@ -10,18 +10,17 @@ synthesizer exists and learns in every arm; in the real arms it is never injecte
   alternating         warm restarts, the mode switching at every restart (the paper)
 
 Each run is a stock ``fairseq-train`` followed by a stock ``fairseq-eval-lm`` on the test
-split (``grid_runner``: logs ``OUT/logs/NAME.train.log`` and ``NAME.eval.log``, the eval label "").
+split (``studies.common.run_grid``: logs ``OUT/logs/NAME.train.log`` and ``NAME.eval.log``, the eval label "").
 Everything in the table, the CSV and the plots is read back from those logs; the runner never
 types a number. Logs land in ``OUT/logs`` as each run finishes (``--commit`` also commits each
 one, so a grid can be completed piece by piece: finished runs whose logs exist are skipped,
-unless ``--force``). The report (``grid_report`` holds what it shares with ``paper_grid.py``)
-writes ``OUT/results.csv``, ``OUT/table.md``, ``OUT/valid_CORPUS_TWINDOW.png`` and
-``OUT/study.md``, this study's section of docs/RESULTS.md, which it then reassembles with the
-paper grid's (``docs/results/paper/study.md``, "not run yet" while absent).
+unless ``--force``). The report (``studies.common`` holds what it shares with the paper grid)
+writes ``OUT/results.csv``, ``OUT/table.md``, ``OUT/valid_CORPUS_TWINDOW.png`` and the study's
+page, ``OUT/README.md`` (OUT: this folder).
 
-    python examples/alternation_grid.py --corpus ptb --windows 10,35 --seeds 1,2 --commit
-    python examples/alternation_grid.py --corpus wikitext2 --windows 10 --seeds 1 --commit
-    python examples/alternation_grid.py --report-only        # rebuild table/plots from logs
+    python -m studies.alternation_grid --corpus ptb --windows 10,35 --seeds 1,2 --commit
+    python -m studies.alternation_grid --corpus wikitext2 --windows 10 --seeds 1 --commit
+    python -m studies.alternation_grid --report-only        # rebuild table/plots/page from logs
 """
 
 import argparse
@@ -30,19 +29,16 @@ import os
 import re
 import sys
 
-import fairseq_log  # examples/fairseq_log.py: reads fairseq's json logs back
-import grid_report
-import grid_runner
-from grid_report import spread
-from grid_runner import REPO, Run
+from studies import common
+from studies.common import REPO, Run, spread
 
 ARMS = ["real-cosine", "real-restarts", "synthetic-restarts", "alternating",
         # optional extras: the same with a conditional synthesizer (cDNI: it also sees the next
-        # window's first input and first target, see docs/dni_stability), whose predictions
+        # window's first input and first target, see studies/dni_stability), whose predictions
         # actually correlate with the true gradient on word-level corpora
         "synthetic-restarts-cdni", "alternating-cdni"]
 CDNI = ["--dni-condition-on-next-input", "--dni-condition-on-next-target"]
-OUT = os.path.join(REPO, "docs", "results")
+OUT = os.path.dirname(os.path.abspath(__file__))
 
 
 def arm_flags(arm, total_updates, cycles):
@@ -65,7 +61,7 @@ def make_run(corpus, data_bin, window, arm, seed, args):
     """One cell: ``fairseq-train`` for a whole number of cycles, then ``fairseq-eval-lm`` of the last
     checkpoint (log ``NAME.eval.log``: the eval label "")."""
     cycles = args.cycles
-    total = args.updates or args.epochs * grid_runner.updates_per_epoch(data_bin, args.streams, window)
+    total = args.updates or args.epochs * common.updates_per_epoch(data_bin, args.streams, window)
     # a whole number of cycles: a run must end at the bottom of a cosine, not just after a restart
     total -= total % cycles
     common = ["--user-dir", os.path.join(REPO, "fairseq_dni"), "--task", "dni_language_modeling", "--cpu"]
@@ -91,8 +87,8 @@ def make_run(corpus, data_bin, window, arm, seed, args):
 # ---------------------------------------------------------------- reading the logs back
 def schedule_of(path):
     """(period, mode schedule, first mode, max update) from the command line the log starts with."""
-    return (int(grid_report.flag(path, "--lr-period-updates")), grid_report.flag(path, "--mode-schedule"),
-            grid_report.flag(path, "--first-mode", "synthetic"), int(grid_report.flag(path, "--max-update")))
+    return (int(common.flag(path, "--lr-period-updates")), common.flag(path, "--mode-schedule"),
+            common.flag(path, "--first-mode", "synthetic"), int(common.flag(path, "--max-update")))
 
 
 def collect(log_dir):
@@ -102,17 +98,17 @@ def collect(log_dir):
         if not m or not os.path.exists(os.path.join(log_dir, fname.replace(".train.", ".eval."))):
             continue
         path = os.path.join(log_dir, fname)
-        rows = fairseq_log.records(path)
+        rows = common.records(path)
         valid = [(int(r["valid_num_updates"]), float(r["valid_ppl"])) for r in rows["valid"]]
         cos_synth = [float(r["dni_cos"]) for r in rows["train_inner"] if "dni_cos" in r]
         runs.append(dict(
             corpus=m.group(1), window=int(m.group(2)), arm=m.group(3), seed=int(m.group(4)),
-            test_ppl=fairseq_log.eval_perplexity(path.replace(".train.", ".eval.")),
+            test_ppl=common.eval_perplexity(path.replace(".train.", ".eval.")),
             final_valid_ppl=valid[-1][1], best_valid_ppl=min(v for _, v in valid),
-            updates=valid[-1][0], train_wall_s=grid_report.train_wall(path),
+            updates=valid[-1][0], train_wall_s=common.train_wall(path),
             dni_cos_first=cos_synth[0] if cos_synth else float("nan"),
             dni_cos_last=cos_synth[-1] if cos_synth else float("nan"),
-            valid_curve=valid, schedule=schedule_of(path), command=grid_report.command_of(path)))
+            valid_curve=valid, schedule=schedule_of(path), command=common.command_of(path)))
     runs.sort(key=lambda r: r["arm"] != "alternating")
     return runs
 
@@ -123,7 +119,7 @@ FIELDS = ["corpus", "window", "arm", "seed", "test_ppl", "final_valid_ppl", "bes
 
 def report(runs, out):
     """results.csv, table.md (returned as lines) and one plot per setting, from the runs' logs."""
-    grid_report.write_csv(os.path.join(out, "results.csv"), FIELDS, runs)
+    common.write_csv(os.path.join(out, "results.csv"), FIELDS, runs)
     groups = {}
     for r in runs:
         groups.setdefault((r["corpus"], r["window"]), {}).setdefault(r["arm"], []).append(r)
@@ -133,7 +129,7 @@ def report(runs, out):
                   "| arm | seeds | test ppl (mean ± half-range) | each seed | final valid ppl (mean) | "
                   "synthesizer cos first → last (mean) | updates | train wall s (runs share the 2 cores) |",
                   "|---|---|---|---|---|---|---|---|"]
-        best = grid_report.lowest_arms(arms)
+        best = common.lowest_arms(arms)
         for arm in [a for a in ARMS if a in arms]:
             rs = sorted(arms[arm], key=lambda r: r["seed"])
             mean, half = spread([r["test_ppl"] for r in rs])
@@ -145,9 +141,9 @@ def report(runs, out):
                          f"{spread([r['dni_cos_first'] for r in rs])[0]:.3f} → "
                          f"{spread([r['dni_cos_last'] for r in rs])[0]:.3f} | {rs[0]['updates']} | "
                          f"{spread([r['train_wall_s'] or 0 for r in rs])[0]:.0f} |")
-        lines += ["", grid_report.verdict(arms, "alternating", ARMS[:3]), ""]
+        lines += ["", common.verdict(arms, "alternating", ARMS[:3]), ""]
         if "alternating-cdni" in arms:
-            lines += [grid_report.verdict(arms, "alternating-cdni", ARMS[:3]), ""]
+            lines += [common.verdict(arms, "alternating-cdni", ARMS[:3]), ""]
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write("\n".join(lines))
     print("\n".join(lines))
@@ -156,28 +152,27 @@ def report(runs, out):
 
 
 def summary(groups):
-    """The study's verdict in one line, for RESULTS.md's summary table."""
+    """The study's verdict in one line, for the top of its page."""
     settings = sorted(groups)
     beat = [s for s in settings if "alternating" in groups[s]
-            and grid_report.compare(groups[s], "alternating", ARMS[:3])[0]]
+            and common.compare(groups[s], "alternating", ARMS[:3])[0]]
     names = "; ".join(f"{c} window {w}" for c, w in settings)
-    lows = {s: grid_report.lowest(groups[s]) for s in settings}
+    lows = {s: common.lowest(groups[s]) for s in settings}
     best = "lowest test perplexity: " + ", ".join(f"{arm} in {s[0]} window {s[1]} ({margin})"
                                                   for s, (arm, margin) in lows.items())
     return (f"alternating beat every baseline by more than the seed spread in {len(beat)} of {len(settings)} "
             f"settings ({names}); {best}")
 
 
-def write_study(results_md, lines, runs, groups, out):
-    """The MLP grid's section of docs/RESULTS.md (``OUT/study.md``), then the page from both studies."""
-    rel = os.path.relpath(out, os.path.dirname(results_md))
+def write_study(lines, runs, groups, out):
+    """The study's page, ``OUT/README.md``: the setting, how to reproduce it, the tables, the reading, the plots."""
     settings = {}
     for r in runs:
         settings.setdefault((r["corpus"], r["window"]), r["command"])
-    md = ["From the fairseq logs in "
-          f"[`{rel}/logs`]({rel}/logs) (one `.train.log` and one `.eval.log` per run; the first line of "
+    md = ["Jaderberg's MLP synthesizer, plain LSTM, SGD, update-counted cycles. From the fairseq logs in "
+          "[`logs`](logs) (one `.train.log` and one `.eval.log` per run; the first line of "
           "each is the exact command); "
-          f"[`{rel}/results.csv`]({rel}/results.csv) has one row per run.", "",
+          "[`results.csv`](results.csv) has one row per run.", "",
           "Arms (same model, data, number of updates and seeds; all use `--criterion dni_cross_entropy`, "
           "so the synthesizer learns in every arm and is injected only in synthetic updates):", "",
           "* **real-cosine**: real gradients (TBPTT), one cosine cycle over the whole run;",
@@ -186,23 +181,25 @@ def write_study(results_md, lines, runs, groups, out):
           "* **alternating**: same restarts, the mode switching at every restart, synthetic first (the paper);",
           "* extras, PTB window 10 only: **synthetic-restarts-cdni** and **alternating-cdni**, the same with a "
           "conditional synthesizer (it also sees the next window's first input and target, "
-          "`--dni-condition-on-next-input --dni-condition-on-next-target`; see docs/dni_stability).", "",
+          "`--dni-condition-on-next-input --dni-condition-on-next-target`; see "
+          "[dni_stability](../dni_stability/README.md)).", "",
           "Test perplexity is `fairseq-eval-lm` on the test split with the last checkpoint (the end of the "
           "last cosine cycle), 10 streams, state carried. Mean ± half the range over seeds.", "",
-          f"Reproduce (each command skips the runs whose logs exist; {grid_runner.TEXT_SOURCES}):", "", "```bash",
-          "python examples/alternation_grid.py --corpus ptb --windows 10,35 --seeds 1,2 --commit",
-          "python examples/alternation_grid.py --corpus ptb --windows 10 --seeds 1,2 "
+          f"Reproduce (each command skips the runs whose logs exist; {common.TEXT_SOURCES}):", "", "```bash",
+          "python -m studies.alternation_grid --corpus ptb --windows 10,35 --seeds 1,2 --commit",
+          "python -m studies.alternation_grid --corpus ptb --windows 10 --seeds 1,2 "
           "--arms alternating-cdni,synthetic-restarts-cdni --commit",
-          "python examples/alternation_grid.py --corpus wikitext2 --windows 10 --seeds 1 --epochs 1 --commit",
-          "python examples/alternation_grid.py --report-only   # tables, CSV, plots and RESULTS.md from the logs",
+          "python -m studies.alternation_grid --corpus wikitext2 --windows 10 --seeds 1 --epochs 1 --commit",
+          "python -m studies.alternation_grid --report-only   # tables, CSV, plots and this page from the logs",
           "```", "", "Training command of one run per setting (the alternating arm where present):", ""]
     for (corpus, window), command in sorted(settings.items()):
         md += [f"* {corpus}, window {window}: `{command}`"]
-    md += ["", "## Results", ""] + lines + grid_report.reading(out)
+    md += ["", "## Results", ""] + lines + common.reading(out)
     md += ["## Validation curves", ""]
     for corpus, window in sorted(settings):
-        md += [f"![{corpus} window {window}]({rel}/valid_{corpus}_T{window}.png)", ""]
-    grid_report.publish(0, out, summary(groups), md, results_md)
+        md += [f"![{corpus} window {window}](valid_{corpus}_T{window}.png)", ""]
+    common.write_page(out, "Does alternating synthetic and real gradients beat plain TBPTT? The MLP grid",
+                      "python -m studies.alternation_grid --report-only", summary(groups), md)
 
 
 COLORS = dict(zip(ARMS, ["tab:gray", "tab:blue", "tab:red", "tab:green", "tab:orange", "tab:purple"]))
@@ -226,14 +223,14 @@ def plot(groups, out):
                 synthetic = (k % 2 == 0) == (first == "synthetic")
                 if "alternating" in arms and synthetic:
                     spans.append(dict(x0=start, x1=min(start + period, total), color="tab:green"))
-        grid_report.plot_curves(os.path.join(out, f"valid_{corpus}_T{window}.png"), curves, restarts, spans,
+        common.plot_curves(os.path.join(out, f"valid_{corpus}_T{window}.png"), curves, restarts, spans,
                                 "update", f"{corpus}, window {window}: dotted = warm restarts, "
                                 "shaded = alternating arm's synthetic cycles")
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    grid_runner.add_grid_arguments(p, OUT, os.path.join(REPO, "runs", "grid"))
+    common.add_grid_arguments(p, OUT, os.path.join(REPO, "runs", "grid"))
     p.add_argument("--arms", default=",".join(ARMS[:4]))
     p.add_argument("--windows", default="10,35")
     p.add_argument("--seeds", default="1,2")
@@ -257,27 +254,26 @@ def main():
 
     if not args.report_only:
         data_bin = args.data_bin or os.path.join(REPO, "runs", f"{args.corpus}-bin")
-        data_bin = grid_runner.binarize(args.corpus, args.text_dir or grid_runner.CORPORA[args.corpus], data_bin,
-                                        prog="alternation_grid")
+        data_bin = common.binarize(args.text_dir or common.CORPORA[args.corpus], data_bin, args.corpus,
+                                   prog="alternation_grid")
         cells = [(w, a, s) for w in map(int, args.windows.split(",")) for s in map(int, args.seeds.split(","))
                  for a in args.arms.split(",")]
         for _, a, _ in cells:
             if a not in ARMS:
                 sys.exit(f"alternation_grid: error: unknown arm {a!r} (choose from {', '.join(ARMS)})")
         runs = [make_run(args.corpus, data_bin, w, a, s, args) for w, a, s in cells]
-        grid_runner.run_grid(runs, log_dir, args.work_dir, args.jobs, args.commit, args.force, "Grid run", args.threads,
-                             report=lambda: report_all(log_dir, args.out, args.results_md))
-    report_all(log_dir, args.out, args.results_md)
+        common.run_grid(runs, log_dir, args.work_dir, args.jobs, args.commit, args.force, "Grid run", args.threads,
+                             report=lambda: report_all(log_dir, args.out))
+    report_all(log_dir, args.out)
 
 
-def report_all(log_dir, out, results_md):
-    """The report from every finished run's logs; returns the files it wrote."""
+def report_all(log_dir, out):
+    """The report and the page from every finished run's logs; returns the files it wrote."""
     runs = collect(log_dir)
     if runs:
         lines, groups = report(runs, out)
-        if results_md:
-            write_study(results_md, lines, runs, groups, out)
-    return grid_report.written(out, results_md)
+        write_study(lines, runs, groups, out)
+    return common.written(out)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ SGDR restarts counted in epochs: cycles of 5, 5, 10, 20, ... epochs against one 
 first epoch real (``--whenswitch 2``) where the paper does so. Scaled down in proportion to a CPU:
 ``dni_awd_lstm_lm_small`` (3 layers 256/256/128, tied 128-d embedding), 4 epochs, cycles of
 1, 1, 2 epochs (the paper's 5, 5, 10 divided by 5) against one 4-epoch cycle, windows of 70 (AWD-LSTM's
-own --bptt; docs/RESULTS.md, 'Window', says why not the paper's 200), the rate annealing
+own --bptt; the study's page, 'Window', says why not the paper's 200), the rate annealing
 within epochs (the paper holds it for a whole epoch: over 5-epoch cycles that still anneals, over
 1-epoch cycles it would not). Arms:
 
@@ -22,22 +22,22 @@ within epochs (the paper holds it for a whole epoch: over 5-epoch cycles that st
 Every run ends at the bottom of its last cycle (epoch 4). Each run is a stock ``fairseq-train``
 followed by ``fairseq-eval-lm`` on the test split (one stream of 200-token windows, as the paper
 scores) of the last checkpoint and of the best-validation checkpoint (validated at every epoch end;
-mid-epoch validations only draw the curves). Logs land in docs/results/paper/logs; ``--commit``
+mid-epoch validations only draw the curves). Logs land in studies/paper_grid/logs; ``--commit``
 commits each run's logs as it finishes, and runs whose logs exist are skipped.
 
 The report (after running, or alone with ``--report-only``) reads those logs only and writes, in
-docs/results/paper: results.csv (one row per run: test perplexity of the last and of the
+studies/paper_grid: results.csv (one row per run: test perplexity of the last and of the
 best-validation checkpoint, final and best epoch-end validation, updates, epochs, the epochs that ran
 synthetic, the synthesizer's cosine first and last, train wall time), table.md (per corpus: each
 arm's mean ± half-range over seeds and a computed verdict: does each alternating arm beat
 bptt-one-cycle, bptt-restarts and dni-restarts by more than the seed spread?), valid_<corpus>.png
 (validation perplexity against epochs, warm restarts dotted, each arm's synthetic epochs shaded, all
-read from the logs) and study.md, this study's section of docs/RESULTS.md, which it then reassembles
-with the MLP grid's (``grid_report.write_page``). With no finished run it says "not run yet".
+read from the logs) and README.md, the study's page (``studies.common.write_page``). With no finished run
+it says "not run yet".
 
-    python examples/paper_grid.py --corpus ptb --seeds 1,2 --commit
-    python examples/paper_grid.py --corpus wikitext2 --seeds 1 --commit   # bptt-one-cycle, bptt-restarts, alternating-restarts
-    python examples/paper_grid.py --report-only
+    python -m studies.paper_grid --corpus ptb --seeds 1,2 --commit
+    python -m studies.paper_grid --corpus wikitext2 --seeds 1 --commit   # bptt-one-cycle, bptt-restarts, alternating-restarts
+    python -m studies.paper_grid --report-only
 """
 
 import argparse
@@ -45,11 +45,8 @@ import os
 import re
 import sys
 
-import fairseq_log
-import grid_report
-import grid_runner
-from grid_report import spread
-from grid_runner import REPO, Run
+from studies import common
+from studies.common import REPO, Run, spread
 
 ARMS = ["bptt-one-cycle", "bptt-restarts", "dni-restarts", "alternating-restarts", "alternating-restarts-mlp"]
 WIKITEXT2_ARMS = ["bptt-one-cycle", "bptt-restarts", "alternating-restarts"]
@@ -59,11 +56,11 @@ PAPER_PERIODS = {"one-cycle": "160,160", "restarts": "5,5,10,20,40,80,160"}   # 
 CLIP = {"ptb": 0.2, "wikitext2": 0.25}   # the paper's --clip per corpus
 STREAMS = 20        # the paper's --batch_size
 # Training windows: AWD-LSTM's own --bptt 70 (variable lengths), not the paper's 200. Over 4 epochs a window
-# of 200 leaves 950 updates and the model at test perplexity 412 (bptt arms, seed 1: docs/results/paper/window200),
+# of 200 leaves 950 updates and the model at test perplexity 412 (bptt arms, seed 1: studies/paper_grid/window200),
 # too early in training to compare schedules; 70 gives 2.9 times the updates for the same tokens.
 WINDOW = 70
 EVAL_WINDOW = 200   # the paper scores the test set as one stream of 200-token windows
-OUT = os.path.join(REPO, "docs", "results", "paper")
+OUT = os.path.dirname(os.path.abspath(__file__))
 SEEDS = {"ptb": [1, 2], "wikitext2": [1]}   # the grid as planned (its size in the tables' headings)
 CORPUS_NAMES = {"ptb": "PTB", "wikitext2": "WikiText-2"}
 BASELINES = ["bptt-one-cycle", "bptt-restarts", "dni-restarts"]
@@ -98,7 +95,7 @@ def arm_flags(arm, corpus):
 
 
 def train_args(corpus, arm, seed, data_bin):
-    half_epoch = max(1, grid_runner.updates_per_epoch(data_bin, STREAMS, WINDOW) // 2)
+    half_epoch = max(1, common.updates_per_epoch(data_bin, STREAMS, WINDOW) // 2)
     return ["--user-dir", os.path.join(REPO, "fairseq_dni"), "--task", "dni_language_modeling", "--cpu",
             "--arch", "dni_awd_lstm_lm_small", "--batch-size", str(STREAMS), "--batch-size-valid", "10",
             "--tokens-per-sample", str(WINDOW), "--variable-window", "--alpha", "2", "--beta", "1",
@@ -138,7 +135,7 @@ def epoch_x(valid, ends):
 def parse_run(log_dir, name):
     """One run's numbers, every one read from its three logs."""
     path = os.path.join(log_dir, f"{name}.train.log")
-    rows = fairseq_log.records(path)
+    rows = common.records(path)
     epochs = rows["train"]   # one record per finished epoch
     ends = [int(r["train_num_updates"]) for r in epochs]
     valid = rows["valid"]
@@ -154,24 +151,24 @@ def parse_run(log_dir, name):
     last = epochs[-1] if epochs else {}
     pred_over_target = (float(last["train_dni_pred_norm"]) / float(last["train_dni_target_norm"])
                         if "train_dni_pred_norm" in last and float(last["train_dni_target_norm"]) > 0 else float("nan"))
-    periods = [int(p) for p in grid_report.flag(path, "--lr-period-epochs", "0").split(",")]
-    max_epoch = int(grid_report.flag(path, "--max-epoch"))
+    periods = [int(p) for p in common.flag(path, "--lr-period-epochs", "0").split(",")]
+    max_epoch = int(common.flag(path, "--max-epoch"))
     restarts = [sum(periods[:k]) for k in range(1, len(periods)) if sum(periods[:k]) < max_epoch]
     with open(path) as f:
         params = re.search(r"num\. shared model params: ([\d,]+)", f.read())
     return dict(
-        test_ppl_last=fairseq_log.eval_perplexity(os.path.join(log_dir, f"{name}.eval-last.log")),
-        test_ppl_best=fairseq_log.eval_perplexity(os.path.join(log_dir, f"{name}.eval-best.log")),
+        test_ppl_last=common.eval_perplexity(os.path.join(log_dir, f"{name}.eval-last.log")),
+        test_ppl_best=common.eval_perplexity(os.path.join(log_dir, f"{name}.eval-best.log")),
         final_valid_ppl=float(valid[-1]["valid_ppl"]) if valid else float("nan"),
         best_valid_ppl=float(best["valid_ppl"]) if best else float("nan"),
         best_epoch=int(best["epoch"]) if best else None,
         updates=ends[-1] if ends else None, epochs=len(epochs),
         synthetic_epochs=" ".join(str(e) for e, m in enumerate(modes, start=1) if m == "synthetic"),
         dni_cos_first=cos[0] if cos else float("nan"), dni_cos_last=cos[-1] if cos else float("nan"),
-        dni_pred_over_target=pred_over_target, train_wall_s=grid_report.train_wall(path),
+        dni_pred_over_target=pred_over_target, train_wall_s=common.train_wall(path),
         curve=(epoch_x(valid, ends), [float(r["valid_ppl"]) for r in valid]), modes=modes, restarts=restarts,
-        params=params.group(1) if params else None, command=grid_report.command_of(path),
-        eval_command=grid_report.command_of(os.path.join(log_dir, f"{name}.eval-best.log")))
+        params=params.group(1) if params else None, command=common.command_of(path),
+        eval_command=common.command_of(os.path.join(log_dir, f"{name}.eval-best.log")))
 
 
 def collect(log_dir):
@@ -211,10 +208,10 @@ def corpus_table(corpus, arms):
              "‖prediction‖ / ‖target‖, last epoch (mean) | synthetic epochs | updates | train wall s (runs share the "
              "2 cores: not a speed comparison) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    best = grid_report.lowest_arms(arms, "test_ppl_last")
+    best = common.lowest_arms(arms, "test_ppl_last")
     for arm in [a for a in ARMS if a in arms]:
         rs = arms[arm]
-        last = grid_report.mean_pm([r["test_ppl_last"] for r in rs])
+        last = common.mean_pm([r["test_ppl_last"] for r in rs])
         if arm in best:
             last = "**" + last.replace(" ± ", "** ± ", 1) if " ± " in last else f"**{last}**"
         cos = "—" if all(r["dni_cos_first"] != r["dni_cos_first"] for r in rs) else (
@@ -228,15 +225,15 @@ def corpus_table(corpus, arms):
                      f"{cell([r['train_wall_s'] for r in rs], '.0f')} |")
     lines.append("")
     for arm in [a for a in ALTERNATING if a in arms or a in planned_arms(corpus)]:
-        lines += [grid_report.verdict(arms, arm, BASELINES, "test_ppl_last", "Last checkpoint: "), ""]
+        lines += [common.verdict(arms, arm, BASELINES, "test_ppl_last", "Last checkpoint: "), ""]
         if arm in arms:
-            lines += [grid_report.verdict(arms, arm, BASELINES, "test_ppl_best",
+            lines += [common.verdict(arms, arm, BASELINES, "test_ppl_best",
                                           "Best-validation checkpoint (the paper's choice): "), ""]
     return lines
 
 
 def summary(groups):
-    """The study's verdict in one line (last checkpoints), for RESULTS.md's summary table."""
+    """The study's verdict in one line (last checkpoints), for the top of its page."""
     if not groups:
         return "not run yet"
     parts = []
@@ -246,14 +243,14 @@ def summary(groups):
         present = "" if complete else " present"
         said = []
         for arm in [a for a in ALTERNATING if a in arms]:
-            beat = grid_report.compare(arms, arm, BASELINES, "test_ppl_last")[0]
-            kinds = [kind for kind, _ in grid_report.comparisons(arms, arm, BASELINES, "test_ppl_last")]
+            beat = common.compare(arms, arm, BASELINES, "test_ppl_last")[0]
+            kinds = [kind for kind, _ in common.comparisons(arms, arm, BASELINES, "test_ppl_last")]
             lower = bool(kinds) and all(kind == "lower" for kind in kinds)
             said.append(f"{arm} {'beat' if beat else 'did not beat'} every baseline{present} by more than the seed "
                         "spread" if seeds > 1 else
                         f"{arm} {'was' if lower else 'was not'} lower than every baseline{present} (one seed: no "
                         "spread)")
-        best, margin = grid_report.lowest({a: arms[a] for a in ARMS if a in arms}, "test_ppl_last")
+        best, margin = common.lowest({a: arms[a] for a in ARMS if a in arms}, "test_ppl_last")
         parts.append(f"{CORPUS_NAMES[corpus]} ({seeds} seed{'s' if seeds > 1 else ''}): "
                      + ("; ".join(said) or "no alternating arm yet")
                      + "; lowest mean test perplexity"
@@ -279,13 +276,13 @@ def plot(corpus, arms, path):
                     spans.append(dict(x0=e, x1=e + 1, color=COLORS[arm], alpha=0.08))
     if curves:
         end = max(r["epochs"] for rs in arms.values() for r in rs)
-        grid_report.plot_curves(path, curves, restarts, spans, "epoch", f"{CORPUS_NAMES[corpus]}: dotted = warm "
+        common.plot_curves(path, curves, restarts, spans, "epoch", f"{CORPUS_NAMES[corpus]}: dotted = warm "
                                 "restarts; shaded = alternating-restarts' synthetic epochs;\nstrips along the bottom "
                                 "= each DNI arm's synthetic epochs (first seed), read from the logs",
                                 ylim=(0.9, 3.0), xlim=(0, max(end, 1)), legend_loc="upper right")
 
-def report(log_dir, out, results_md=None):
-    """results.csv, table.md, valid_<corpus>.png and study.md from the logs, then RESULTS.md."""
+def report(log_dir, out):
+    """results.csv, table.md, valid_<corpus>.png and the page (README.md) in ``out``, from the logs in ``log_dir``."""
     runs = collect(log_dir)
     os.makedirs(out, exist_ok=True)
     groups = {}
@@ -293,7 +290,7 @@ def report(log_dir, out, results_md=None):
         groups.setdefault(r["corpus"], {}).setdefault(r["arm"], []).append(r)
     lines = []
     if runs:
-        grid_report.write_csv(os.path.join(out, "results.csv"), FIELDS, runs)
+        common.write_csv(os.path.join(out, "results.csv"), FIELDS, runs)
         for corpus, arms in groups.items():
             lines += corpus_table(corpus, arms)
             plot(corpus, arms, os.path.join(out, f"valid_{corpus}.png"))
@@ -302,28 +299,27 @@ def report(log_dir, out, results_md=None):
         print("\n".join(lines))
     else:
         print(f"paper_grid: no finished runs in {log_dir} yet")
-    if results_md:
-        write_study(results_md, lines, runs, groups, out)
+    write_study(lines, runs, groups, out)
     return runs
 
 
-def report_files(log_dir, out, results_md):
+def report_files(log_dir, out):
     """``report``, then the files it writes (to be committed with a run's logs)."""
-    report(log_dir, out, results_md)
-    return grid_report.written(out, results_md)
+    report(log_dir, out)
+    return common.written(out)
 
 
-def write_study(results_md, lines, runs, groups, out):
-    """The paper grid's section of docs/RESULTS.md (``OUT/study.md``), then the page from both studies."""
-    rel = os.path.relpath(out, os.path.dirname(results_md))
-    recipes = os.path.relpath(os.path.join(REPO, "recipes", "README.md"), os.path.dirname(results_md))
+def write_study(lines, runs, groups, out):
+    """The study's page, ``OUT/README.md``: the setting, how to reproduce it, the tables, the reading, the plots."""
+    recipes = os.path.relpath(os.path.join(REPO, "recipes", "README.md"), out)
     params = {r["corpus"]: r["params"] for r in runs if r["params"]}
     scale = "; ".join(f"{CORPUS_NAMES[c]} {p} parameters" for c, p in params.items())
     paper_cycles = PAPER_PERIODS["restarts"].split(",")
     md = [f"The seed paper's method (Shang & Zhang, arXiv 1902.10630; code `parap1uie-s/alternate_sg`) run the "
-          f"paper's way, scaled down to this machine. Logs: [`{rel}/logs`]({rel}/logs) (one `.train.log`, one "
+          f"paper's way, scaled down to this machine: AWD-LSTM small, Adam, coordinate-wise QRNN synthesizer, "
+          "epoch-counted cycles 1, 1, 2. Logs: [`logs`](logs) (one `.train.log`, one "
           f"`.eval-last.log` and one `.eval-best.log` per run; the first line of each is the exact command); "
-          f"[`{rel}/results.csv`]({rel}/results.csv) has one row per run.", "",
+          "[`results.csv`](results.csv) has one row per run.", "",
           "**Setting.** The paper trains a QRNN of 4 layers of 1550 units (AWD-LSTM's QRNN setting; "
           "`recipes/paper` trains AWD-LSTM's LSTM, 3 x 1150, instead, since this project trains LSTMs) for "
           f"{sum(int(p) for p in paper_cycles)} epochs with Adam 1e-3, windows of {EVAL_WINDOW} tokens with AWD-LSTM's "
@@ -345,7 +341,7 @@ def write_study(results_md, lines, runs, groups, out):
           f"{EVAL_WINDOW}-token windows (`--batch-size 1 --tokens-per-sample {EVAL_WINDOW}`), as the paper does.", "",
           f"**Window.** Training windows are AWD-LSTM's own `--bptt {WINDOW}` (variable lengths), not the paper's "
           f"{EVAL_WINDOW}: over {EPOCHS} epochs a window of {EVAL_WINDOW} leaves about 950 updates, and the two arms run "
-          f"that way (seed 1, [`window200`]({rel}/window200/logs)) ended at test perplexity 412-413, too early in training "
+          f"that way (seed 1, [`window200`](window200/logs)) ended at test perplexity 412-413, too early in training "
           f"for the schedules to differ; {WINDOW} gives {EVAL_WINDOW / WINDOW:.1f} times the updates for the same "
           "tokens.", "",
           "**Arms**, and the paper's arms they stand for (named as in recipes/paper, with the flags of the paper's "
@@ -372,10 +368,10 @@ def write_study(results_md, lines, runs, groups, out):
           "synthetic (the tables' \"synthetic epochs\" column reads the modes back from the logs). One thing does "
           "not scale: in the paper's `--whenswitch 2` arms (dni-restarts; WikiText-2's alternating) the first cycle "
           "has one real epoch and four synthetic ones; ours is one epoch, all real.", "",
-          f"Reproduce (each command skips the runs whose logs exist; {grid_runner.TEXT_SOURCES}):", "", "```bash",
-          "python examples/paper_grid.py --corpus ptb --seeds 1,2 --commit",
-          "python examples/paper_grid.py --corpus wikitext2 --seeds 1 --commit   # " + ", ".join(WIKITEXT2_ARMS),
-          "python examples/paper_grid.py --report-only   # tables, CSV, plots and RESULTS.md from the logs",
+          f"Reproduce (each command skips the runs whose logs exist; {common.TEXT_SOURCES}):", "", "```bash",
+          "python -m studies.paper_grid --corpus ptb --seeds 1,2 --commit",
+          "python -m studies.paper_grid --corpus wikitext2 --seeds 1 --commit   # " + ", ".join(WIKITEXT2_ARMS),
+          "python -m studies.paper_grid --report-only   # tables, CSV, plots and this page from the logs",
           "```", ""]
     commands = {}
     for r in runs:
@@ -390,18 +386,19 @@ def write_study(results_md, lines, runs, groups, out):
         md.append("")
     md += ["## Results", ""]
     md += lines if lines else ["Not run yet: no finished run in "
-                               f"[`{rel}/logs`]({rel}/logs) (its logs land there as each run finishes).", ""]
-    md += grid_report.reading(out) if lines else []
+                               "[`logs`](logs) (its logs land there as each run finishes).", ""]
+    md += common.reading(out) if lines else []
     if groups:
         md += ["## Validation curves", ""]
         for corpus in groups:
-            md += [f"![{CORPUS_NAMES[corpus]}]({rel}/valid_{corpus}.png)", ""]
-    grid_report.publish(1, out, summary(groups), md, results_md)
+            md += [f"![{CORPUS_NAMES[corpus]}](valid_{corpus}.png)", ""]
+    common.write_page(out, "Does alternation beat BPTT as the seed paper ran it? The paper grid",
+                      "python -m studies.paper_grid --report-only", summary(groups), md)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    grid_runner.add_grid_arguments(p, OUT, os.path.join(REPO, "runs", "paper_grid"))
+    common.add_grid_arguments(p, OUT, os.path.join(REPO, "runs", "paper_grid"))
     p.add_argument("--arms", help="comma-separated (default: all five on PTB, "
                                   f"{', '.join(WIKITEXT2_ARMS)} on WikiText-2)")
     p.add_argument("--seeds", default="1,2", help="comma-separated seeds (the committed grid: 1,2 on PTB, 1 on "
@@ -414,16 +411,16 @@ def main():
             if a not in ARMS:
                 sys.exit(f"paper_grid: error: unknown arm {a!r} (choose from {', '.join(ARMS)})")
         data_bin = args.data_bin or os.path.join(REPO, "runs", f"{args.corpus}-bin")
-        data_bin = grid_runner.binarize(args.corpus, args.text_dir or grid_runner.CORPORA[args.corpus], data_bin,
-                                        prog="paper_grid")
+        data_bin = common.binarize(args.text_dir or common.CORPORA[args.corpus], data_bin, args.corpus,
+                                   prog="paper_grid")
         try:
             seeds = [int(s) for s in args.seeds.split(",")]
         except ValueError:
             sys.exit(f"paper_grid: error: --seeds takes comma-separated whole numbers, got {args.seeds!r}")
         runs = runs_for(args.corpus, seeds, arms, data_bin)
-        grid_runner.run_grid(runs, log_dir, args.work_dir, args.jobs, args.commit, args.force, "Paper grid run",
-                             args.threads, report=lambda: report_files(log_dir, args.out, args.results_md))
-    report(log_dir, args.out, args.results_md)
+        common.run_grid(runs, log_dir, args.work_dir, args.jobs, args.commit, args.force, "Paper grid run",
+                             args.threads, report=lambda: report_files(log_dir, args.out))
+    report(log_dir, args.out)
 
 
 if __name__ == "__main__":

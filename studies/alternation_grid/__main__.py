@@ -1,0 +1,3 @@
+from studies.alternation_grid.run import main
+
+main()

@@ -1,0 +1,3 @@
+from studies.awd_regularizers.run import main
+
+main()

@@ -1,0 +1,3 @@
+from studies.copy_task.run import main
+
+main()

@@ -1,0 +1,3 @@
+from studies.dni_stability.run import main
+
+main()

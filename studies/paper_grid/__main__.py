@@ -1,0 +1,3 @@
+from studies.paper_grid.run import main
+
+main()
