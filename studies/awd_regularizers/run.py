@@ -9,21 +9,22 @@ weights, data order, updates, seed; one core each, one after the other):
 
 Both: Adam 1e-3, weight decay 1.2e-6, clip 0.25 (the seed paper's optimizer), 20 streams x 35 tokens,
 --epochs epochs, validation every half epoch; then fairseq-eval-lm scores the test set with each run's best
-checkpoint as one stream (--batch-size 1, AWD-LSTM's test setting). Logs go to docs/awd/logs/, the
-per-epoch table to docs/awd/regularizers.{csv,md}.
+checkpoint as one stream (--batch-size 1, AWD-LSTM's test setting). Logs go to studies/awd_regularizers/logs/,
+the per-epoch table to regularizers.{csv,md} beside them and into the study's page (README.md), all read
+from the logs.
 
-    python examples/awd_regularizers.py --text-dir /work/shared/data/ptb    # ~1 hour of one core
+    python -m studies.awd_regularizers --text-dir /work/shared/data/ptb    # ~1 hour of one core
+    python -m studies.awd_regularizers --report-only                        # the table from the logs
 """
 import argparse
 import csv
-import json
 import os
 import re
 import subprocess
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.dirname(sys.executable)
+from studies import common
+from studies.common import BIN, REPO
 OFF = ["--dropout", "0", "--decoder-dropout-in", "0", "--decoder-hidden-dropout", "0", "--decoder-dropout-out", "0",
        "--decoder-embed-dropout", "0", "--weight-drop", "0", "--alpha", "0", "--beta", "0"]
 
@@ -42,47 +43,54 @@ def run(tool, args, log_path):
         return f.read()
 
 
-def records(log, kind):
-    return [json.loads(m) for m in re.findall(rf"\| {kind} \| (\{{.*\}})", log)]
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--text-dir", default="/work/shared/data/ptb", help="ptb.{train,valid,test}.txt")
     parser.add_argument("--work-dir", default=os.path.join(REPO, "runs", "awd_regularizers"))
-    parser.add_argument("--out", default=os.path.join(REPO, "docs", "awd"))
+    parser.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--validate-every", type=int, default=664,
                         help="updates (664: half a PTB epoch of 20 streams x 35 tokens)")
+    parser.add_argument("--report-only", action="store_true", help="only rebuild the table from the logs")
     args = parser.parse_args()
     data = os.path.join(args.work_dir, "data-bin")
     logs = os.path.join(args.out, "logs")
     os.makedirs(logs, exist_ok=True)
-    os.makedirs(args.work_dir, exist_ok=True)
-    if not os.path.exists(os.path.join(data, "dict.txt")):
-        run("fairseq-preprocess", ["--only-source", "--trainpref", os.path.join(args.text_dir, "ptb.train.txt"),
-                                   "--validpref", os.path.join(args.text_dir, "ptb.valid.txt"),
-                                   "--testpref", os.path.join(args.text_dir, "ptb.test.txt"),
-                                   "--destdir", data, "--workers", "1"], os.path.join(args.work_dir, "preprocess.log"))
+    if not args.report_only:
+        os.makedirs(args.work_dir, exist_ok=True)
+        common.binarize(args.text_dir, data, "ptb", prog="awd_regularizers", workers=1)
+        for arm, flags in ARMS.items():
+            train_and_score(arm, flags, data, logs, args)
+    report(logs, args.out)
+
+
+def train_and_score(arm, flags, data, logs, args):
+    """One arm: fairseq-train, then fairseq-eval-lm of its best checkpoint, each into its log in ``logs``."""
+    save = os.path.join(args.work_dir, arm)
+    run("fairseq-train", [
+        data, "--user-dir", "fairseq_dni", "--task", "dni_language_modeling", "--arch", "dni_awd_lstm_lm_small",
+        "--criterion", "lm_cross_entropy", *flags, "--batch-size", "20", "--tokens-per-sample", "35",
+        "--batch-size-valid", "10", "--optimizer", "adam", "--lr", "0.001", "--weight-decay", "1.2e-6",
+        "--clip-norm", "0.25", "--max-epoch", args.epochs, "--seed", args.seed, "--save-dir", save,
+        "--validate-interval-updates", args.validate_every, "--no-epoch-checkpoints", "--cpu", "--num-workers", "0",
+        "--log-format", "json", "--log-interval", "200", "--no-progress-bar"],
+        os.path.join(logs, f"regularizers-{arm}.train.log"))
+    run("fairseq-eval-lm", [
+        data, "--user-dir", "fairseq_dni", "--task", "dni_language_modeling", "--path",
+        os.path.join(save, "checkpoint_best.pt"), "--gen-subset", "test", "--batch-size", "1",
+        "--tokens-per-sample", "35", "--cpu", "--num-workers", "0"], os.path.join(logs, f"regularizers-{arm}.eval.log"))
+
+
+def report(logs, out):
+    """regularizers.csv, regularizers.md and the table in README.md (between its markers), from the logs."""
     rows = []
-    for arm, flags in ARMS.items():
-        save = os.path.join(args.work_dir, arm)
-        train = run("fairseq-train", [
-            data, "--user-dir", "fairseq_dni", "--task", "dni_language_modeling", "--arch", "dni_awd_lstm_lm_small",
-            "--criterion", "lm_cross_entropy", *flags, "--batch-size", "20", "--tokens-per-sample", "35",
-            "--batch-size-valid", "10", "--optimizer", "adam", "--lr", "0.001", "--weight-decay", "1.2e-6",
-            "--clip-norm", "0.25", "--max-epoch", args.epochs, "--seed", args.seed, "--save-dir", save,
-            "--validate-interval-updates", args.validate_every, "--no-epoch-checkpoints", "--cpu", "--num-workers", "0",
-            "--log-format", "json", "--log-interval", "200", "--no-progress-bar"], os.path.join(logs, f"regularizers-{arm}.train.log"))
-        test = run("fairseq-eval-lm", [
-            data, "--user-dir", "fairseq_dni", "--task", "dni_language_modeling", "--path",
-            os.path.join(save, "checkpoint_best.pt"), "--gen-subset", "test", "--batch-size", "1",
-            "--tokens-per-sample", "35", "--cpu", "--num-workers", "0"], os.path.join(logs, f"regularizers-{arm}.eval.log"))
-        test_ppl = float(re.search(r"Perplexity: ([\d.]+)", test).group(1))
-        ends = {int(r["train_num_updates"]): r for r in records(train, "train")}  # epoch ends
+    for arm in ARMS:
+        train = common.records(os.path.join(logs, f"regularizers-{arm}.train.log"))
+        test_ppl = common.eval_perplexity(os.path.join(logs, f"regularizers-{arm}.eval.log"))
+        ends = {int(r["train_num_updates"]): r for r in train["train"]}  # epoch ends
         per_epoch = min(ends)
-        for valid in records(train, "valid"):
+        for valid in train["valid"]:
             updates = int(valid["valid_num_updates"])
             end = ends.get(updates)
             rows.append({"arm": arm, "updates": updates, "epochs": round(updates / per_epoch, 2),
@@ -91,7 +99,7 @@ def main():
                          "train_ar": end.get("train_ar", "") if end else "",
                          "train_tar": end.get("train_tar", "") if end else "",
                          "train_wall_s": float(end["train_wall"]) if end else "", "test_ppl_best": test_ppl})
-    with open(os.path.join(args.out, "regularizers.csv"), "w", newline="") as f:
+    with open(os.path.join(out, "regularizers.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -108,9 +116,18 @@ def main():
                                                  for arm, r in best.items()) + ". Test ppl of the best epoch-end "
               "checkpoint (fairseq-eval-lm, one stream): " + ", ".join(f"{arm} {r['test_ppl_best']:.2f}"
                                                                       for arm, r in best.items()) + "."]
-    with open(os.path.join(args.out, "regularizers.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    table = "\n".join(lines) + "\n"
+    with open(os.path.join(out, "regularizers.md"), "w") as f:
+        f.write(table)
+    page = os.path.join(out, "README.md")
+    if os.path.exists(page):  # the block between the markers is regenerated, the prose is not
+        with open(page) as f:
+            doc = f.read()
+        doc = re.sub(r"(<!-- table -->\n).*?(<!-- /table -->)", lambda m: m.group(1) + table + m.group(2), doc,
+                     flags=re.S)
+        with open(page, "w") as f:
+            f.write(doc)
+    print(table)
 
 
 if __name__ == "__main__":

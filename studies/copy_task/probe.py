@@ -18,18 +18,14 @@ predicts zero). Then fit, on half the streams, and score on the other half, as
   (``fairseq_dni.synthesizers``, their defaults), trained on these fixed pairs with Adam for 2,000
   steps of 32 streams (input noise as in training; the coordinate-wise one from a fresh own state).
 
-    python examples/copy_task_probe.py [--streams 4096] [--seeds 1,2,3]
+    python -m studies.copy_task.probe [--streams 4096] [--seeds 1,2,3]
 """
 import argparse
 import os
-import sys
 
 import numpy as np
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, "examples"))
 
 
 def build(seed, symbols=8, hidden=64):
@@ -52,7 +48,7 @@ def build(seed, symbols=8, hidden=64):
 def boundary_pairs(model, dictionary, streams, rng, length=2, symbols=8, before=3):
     """(s, g, held symbol) at the boundary after the first window of a sequence (it has just read x0),
     window 2, after ``before`` whole sequences read with the state carried."""
-    import copy_task
+    from studies.copy_task import run as copy_task
 
     seq = copy_task.sequence_length(length)
     lines = [[copy_task.sequences(1, length, symbols, seed=int(rng.integers(1 << 30)))[0].split() + ["</s>"]

@@ -2,7 +2,7 @@
 
 A positive control for synthetic gradients: the future gradient at a window boundary depends
 on symbols the model has already read, so a synthesizer has something to predict (on
-word-level text it has almost nothing, see docs/dni_stability).
+word-level text it has almost nothing, see studies/dni_stability).
 
 One sequence per line; ``fairseq-preprocess`` ends every line with ``</s>``, and the task
 ``dni_language_modeling`` concatenates the lines into streams::
@@ -20,12 +20,12 @@ bits per output symbol; chance is log2(symbols). Writing ``y_i`` needs ``x_i``, 
 Every split holds a multiple of 64 sequences, so with a stream count dividing 64 every stream
 starts at a sequence start; with ``--tokens-per-sample`` equal to the sequence length every
 window is exactly one sequence (the full-BPTT ceiling). Runs are stock ``fairseq-train``; every
-number the ``table`` command prints is read back from their logs (docs/copy_task)::
+number the ``table`` command prints is read back from their logs (studies/copy_task)::
 
-    python examples/copy_task.py data --out data-bin/copy-L4 --length 4
-    python examples/copy_task.py train --length 4 --window 2 --arm dni --log run.log [-- FAIRSEQ FLAGS]
-    python examples/copy_task.py grid --windows 2,3,4,5 --lengths T,2T --arms bptt,dni,ceiling
-    python examples/copy_task.py table --windows 2,3,4,5 --lengths T,2T --arms bptt,dni,ceiling
+    python -m studies.copy_task data --out data-bin/copy-L4 --length 4
+    python -m studies.copy_task train --length 4 --window 2 --arm dni --log run.log [-- FAIRSEQ FLAGS]
+    python -m studies.copy_task grid --windows 2,3,4,5 --lengths T,2T --arms bptt,dni,ceiling
+    python -m studies.copy_task table --windows 2,3,4,5 --lengths T,2T --arms bptt,dni,ceiling
 """
 
 import argparse
@@ -34,14 +34,14 @@ import math
 import os
 import re
 import subprocess
-import sys
 import time
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.dirname(sys.executable)
-DOCS = os.path.join(REPO, "docs", "copy_task")
+from studies import common
+from studies.common import BIN, REPO
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 # ---------------------------------------------------------------- corpora
@@ -75,10 +75,9 @@ def write_corpus(out, length, symbols=8, repeats=0, train=65536, valid=256, test
     for i, (split, count) in enumerate((("train", train), ("valid", valid), ("test", test))):
         with open(os.path.join(text, f"{split}.txt"), "w") as f:
             f.write("\n".join(sequences(count, length, symbols, repeats, seed=1000 * seed + i)) + "\n")
-    subprocess.run([os.path.join(BIN, "fairseq-preprocess"), "--only-source",
-                    "--trainpref", os.path.join(text, "train.txt"), "--validpref", os.path.join(text, "valid.txt"),
-                    "--testpref", os.path.join(text, "test.txt"), "--destdir", out, "--workers", "1"],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if os.path.exists(os.path.join(out, "dict.txt")):
+        os.remove(os.path.join(out, "dict.txt"))   # new text: binarize it again
+    common.binarize(text, out, "copy task", prog="copy_task", workers=1)
     return out
 
 
@@ -102,7 +101,7 @@ LABELS = {"dni": "DNI, MLP", "dni-cw": "DNI, coordinate-wise GRU", "dni-cw-paper
 # fairseq's default normalisation: each window's gradient is divided by its number of scored tokens,
 # and by 1 in windows with none (the input phase of every stream at once, since the streams are
 # aligned): there the injected synthetic gradient weighs B times more than in a scored window. That
-# is what makes --dni-scale 0.1 strong enough here; see docs/copy_task/README.md ("Why").
+# is what makes --dni-scale 0.1 strong enough here; see studies/copy_task/README.md ("Why").
 SETTING = []
 
 
@@ -353,8 +352,8 @@ def main():
         p.add_argument("--windows", default="2,3,4,5")
         p.add_argument("--lengths", default="T,2T", help="copy lengths per window: ints or kT (k times T)")
         p.add_argument("--arms", default="bptt,dni,ceiling")
-        p.add_argument("--out", default=DOCS)
-        p.add_argument("--logs", default=os.path.join(DOCS, "logs"))
+        p.add_argument("--out", default=HERE)
+        p.add_argument("--logs", default=os.path.join(HERE, "logs"))
         p.add_argument("--force", action="store_true", help="rerun runs whose log exists")
     args, extra = parser.parse_known_args()
     if extra and args.command != "train":

@@ -9,27 +9,25 @@ last ``--collect`` windows, and fits ridge regressions on a random 80% of them; 
 mean cosine is the best a *linear* synthesizer could do there. Training-set cosines are shown
 too: the gap is overfitting to noise.
 
-    python examples/dni_probe.py --data-bin runs/ptb-bin --out docs/dni_stability/probe.md
+    python -m studies.dni_stability.probe --data-bin runs/ptb-bin --out studies/dni_stability/probe.md
 """
 
 import argparse
 import os
-import sys
 
 import numpy as np
 import torch
+from fairseq.data import Dictionary, data_utils
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from fairseq_dni.criterions.dni_cross_entropy import DNICrossEntropyConfig, DNICrossEntropyCriterion
+from fairseq_dni.data.stream_windows import StreamWindows
+from fairseq_dni.data.token_stream import flat_tokens
+from fairseq_dni.models.dni_lstm_lm import DNILSTMLanguageModel, DNILSTMLMConfig
+from fairseq_dni.synthesizers.mlp import SliceNorm
+from fairseq_dni.tasks.dni_language_modeling import DNILanguageModelingConfig, DNILanguageModelingTask
+from studies.common import REPO
 
-from fairseq.data import Dictionary, data_utils  # noqa: E402
-
-from fairseq_dni.criterions.dni_cross_entropy import DNICrossEntropyConfig, DNICrossEntropyCriterion  # noqa: E402
-from fairseq_dni.data.stream_windows import StreamWindows  # noqa: E402
-from fairseq_dni.data.token_stream import flat_tokens  # noqa: E402
-from fairseq_dni.models.dni_lstm_lm import DNILSTMLanguageModel, DNILSTMLMConfig  # noqa: E402
-from fairseq_dni.synthesizers.mlp import SliceNorm  # noqa: E402
-from fairseq_dni.tasks.dni_language_modeling import DNILanguageModelingConfig, DNILanguageModelingTask  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def ridge_cos(features, targets, lam, train, test):
@@ -49,7 +47,7 @@ def main():
     parser.add_argument("--windows", type=int, default=600)
     parser.add_argument("--collect", type=int, default=250)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--out", default=os.path.join(REPO, "docs", "dni_stability", "probe.md"))
+    parser.add_argument("--out", default=os.path.join(HERE, "probe.md"))
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
@@ -100,7 +98,7 @@ def main():
         rows.append((f"state + next input + next target's output row, ridge {lam:g}",
                      *ridge_cos(np.concatenate([x, c, l], 1), y, lam, train, test)))
     lines = [
-        f"Probe (`python examples/dni_probe.py`): 2x200 LSTM trained {args.windows} windows in real mode "
+        f"Probe (`python -m studies.dni_stability.probe`): 2x200 LSTM trained {args.windows} windows in real mode "
         f"(train loss {np.mean(losses):.2f} bits over the collected windows), {len(x)} (state, target) pairs "
         f"from the last {args.collect} windows, random 80/20 split; mean target norm "
         f"{np.linalg.norm(y, axis=1).mean():.3f}.",

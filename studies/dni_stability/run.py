@@ -7,20 +7,18 @@ learns in real mode too, so its cosine with the true gradient is measured in bot
 script writes each run's log, a CSV of the logged curves, a markdown summary and (with
 matplotlib installed) a PNG; every number in them is read from the fairseq logs.
 
-    python examples/dni_stability.py --text-dir ../shared/data/ptb --out docs/dni_stability --arms all
-    python examples/dni_stability.py --arms real,synthetic --epochs 1 --max-update 300   # quicker look
+    python -m studies.dni_stability --text-dir ../shared/data/ptb --arms all
+    python -m studies.dni_stability --arms real,synthetic --epochs 1 --max-update 300   # quicker look
+    python -m studies.dni_stability --arms real,synthetic,... --report-only   # summary, CSV, plot from the logs
 """
 
 import argparse
 import csv
 import os
 import subprocess
-import sys
 
-import fairseq_log  # examples/fairseq_log.py: reads fairseq's json logs back
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.dirname(sys.executable)
+from studies import common
+from studies.common import BIN, REPO
 
 # name -> extra fairseq-train flags (on top of the common setting below: the LM's Adam 1e-3 and the
 # synthesizer's own optimizer, --optimizer alternating)
@@ -51,17 +49,6 @@ ARMS = {
 CURVES = ["loss", "state_norm", "dni_cos", "dni_rel_loss", "dni_loss", "dni_pred_norm", "dni_target_norm", "dni_nonfinite", "gnorm"]
 
 
-def binarize(text_dir, dest):
-    if os.path.isfile(os.path.join(dest, "dict.txt")):
-        return dest
-    subprocess.run([os.path.join(BIN, "fairseq-preprocess"), "--only-source",
-                    "--trainpref", os.path.join(text_dir, "ptb.train.txt"),
-                    "--validpref", os.path.join(text_dir, "ptb.valid.txt"),
-                    "--testpref", os.path.join(text_dir, "ptb.test.txt"),
-                    "--destdir", dest, "--workers", "2"], check=True, stdout=subprocess.DEVNULL)
-    return dest
-
-
 def run_arm(name, data, out, args):
     log_path = os.path.join(out, "logs", f"{name}.log")
     cmd = [os.path.join(BIN, "fairseq-train"), data, "--user-dir", os.path.join(REPO, "fairseq_dni"),
@@ -86,7 +73,7 @@ def run_arm(name, data, out, args):
 
 def parse(log_path):
     """train_inner rows and validation rows from a fairseq json log."""
-    rows = fairseq_log.records(log_path)
+    rows = common.records(log_path)
     return rows["train_inner"], rows["valid"]
 
 
@@ -94,23 +81,24 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--text-dir", default=os.path.join(REPO, "..", "shared", "data", "ptb"))
     parser.add_argument("--data-bin", default=os.path.join(REPO, "runs", "ptb-bin"))
-    parser.add_argument("--out", default=os.path.join(REPO, "docs", "dni_stability"))
+    parser.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
     parser.add_argument("--arms", default="real,synthetic,synthetic-no-input-norm")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--max-update", type=int, default=0)
     parser.add_argument("--validate-interval-updates", type=int, default=332)
     parser.add_argument("--log-interval", type=int, default=50)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--reuse-logs", action="store_true", help="only re-read existing logs")
+    parser.add_argument("--report-only", action="store_true", help="only re-read the existing logs (no binarizing, no training)")
     args = parser.parse_args()
     arms = list(ARMS) if args.arms == "all" else args.arms.split(",")
     os.makedirs(os.path.join(args.out, "logs"), exist_ok=True)
-    data = binarize(args.text_dir, args.data_bin)
+    if not args.report_only:
+        data = common.binarize(args.text_dir, args.data_bin, "ptb", prog="dni_stability")
 
     results = {}
     for name in arms:
         log_path = os.path.join(args.out, "logs", f"{name}.log")
-        if not (args.reuse_logs and os.path.exists(log_path)):
+        if not args.report_only:
             run_arm(name, data, args.out, args)
         results[name] = parse(log_path)
 
