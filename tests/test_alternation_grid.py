@@ -1,19 +1,22 @@
-"""The experiment runner (examples/alternation_grid.py) on tiny data: every number it reports
+"""The MLP grid (studies/alternation_grid) on tiny data: every number it reports
 is the one in the fairseq logs it wrote, and runs end at the bottom of a cosine cycle."""
 import csv
 import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
-from helpers import REPO, committed_tables_match
+from helpers import REPO
+from studies import alternation_grid
+from studies.alternation_grid import run as grid
 
 
 def test_grid_reports_what_the_logs_say(tiny_data, tmp_path):
     out = tmp_path / "results"
-    cmd = [sys.executable, os.path.join(REPO, "examples", "alternation_grid.py"), "--corpus", "ptb",
+    cmd = [sys.executable, "-m", "studies.alternation_grid", "--corpus", "ptb",
            "--data-bin", str(tiny_data), "--out", str(out), "--work-dir", str(tmp_path / "work"),
-           "--results-md", str(tmp_path / "RESULTS.md"), "--arms", "real-restarts,alternating",
+           "--arms", "real-restarts,alternating",
            "--windows", "5", "--seeds", "1,2", "--updates", "13", "--cycles", "3", "--validations", "3",
            "--streams", "4", "--hidden", "16", "--log-interval", "1", "--jobs", "2"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -36,19 +39,19 @@ def test_grid_reports_what_the_logs_say(tiny_data, tmp_path):
         assert modes[:12] == want
     table = (out / "table.md").read_text()
     assert "Alternating" in table and "real-restarts" in table
-    assert "No number on this page was typed by hand" in (tmp_path / "RESULTS.md").read_text()
+    page = (out / "README.md").read_text()
+    assert "No number on this page was typed by hand" in page and table in page
     # a second call skips finished runs (logs present) and only re-reports
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "finished" not in again.stdout
 
 
-def test_committed_results_are_what_the_committed_logs_say(tmp_path):
-    """docs/RESULTS.md's MLP-grid tables and results.csv are what --report-only makes of the committed logs."""
-    from pathlib import Path
-
-    sys.path.insert(0, os.path.join(REPO, "examples"))
-    import alternation_grid
-
-    docs = Path(REPO, "docs")
-    alternation_grid.report(alternation_grid.collect(str(docs / "results" / "logs")), str(tmp_path))
-    committed_tables_match(tmp_path, docs / "results", docs / "RESULTS.md")
+def test_report_only_regenerates_the_committed_page_byte_for_byte(tmp_path):
+    """The study's page, table and CSV are what --report-only makes of the committed logs, byte for byte."""
+    here = Path(alternation_grid.__file__).parent
+    (tmp_path / "notes.md").write_bytes((here / "notes.md").read_bytes())   # the hand-written reading
+    written = grid.report_all(str(here / "logs"), str(tmp_path))
+    for name in ("README.md", "table.md", "results.csv"):
+        assert (tmp_path / name).read_bytes() == (here / name).read_bytes(), f"{here / name} is stale"
+    assert sorted(os.path.basename(f) for f in written) == sorted(
+        f for f in os.listdir(here) if f.endswith((".csv", ".md", ".png")))

@@ -1,20 +1,17 @@
-"""The paper grid (examples/paper_grid.py) without training: its report prints exactly the numbers in
+"""The paper grid (studies/paper_grid) without training: its report prints exactly the numbers in
 the logs, every arm ends at the bottom of a cosine cycle, and its schedules are the paper's scaled
 in proportion (cycles 1, 1, 2 epochs for 5, 5, 10)."""
 import csv
 import json
 import os
 import random
-import re
-import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import REPO, committed_tables_match, write_corpus
-
-sys.path.insert(0, os.path.join(REPO, "examples"))
-import paper_grid  # noqa: E402
+from helpers import write_corpus
+from studies import common
+from studies.paper_grid import run as paper_grid
 
 WINDOWS = 10  # windows per epoch of the fake logs and of the schedule checks (their number does not matter)
 
@@ -22,7 +19,7 @@ WINDOWS = 10  # windows per epoch of the fake logs and of the schedule checks (t
 @pytest.fixture
 def no_data(monkeypatch):
     """train_args needs the windows per epoch of a binarized corpus; these tests need none."""
-    monkeypatch.setattr(paper_grid.grid_runner, "updates_per_epoch", lambda *a: 2 * WINDOWS)
+    monkeypatch.setattr(common, "updates_per_epoch", lambda *a: 2 * WINDOWS)
 
 
 def value(args, name, default=None):
@@ -90,8 +87,7 @@ def test_report_prints_the_numbers_in_the_logs(tmp_path, no_data):
     want = [write_fake_run(log_dir, corpus, arm, seed, rng) for corpus, seeds in paper_grid.SEEDS.items()
             for arm in paper_grid.planned_arms(corpus) for seed in seeds]
     (log_dir / "ptb-dni-restarts-s3.train.log.tmp").write_text("# an unfinished run: not reported\n")
-    page = tmp_path / "RESULTS.md"
-    paper_grid.report(str(log_dir), str(tmp_path / "paper"), str(page))
+    paper_grid.report(str(log_dir), str(tmp_path / "paper"))
 
     with open(tmp_path / "paper" / "results.csv") as f:
         rows = list(csv.DictReader(f))
@@ -108,52 +104,48 @@ def test_report_prints_the_numbers_in_the_logs(tmp_path, no_data):
         "Alternating-restarts did not beat every baseline") == 4   # last and best checkpoint, two corpora
     for corpus in paper_grid.SEEDS:
         assert (tmp_path / "paper" / f"valid_{corpus}.png").stat().st_size > 0
-    text = page.read_text()
-    assert "No number on this page was typed by hand" in text
-    assert "| 2. The paper grid |" in text and "PTB (2 seeds): alternating-restarts" in text
+    text = (tmp_path / "paper" / "README.md").read_text()
+    assert "No number on this page was typed by hand" in text and table in text
+    assert "**Verdict** (computed from the logs): PTB (2 seeds): alternating-restarts" in text
     assert "one stream of 200-token windows" in text and "epoch-end validations" in text
 
 
 def test_report_with_no_logs_says_not_run_yet(tmp_path):
-    page = tmp_path / "RESULTS.md"
-    assert paper_grid.report(str(tmp_path / "paper" / "logs"), str(tmp_path / "paper"), str(page)) == []
-    assert "| 2. The paper grid | the paper's method scaled" in page.read_text()
-    assert "not run yet" in page.read_text().split("| 2. The paper grid |")[1].splitlines()[0]
+    assert paper_grid.report(str(tmp_path / "paper" / "logs"), str(tmp_path / "paper")) == []
+    text = (tmp_path / "paper" / "README.md").read_text()
+    assert "**Verdict** (computed from the logs): not run yet." in text
+    assert "Not run yet: no finished run in [`logs`](logs)" in text
 
 
 def test_computed_verdict_against_the_seed_spread():
-    import grid_report
-
     runs = lambda *ppl: [dict(test_ppl=p) for p in ppl]  # noqa: E731
     arms = {"base": runs(150.0, 152.0), "close": runs(149.0, 151.0), "alt": runs(140.0, 141.0)}
-    assert grid_report.compare(arms, "alt", ["base"])[0]
-    assert not grid_report.compare(arms, "close", ["base"])[0]   # -1.00 is within the spread 2.00
-    assert "within the seed spread of base (-1.00, spread 2.00)" in grid_report.verdict(arms, "close", ["base"])
+    assert common.compare(arms, "alt", ["base"])[0]
+    assert not common.compare(arms, "close", ["base"])[0]   # -1.00 is within the spread 2.00
+    assert "within the seed spread of base (-1.00, spread 2.00)" in common.verdict(arms, "close", ["base"])
     # arms with different seeds are compared on the seeds both have, and one seed never "beats"
     seeded = {"base": [dict(seed=1, test_ppl=150.0), dict(seed=2, test_ppl=160.0)], "alt": [dict(seed=1, test_ppl=149.0)]}
-    beats, parts = grid_report.compare(seeded, "alt", ["base"])
+    beats, parts = common.compare(seeded, "alt", ["base"])
     assert not beats and parts == ["lower than base by 1.00 (one seed: no spread to compare with, on seed 1 only)"]
     same = {"base": [dict(seed=1, test_ppl=150.0)], "alt": [dict(seed=1, test_ppl=150.001)]}
-    assert grid_report.compare(same, "alt", ["base"])[1] == [
+    assert common.compare(same, "alt", ["base"])[1] == [
         "equal to base at the 2 decimals eval-lm prints (one seed: no spread to compare with)"]
 
 
 def test_the_lowest_arm_and_its_margin_in_words():
-    import grid_report
-
     runs = lambda *ppl: [dict(seed=s, test_ppl=p) for s, p in enumerate(ppl, 1)]  # noqa: E731
-    assert grid_report.lowest({"a": runs(140.0, 141.0), "b": runs(150.0, 152.0)}) == (
+    assert common.lowest({"a": runs(140.0, 141.0), "b": runs(150.0, 152.0)}) == (
         "a", "by more than the seed spread")
-    assert grid_report.lowest({"a": runs(140.0, 141.0), "b": runs(150.0, 152.0), "c": runs(140.5, 141.5),
+    assert common.lowest({"a": runs(140.0, 141.0), "b": runs(150.0, 152.0), "c": runs(140.5, 141.5),
                                "d": runs(140.2, 141.4)}) == ("a", "within the seed spread of c, d")
-    assert grid_report.lowest({"a": runs(140.0), "b": runs(150.0)}) == ("a", "one seed: no spread")
+    assert common.lowest({"a": runs(140.0), "b": runs(150.0)}) == ("a", "one seed: no spread")
     # equal at the printed 2 decimals: a tie, named as such
-    assert grid_report.lowest({"b": runs(150.0, 152.0), "a": runs(140.0, 141.0), "e": runs(140.001, 141.0)}) == (
+    assert common.lowest({"b": runs(150.0, 152.0), "a": runs(140.0, 141.0), "e": runs(140.001, 141.0)}) == (
         "a, tied with e", "by more than the seed spread")
     # the lowest mean over both seeds, yet higher than c on seed 1, the only one c has run
-    assert grid_report.lowest({"a": runs(140.0, 130.0), "b": runs(150.0, 152.0), "c": runs(120.0)}) == (
+    assert common.lowest({"a": runs(140.0, 130.0), "b": runs(150.0, 152.0), "c": runs(120.0)}) == (
         "a", "higher on the seeds both ran than c")
-    assert grid_report.lowest({"a": runs(140.0, 130.0), "b": runs(150.0, 152.0), "c": runs(150.0)}) == (
+    assert common.lowest({"a": runs(140.0, 130.0), "b": runs(150.0, 152.0), "c": runs(150.0)}) == (
         "a", "lower on one common seed only (no spread) than c")
 
 
@@ -256,35 +248,25 @@ def test_the_one_cycle_baseline_is_one_cosine_over_the_run(no_data):
         assert optimizer.get_lr() == pytest.approx(lr, abs=1e-12)
 
 
-def test_committed_results_are_what_the_committed_logs_say(tmp_path):
-    """docs/RESULTS.md's paper-grid tables and results.csv are what --report-only makes of the committed logs."""
-    docs = os.path.join(REPO, "docs")
-    paper_grid.report(os.path.join(docs, "results", "paper", "logs"), str(tmp_path))
-    committed_tables_match(tmp_path, Path(docs, "results", "paper"), Path(docs, "RESULTS.md"))
-
-
-def test_readme_figures_are_the_results_pages():
-    """Every perplexity the README's 'Measured' section quotes for the two studies is on docs/RESULTS.md."""
-    readme = Path(REPO, "README.md").read_text()
-    measured = readme.split("## Measured", 1)[1].split("\n## ", 1)[0]
-    studies = [b for b in measured.split("\n* ") if b.startswith(("**Does alternation", "**With the seed paper"))]
-    assert len(studies) == 2
-    figures = [f for b in studies for f in re.findall(r"\b\d+\.\d\d\b", b)]
-    assert len(figures) >= 8
-    page = Path(REPO, "docs", "RESULTS.md").read_text()
-    assert [f for f in figures if f not in page] == []
+def test_report_only_regenerates_the_committed_page_byte_for_byte(tmp_path):
+    """The study's page, table and CSV are what --report-only makes of the committed logs, byte for byte."""
+    here = Path(paper_grid.__file__).parent
+    (tmp_path / "notes.md").write_bytes((here / "notes.md").read_bytes())   # the hand-written reading
+    paper_grid.report(str(here / "logs"), str(tmp_path))
+    for name in ("README.md", "table.md", "results.csv"):
+        assert (tmp_path / name).read_bytes() == (here / name).read_bytes(), f"{here / name} is stale"
 
 
 def test_a_half_binarized_folder_is_one_line_and_the_data_bin_absolute(tmp_path, monkeypatch):
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "dict.txt").write_text("the 1\n")
     with pytest.raises(SystemExit, match=r"has dict.txt but no train.bin, train.idx.*unfinished binarization"):
-        paper_grid.grid_runner.binarize("ptb", str(tmp_path), str(tmp_path / "half"), prog="paper_grid")
+        common.binarize(str(tmp_path), str(tmp_path / "half"), "ptb", prog="paper_grid")
     for split in ("train", "valid", "test"):   # a finished one is reused, as an absolute path (runs start in REPO)
         for ext in ("bin", "idx"):
             (tmp_path / "half" / f"{split}.{ext}").write_bytes(b"")
     monkeypatch.chdir(tmp_path)
-    assert paper_grid.grid_runner.binarize("ptb", "nowhere", "half") == str(tmp_path / "half")
+    assert common.binarize("nowhere", "half", "ptb") == str(tmp_path / "half")
 
 
 def test_the_text_dir_takes_the_recipes_file_names(tmp_path):
@@ -293,14 +275,14 @@ def test_the_text_dir_takes_the_recipes_file_names(tmp_path):
     write_corpus(tmp_path / "text")
     for split in ("train", "valid", "test"):
         os.rename(tmp_path / "text" / f"{split}.txt", tmp_path / "text" / f"wiki.{split}.tokens")
-    dest = paper_grid.grid_runner.binarize("wikitext2", str(tmp_path / "text"), str(tmp_path / "bin"))
+    dest = common.binarize(str(tmp_path / "text"), str(tmp_path / "bin"), "wikitext2")
     assert sorted(os.listdir(dest)) == ["dict.txt", "preprocess.log", "test.bin", "test.idx", "train.bin",
                                         "train.idx", "valid.bin", "valid.idx"]
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SystemExit, match=r"^grid: error: no ptb text in .*empty \(--text-dir\): it needs "
+    with pytest.raises(SystemExit, match=r"^studies: error: no ptb text in .*empty \(--text-dir\): it needs "
                                          r"\{train,valid,test\}.txt or wiki.\{train,valid,test\}.tokens or "
                                          r"ptb.\{train,valid,test\}.txt$"):
-        paper_grid.grid_runner.binarize("ptb", str(tmp_path / "empty"), str(tmp_path / "bin2"))
+        common.binarize(str(tmp_path / "empty"), str(tmp_path / "bin2"), "ptb")
 
 
 def test_summary_of_a_one_seed_corpus_in_progress():

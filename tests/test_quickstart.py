@@ -1,6 +1,6 @@
 """examples/quickstart.sh trains with the method, and examples/plot_run.py reads what it did back
 from the run's own log. (The quickstart itself takes minutes on PTB; its measured output is in
-docs/logs/quickstart_*.log. Here: its fairseq-train flags, then those flags on tiny data.)"""
+studies/quickstart/quickstart_*.log. Here: its fairseq-train flags, then those flags on tiny data.)"""
 import os
 import re
 import subprocess
@@ -67,9 +67,9 @@ def test_plot_run_reads_the_switches_from_a_run_with_the_quickstart_flags(tiny_d
 
 
 def test_the_committed_quickstart_logs_come_from_todays_command(tmp_path):
-    """docs/logs/quickstart_{train,eval}.log (the README quotes them) were written by the current
+    """studies/quickstart/quickstart_{train,eval}.log (the README quotes them) were written by the current
     examples/quickstart.sh, and plot_run reads the switches of its schedule from them."""
-    log = os.path.join(REPO, "docs", "logs", "quickstart_train.log")
+    log = os.path.join(REPO, "studies", "quickstart", "quickstart_train.log")
     with open(log) as f:
         logged = f.readline().split()
     assert logged[:2] == ["#", "fairseq-train"]
@@ -88,5 +88,5 @@ def test_the_committed_quickstart_logs_come_from_todays_command(tmp_path):
     report = subprocess.run([sys.executable, os.path.join(REPO, "examples", "plot_run.py"), log],
                             capture_output=True, text=True, check=True).stdout
     assert ("mode switches at updates " + ", ".join(f"{s} ({m})" for s, m in zip(starts[1:], modes[1:]))) in report
-    with open(os.path.join(REPO, "docs", "logs", "quickstart_eval.log")) as f:
+    with open(os.path.join(REPO, "studies", "quickstart", "quickstart_eval.log")) as f:
         assert re.search(r"Perplexity: [0-9.]+", f.read())

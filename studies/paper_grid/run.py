@@ -311,7 +311,7 @@ def report_files(log_dir, out):
 
 def write_study(lines, runs, groups, out):
     """The study's page, ``OUT/README.md``: the setting, how to reproduce it, the tables, the reading, the plots."""
-    recipes = os.path.relpath(os.path.join(REPO, "recipes", "README.md"), out)
+    recipes = "../../recipes/README.md"   # the page's link, from studies/paper_grid/
     params = {r["corpus"]: r["params"] for r in runs if r["params"]}
     scale = "; ".join(f"{CORPUS_NAMES[c]} {p} parameters" for c, p in params.items())
     paper_cycles = PAPER_PERIODS["restarts"].split(",")
