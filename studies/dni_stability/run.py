@@ -4,8 +4,9 @@ The setting of the stability study (issue 3): 2x200 LSTM (``dni_lstm_lm_small``)
 35, 20 streams, Adam 1e-3, synthetic gradients scaled by 0.1, one epoch of PTB. Every arm
 is a stock ``fairseq-train`` run with ``--criterion dni_cross_entropy`` (the synthesizer
 learns in real mode too, so its cosine with the true gradient is measured in both). The
-script writes each run's log, a CSV of the logged curves, a markdown summary and (with
-matplotlib installed) a PNG; every number in them is read from the fairseq logs.
+script writes each run's log, a CSV of the logged curves, a markdown summary (also into the
+page, OUT/README.md, between its markers) and (with matplotlib installed) a PNG; every number in
+them is read from the fairseq logs.
 
     python -m studies.dni_stability --text-dir ../shared/data/ptb --arms all
     python -m studies.dni_stability --arms real,synthetic --epochs 1 --max-update 300   # quicker look
@@ -15,6 +16,7 @@ matplotlib installed) a PNG; every number in them is read from the fairseq logs.
 import argparse
 import csv
 import os
+import re
 import subprocess
 
 from studies import common
@@ -136,6 +138,14 @@ def main():
     summary = "\n".join(lines) + "\n"
     with open(os.path.join(args.out, "summary.md"), "w") as f:
         f.write(summary)
+    page = os.path.join(args.out, "README.md")
+    if os.path.exists(page):  # the block between the markers is regenerated, the prose is not
+        with open(page) as f:
+            doc = f.read()
+        doc = re.sub(r"(<!-- summary -->\n).*?(<!-- /summary -->)", lambda m: m.group(1) + summary + m.group(2), doc,
+                     flags=re.S)
+        with open(page, "w") as f:
+            f.write(doc)
     print(summary)
 
     try:
