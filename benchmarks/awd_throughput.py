@@ -5,7 +5,7 @@ Adam, clip and updates; tokens/s read from fairseq's own wps meter, see throughp
 
   awd     the architecture's regularisers: weight drop 0.25, locked dropouts 0.2 / 0.125 / 0.2,
           embedding dropout 0.05, and --alpha 2 --beta 1 (AR, TAR)
-  plain   the same model with every rate and weight 0 (examples/awd_regularizers.py's "off" flags)
+  plain   the same model with every rate and weight 0 (``OFF``; the AWD study's "off" arm, studies/awd_regularizers)
 
 Both arms run the layers apart (one single-layer LSTM per layer, as locked dropout between layers
 needs), so the difference is the options alone. This machine's throughput drifts between identical
@@ -16,26 +16,24 @@ weight drop on, under torch.profiler: the number of ``aten::lstm`` calls (one pe
 keeps the fused op), of oneDNN ``aten::mkldnn_rnn_layer`` kernels, and of any per-time-step cell op
 (``aten::lstm_cell``, ``_thnn_fused_lstm_cell``). Writes benchmarks/results/<out>.{md,csv}.
 
-    python benchmarks/awd_throughput.py --data-bin runs/awd_regularizers/data-bin   # PTB binarized
+    python -m benchmarks.awd_throughput --data-bin runs/awd_regularizers/data-bin   # PTB binarized
 """
 
 import os
 import platform
 import statistics
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from throughput import HERE, REPO, benchmark_parser, fairseq_wps, parse_benchmark_args, write_results  # noqa: E402
+from benchmarks.throughput import HERE, REPO, benchmark_parser, fairseq_wps, parse_benchmark_args, write_results
 
-sys.path.insert(0, os.path.join(REPO, "examples"))
-from awd_regularizers import OFF  # noqa: E402  (every rate and weight set to 0)
+# every regulariser's rate and weight set to 0 (the AWD study's "off" arm: studies/awd_regularizers/run.py)
+OFF = ["--dropout", "0", "--decoder-dropout-in", "0", "--decoder-hidden-dropout", "0", "--decoder-dropout-out", "0",
+       "--decoder-embed-dropout", "0", "--weight-drop", "0", "--alpha", "0", "--beta", "0"]
 
 
 def fused_kernel_counts(window=35, streams=20, vocab=10000):
     """Op counts of one training window (forward + backward) of dni_awd_lstm_lm_small, weight drop on."""
-    sys.path.insert(0, REPO)
     from argparse import Namespace
 
     from fairseq.data import Dictionary

@@ -20,32 +20,29 @@ update through fairseq's own ``Trainer``), which a loaded machine disturbs far l
 ``--repeats N`` also runs each arm N times as a separate fairseq-train (rotating order, medians).
 Writes the ratios to plain TBPTT to OUT.md and OUT.csv (OUT a path prefix), and the memory the
 coordinate-wise synthesizer carries across windows for ``dni_lstm_lm_wikitext103`` at 32 streams
-(measured on the criterion's carried values after a few windows). As in docs/measurements.md:
+(measured on the criterion's carried values after a few windows). As in benchmarks/results/README.md:
 
-    python benchmarks/dni_throughput.py --data-bin runs/ptb-bin --repeats 0 --interleaved-updates 80 --compiled
-    python benchmarks/dni_throughput.py --data-bin runs/ptb-bin --hidden 650 --embed-dim 650 --repeats 0 \
+    python -m benchmarks.dni_throughput --data-bin runs/ptb-bin --repeats 0 --interleaved-updates 80 --compiled
+    python -m benchmarks.dni_throughput --data-bin runs/ptb-bin --hidden 650 --embed-dim 650 --repeats 0 \
         --interleaved-updates 40 --out benchmarks/results/dni_throughput_650
 
-(``runs/ptb-bin``: PTB binarized by ``examples/paper_grid.py``, or any fairseq-preprocess'ed corpus.)
+(``runs/ptb-bin``: PTB binarized by ``python -m studies.paper_grid``, or any fairseq-preprocess'ed corpus.)
 """
 
 import os
 import platform
 import statistics
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from throughput import HERE, REPO, benchmark_parser, fairseq_wps, parse_benchmark_args, write_results  # noqa: E402
+from benchmarks.throughput import HERE, REPO, benchmark_parser, fairseq_wps, parse_benchmark_args, write_results
 
 
 def carried_memory(streams=32, hidden=1024, layers=2, embed=512, cell="gru"):
     """Bytes the coordinate-wise synthesizer carries across windows (its own state, its last call, the
     pending pair) for an LSTM of ``layers`` x ``hidden`` at ``streams`` streams, after three windows
     through the real criterion (a small vocabulary: the carried values do not depend on it)."""
-    sys.path.insert(0, REPO)
     from fairseq.data import Dictionary
 
     from fairseq_dni.carried_state import tree_leaves
@@ -81,7 +78,6 @@ def synthesizer_window(cell, streams, dim, compiled=False):
     synthesizer's own (fused) Adam step; as ``dni_cross_entropy`` does it, without the LM. Returns a
     callable; timed against an LM update it estimates the ratio this cell's work alone leaves,
     t_LM / (t_LM + t_synthesizer)."""
-    sys.path.insert(0, REPO)
     from fairseq_dni.synthesizers.coordinatewise import CoordinatewiseSynthesizer
 
     synth = CoordinatewiseSynthesizer(cell=cell).train()
@@ -114,7 +110,6 @@ def per_update_ratios(args, arms, optimizer, updates=120, warmup=10, alone=None)
     load, which on a shared machine moves the per-run medians by more than the differences measured.
     ``alone`` ({name: callable}) is timed in the same loop (e.g. :func:`synthesizer_window`).
     Returns {arm or name: CPU seconds per update}."""
-    sys.path.insert(0, REPO)
     from fairseq import options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
     from fairseq.trainer import Trainer

@@ -12,8 +12,8 @@ the machine over the run shows up in the spread. Tokens/s for fairseq is its own
 ``wps`` meter (wall time between log lines: data loading, step, logging all in),
 combined over the measured intervals as total tokens / total time.
 
-    python benchmarks/throughput.py                                 # after examples/quickstart.sh
-    python benchmarks/throughput.py --text-dir ../shared/data/ptb    # binarizes first
+    python -m benchmarks.throughput                                 # after examples/quickstart.sh
+    python -m benchmarks.throughput --text-dir ../shared/data/ptb    # binarizes first
 
 Writes benchmarks/results/throughput.{csv,md} and prints the ratios b/a and b/c.
 """
@@ -31,8 +31,7 @@ import tempfile
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bare_lstm import BareSizes, tbptt_tokens_per_s  # noqa: E402
+from benchmarks.bare_lstm import BareSizes, tbptt_tokens_per_s
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
