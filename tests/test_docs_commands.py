@@ -199,16 +199,54 @@ def test_every_command_in_the_readme_and_the_usage_page_works_as_written(tmp_pat
 
 
 def test_the_readme_quotes_the_quickstart_output_as_logged():
-    """The block after <!-- quickstart-result --> in README.md is docs/logs/quickstart_output.txt's (its
-    temporary folder shortened to '...')."""
+    """The block after <!-- quickstart-result --> in README.md is studies/quickstart/quickstart_output.txt's
+    (its temporary folder shortened to '...')."""
     with open(os.path.join(REPO, "README.md")) as f:
         quoted = re.search(r"<!-- quickstart-result -->\s*\n```\n(.*?)^```", f.read(), re.S | re.M).group(1)
-    with open(os.path.join(REPO, "docs", "logs", "quickstart_output.txt")) as f:
+    with open(os.path.join(REPO, "studies", "quickstart", "quickstart_output.txt")) as f:
         logged = f.read().splitlines()
     assert "PTB test perplexity (fairseq-eval-lm):" in quoted
     for line in quoted.splitlines():
         head, dots, tail = line.partition("...")
         assert (any(l.startswith(head) and l.endswith(tail) for l in logged) if dots else line in logged), line
+
+
+def test_the_readme_headline_figures_stand_on_the_study_pages_it_links():
+    """Every figure the README's "Measured" section quotes (a decimal number, with its ± spread) stands
+    on one of the pages the same bullet links: the study pages are the figures' one home."""
+    with open(os.path.join(REPO, "README.md")) as f:
+        measured = f.read().split("## Measured", 1)[1].split("\n## ", 1)[0]
+    quoted = 0
+    for bullet in measured.split("\n* ")[1:]:
+        pages = [os.path.join(REPO, link) for link in re.findall(r"\]\(([^)#\s]+)\)", bullet)]
+        pages = [os.path.join(p, "README.md") if os.path.isdir(p) else p for p in pages]
+        text = "".join(open(p).read() for p in pages if p.endswith(".md"))
+        for mean, spread in re.findall(r"(\d+\.\d+)(?: ± (\d+\.\d+))?", bullet.replace("\n  ", " ")):
+            # a table may print the mean in bold: **132.66** ± 0.31
+            shown = rf"(?<![\d.]){re.escape(mean)}" + (rf"(?:\*\*)? ± {re.escape(spread)}" if spread else r"(?![\d])")
+            assert re.search(shown, text), f"README.md quotes {mean} ± {spread or '-'}, which no page its bullet links has"
+            quoted += 1
+    assert quoted >= 6   # the figures are found at all
+
+
+def test_every_link_in_the_docs_resolves_to_a_tracked_file():
+    """Each relative link of README.md, docs/*.md and studies/**/*.md names a tracked file, or a folder
+    holding one (anchors aside)."""
+    tracked = set(subprocess.run(["git", "ls-files"], cwd=REPO, check=True, capture_output=True,
+                                 text=True).stdout.split())
+    pages = [p for p in tracked if p == "README.md" or re.fullmatch(r"docs/[^/]+\.md|studies/.+\.md", p)]
+    broken = []
+    for page in sorted(pages):
+        with open(os.path.join(REPO, page)) as f:
+            text = f.read()
+        for link in re.findall(r"\]\(([^)\s]+)\)", text):
+            target = link.split("#", 1)[0]
+            if not target or re.match(r"[a-z]+:", target):
+                continue
+            path = os.path.normpath(os.path.join(os.path.dirname(page), target))
+            if path not in tracked and not any(p.startswith(path + "/") for p in tracked):
+                broken.append(f"{page}: {link}")
+    assert broken == []
 
 
 @pytest.mark.parametrize("code,args,want", [
