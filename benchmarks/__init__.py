@@ -1,0 +1,1 @@
+"""Throughput comparisons (python -m benchmarks.NAME); results/README.md has what they measured."""
