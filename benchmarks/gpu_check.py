@@ -8,11 +8,10 @@ child can; if not, every run is a fresh ``python gpu_check.py --child``). A chil
 own ``cli_main`` steps (parse, ``convert_namespace_to_omegaconf``, ``distributed_utils.call_main(cfg,
 train.main)``) with one change: ``cfg.common.tpu`` stays False, since fairseq's options.py sets it
 whenever ``--bf16`` is given and the trainer then asks torch_xla for a device (facebookresearch/
-fairseq#4696; fairseq-hydra-train with ``common.bf16=true`` leaves it False too).
-Tokens/s: fairseq's ``wps`` over the logged intervals after the first (the warm-up): their tokens over
-their seconds. Peak memory: ``torch.cuda.max_memory_allocated`` over the whole run, read by a hook on
-``torch.cuda.reset_peak_memory_stats``, which fairseq's trainer calls after every update (fairseq's
-own ``gb_free`` is that update's peak, rounded to 0.1 GB); on the CPU the child's peak resident set.
+fairseq#4696; fairseq-hydra-train with ``common.bf16=true`` leaves it False too). Tokens/s: fairseq's
+``wps`` over the logged intervals after the first (the warm-up). Peak memory: ``torch.cuda.
+max_memory_allocated`` over the run, read by a hook on ``torch.cuda.reset_peak_memory_stats``, which
+fairseq's trainer calls after every update (its ``gb_free`` is one update's, to 0.1 GB); CPU: ru_maxrss.
 """
 import argparse
 import csv
@@ -34,7 +33,6 @@ from argparse import Namespace
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER_DIR = os.path.join(REPO, "fairseq_dni")
-GPU_RESULTS = os.path.join(REPO, "benchmarks", "results", "gpu")
 
 # ---- what runs: one line per configuration ---------------------------------------------------
 # name, size (SIZES), precisions (every line's first precision runs before any line's second, so a
@@ -124,8 +122,7 @@ def child(tool, argv):
 
 
 def run_child(tool, argv, log, timeout, spawn):
-    """(exit status, or 'timeout' once it was killed after ``timeout`` s; seconds) of ``child(tool,
-    argv)`` forked (or spawned) with its output in ``log``."""
+    """(exit status or 'timeout', seconds) of ``child(tool, argv)`` forked (or spawned), output in ``log``."""
     t0, timeout = time.time(), max(1.0, timeout)
     if spawn:
         with open(log, "w") as f:
@@ -134,7 +131,7 @@ def run_child(tool, argv, log, timeout, spawn):
                                       stderr=subprocess.STDOUT, timeout=timeout).returncode, time.time() - t0
             except subprocess.TimeoutExpired:
                 return "timeout", time.time() - t0
-    sys.stdout.flush(), sys.stderr.flush()
+    sys.stdout.flush(), sys.stderr.flush()  # nothing buffered twice
     pid = os.fork()
     if pid == 0:
         code = 1
@@ -160,8 +157,7 @@ def run_child(tool, argv, log, timeout, spawn):
 
 
 def read_log(text):
-    """tokens/s (fairseq's wps over the logged intervals after the first), the last logged loss, and the
-    child's peak-memory line."""
+    """tokens/s (fairseq's wps over the logged intervals after the first), last loss, the peak-memory line."""
     inner = [json.loads(m) for m in re.findall(r"train_inner[ |:]+(\{.*\})", text)]
     timed = [r for r in inner[1:] if float(r["wps"]) > 0]  # each interval holds --log-interval updates
     seconds = sum(float(r["wpb"]) / float(r["wps"]) for r in timed)
@@ -189,10 +185,10 @@ def make_corpus(folder, types, tokens, seed=0):
 
 
 def write_results(rows, a, env):
-    with open(os.path.join(a.results, "gpu_check.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
-        w.writeheader(), w.writerows(rows)
     fmt = lambda v, spec: "" if v in ("", None) or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+    with open(os.path.join(a.results, "gpu_check.csv"), "w", newline="") as f:  # NaN: not measured, left empty
+        w = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
+        w.writeheader(), w.writerows([{k: fmt(v, "") for k, v in r.items()} for r in rows])
     md = [f"# GPU check: {env['device'] or 'device not read'}", "",
           f"{env['when']}, commit {env['commit']}; Python {env['python']}, torch {env['torch']}, fairseq "
           f"{env['fairseq']}; `bash benchmarks/gpu_check.sh{' --cpu' if a.cpu else ''}{' --tiny' if a.tiny else ''}`: "
@@ -222,8 +218,6 @@ def main():
     p.add_argument("--log-interval", type=int, default=5, help="the first interval is the warm-up")
     p.add_argument("--run-timeout", type=float, default=150, help="seconds one run may take")
     a = p.parse_args()
-    if a.cpu and os.path.realpath(a.results).startswith(os.path.realpath(GPU_RESULTS)):
-        sys.exit("gpu_check: benchmarks/results/gpu/ holds GPU measurements only; give --cpu runs another --results")
     os.makedirs(a.work, exist_ok=True), os.makedirs(a.results, exist_ok=True)
     import fairseq_cli.train  # first: its logging format is the one the logs get
     import fairseq_cli.eval_lm, fairseq_cli.preprocess  # noqa: E401,F401
@@ -242,10 +236,9 @@ def main():
                commit=commit.stdout.strip() or "unknown", python=sys.version.split()[0], fairseq=fairseq.__version__)
     runs_log = os.path.join(a.results, "runs.log")
     open(runs_log, "w").close()
-    spawn = False
-    if not a.cpu:  # can a forked child use CUDA? (this process never initialised it)
-        spawn = run_child("probe", [], os.path.join(a.work, "probe.log"), 120, spawn=False)[0] != 0
-        print(f"[gpu_check] runs are {'fresh processes: a forked child could not use CUDA' if spawn else 'forked'}")
+    # can a forked child use CUDA? (this process never initialised it)
+    spawn = not a.cpu and run_child("probe", [], os.path.join(a.work, "probe.log"), 120, spawn=False)[0] != 0
+    print(f"[gpu_check] runs are {'fresh processes: a forked child could not use CUDA' if spawn else 'forked'}")
     t0, text, data = time.time(), os.path.join(a.work, "text"), os.path.join(a.work, "data-bin")
     make_corpus(text, types=300 if a.tiny else 10_000, tokens=20_000 if a.tiny else 400_000)
     status = run_child("preprocess", ["--only-source", "--destdir", data, "--workers", str(min(8, os.cpu_count())),

@@ -59,9 +59,8 @@ else
     || die "no GPU visible to $python's torch; rehearse with --cpu --tiny"
 fi
 results="$(realpath -m "$results")"
-case "$results/" in
-  "$repo/benchmarks/results/gpu/"*) [ "$cpu" = 0 ] || die "benchmarks/results/gpu/ holds GPU measurements only; give --cpu runs another --results" ;;
-esac
+case "$results/" in "$repo/benchmarks/results/gpu/"*) [ "$cpu$tiny" = 00 ] \
+  || die "benchmarks/results/gpu/ holds GPU measurements only; give --cpu/--tiny runs another --results" ;; esac
 work="${work:-${TMPDIR:-/tmp}/fairseq-dni-gpu-check}"
 mkdir -p "$work" "$results"
 log="$results/install.log"
@@ -79,14 +78,9 @@ t0=$(date +%s)
   [ "$need" = 0 ] || { rm -rf "$site" && env PIP_CONFIG_FILE=/dev/null "$python" -m pip install -q \
       --disable-pip-version-check --no-index --no-deps --no-compile --no-cache-dir --target "$site" "$wheels"/*.whl \
     && echo "[gpu_check] installed $(cd "$wheels" && ls *.whl | tr '\n' ' ')into $site in $(( $(date +%s) - t0 )) s"; } \
-  && "$python" - "$site" <<'PY'
-import os, sys
-import fairseq, torch
-print(f"[gpu_check] torch {torch.__version__} (CUDA {torch.version.cuda}) from {os.path.dirname(torch.__file__)}; "
-      f"fairseq {fairseq.__version__} from {os.path.dirname(fairseq.__file__)}")
-if os.path.realpath(torch.__file__).startswith(os.path.realpath(sys.argv[1]) + os.sep):
-    sys.exit("gpu_check: a torch was installed into the work folder; the machine's own must be used")
-PY
+  && "$python" -c 'import sys, fairseq, torch
+print(f"[gpu_check] torch {torch.__version__} (CUDA {torch.version.cuda}) at {torch.__file__}; fairseq {fairseq.__version__} at {fairseq.__file__}")
+sys.exit("a torch in the work folder: the machine'"'"'s own must be used" if torch.__file__.startswith(sys.argv[1] + "/") else 0)' "$site"
 } > "$log" 2>&1 || { copy_log; cat "$log" >&2; die "install failed (log: $log)"; }
 cat "$log"
 copy_log
