@@ -29,7 +29,6 @@ import sys
 import time
 import traceback
 import warnings
-from argparse import Namespace
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER_DIR = os.path.join(REPO, "fairseq_dni")
@@ -226,7 +225,7 @@ def main():
     import torch._dynamo  # noqa: F401  torch.optim's first optimizer imports it (seconds)
     from fairseq import options
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-    fairseq.utils.import_user_module(Namespace(user_dir=USER_DIR))  # all paid once, before any fork:
+    fairseq.utils.import_user_module(argparse.Namespace(user_dir=USER_DIR))  # all paid once, before any fork:
     with warnings.catch_warnings():  # Hydra's deprecation notices; each child's log has them
         warnings.simplefilter("ignore")
         convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(),
@@ -234,8 +233,7 @@ def main():
     commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     env = dict(device=None, when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), torch=torch.__version__,
                commit=commit.stdout.strip() or "unknown (no .git)", python=sys.version.split()[0], fairseq=fairseq.__version__)
-    runs_log = os.path.join(a.results, "runs.log")
-    open(runs_log, "w").close()
+    open(runs_log := os.path.join(a.results, "runs.log"), "w").close()
     # can a forked child use CUDA? (this process never initialised it)
     spawn = not a.cpu and run_child("probe", [], os.path.join(a.work, "probe.log"), 120, spawn=False)[0] != 0
     print(f"[gpu_check] runs are {'fresh processes: a forked child could not use CUDA' if spawn else 'forked'}")

@@ -8,8 +8,7 @@ set -euo pipefail
 main() {  # bash reads the whole function before running it: editing this file meanwhile changes nothing
 start=$(date +%s)
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-prepare=0 cpu=0 tiny=0 install=0 python="" wheels="$repo/.gpu_wheels" work="" results="" out="${OUT:-}" budget=480
-extra=()
+prepare=0 cpu=0 tiny=0 install=0 python="" wheels="$repo/.gpu_wheels" work="" results="" out="${OUT:-}" budget=480 extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --prepare) prepare=1; shift ;;
