@@ -10,8 +10,7 @@ factor) -> Adam or SGD with gradient-norm clipping. Layers of unequal widths (AW
 The carried state is detached between windows; the corpus is cut into ``batch_size``
 contiguous streams and read window by window.
 
-Used by ``throughput.py`` (CPU, PTB, small model) and ``gpu_check.py`` (every
-configuration of the GPU check, at the sizes fairseq's architecture gives).
+Used by ``throughput.py`` (CPU, PTB, small model).
 """
 
 import time
