@@ -1,0 +1,223 @@
+"""The seed paper's QRNN synthesizer as its code computes it: one scan across the flattened state.
+
+torch only. Shang & Zhang (arXiv 1902.10630) run every DNI arm with ``--sgtype QRNN``. Their
+``RNNSynthesizer.forward`` (``parap1uie-s/alternate_sg``, ``model.py``) reshapes the joined LSTM
+state to ``(-1, 1, 1)`` and feeds it to torchqrnn's ``QRNNLayer`` (``salesforce/pytorch-qrnn``,
+``torchqrnn/qrnn.py``), which reads its input *time-major* (``seq_len, batch_size, _ = X.size()``).
+So the recurrence runs across the coordinates: the state of B streams is **one sequence of B x D
+scalars, batch 1**, stream after stream, each stream's coordinates in ``join_hidden``'s order
+(layer 0's h, layer 0's c, layer 1's h, ...). Per position ``t`` (one scalar ``s_t``)::
+
+    x_t = Linear(1, H)(s_t)                                    (the encoder; s_t with its input noise)
+    layer 0 (window 2): [z, f, o]_t = Linear(2H, 3H)([x_t, x_{t-1}]), x_{-1} carried (save_prev_x)
+    layer l > 0 (window 1): [z, f, o]_t = Linear(H, 3H)(h^{l-1}_t)
+    z = tanh(z), f = sigmoid(f) * zoneout mask (training; f * 0.9 in eval), o = sigmoid(o)
+    c_t = f_t * z_t + (1 - f_t) * c_{t-1},   c_{-1} carried          (forget-mult, a scan)
+    h_t = o_t * c_t
+    prediction_t = Linear(H, 1)(h^{last}_t)
+
+The prediction for coordinate ``k`` of the sequence depends on every coordinate before it: across
+layers, h and c, and across streams. Carried from one call to the next (torchqrnn's
+``self.states``/``prevX``, detached): each layer's last cell state and layer 0's last input
+``x_{L-1}`` (encoded with the weights of its call); all reset with the LM's state at the first
+window of a pass (the paper resets them every epoch). Zoneout 0.1 drops forget gates to 0
+(that coordinate keeps its old cell value): torchqrnn's ``F * Bernoulli(1 - zoneout)``, scaled
+by ``1 - zoneout`` in eval mode. Input noise: each scalar times N(1, 0.5) in training
+(:meth:`ScanSynthesizer.perturb`; the paper also draws it in eval mode, where our criterion never
+calls a synthesizer).
+
+The same function, computed differently (exact algebra, float rounding aside):
+
+* the encoder is folded into layer 0's gates: ``W [x_t, x_{t-1}]`` with ``x = s w + b`` is a product
+  with inner size 3 (``s_t``, ``s_{t-1}``, 1) plus, at ``t = 0``, ``W_b x_{-1}``: the (B D, 2H) x
+  (2H, 3H) product would cost more than everything else on a CPU;
+* the forget-mult recurrence is :func:`fairseq_dni.modules.forget_mult.forget_mult`, a vectorised
+  scan with an exact reverse-scan gradient, not a loop over the B x D positions;
+* the state arrives in our flat order (:meth:`~fairseq_dni.carried_state.StateLayout.flatten`:
+  h of every layer, then c of every layer) and is permuted to the paper's per-stream order
+  (h_0, c_0, h_1, c_1, ...) before the scan, and the prediction permuted back;
+* the zoneout masks come from a seed kept in the own state (three float "bytes", exact in every
+  float dtype), so the criterion's later re-evaluation of a call draws exactly the masks the call
+  drew; the next seed is drawn from the same seeded generator.
+
+Departures (documented in ``docs/synthesizers.md``): called once per window and re-evaluated for
+the regression (the paper calls it again on the carried-on state); the last layer starts at zero
+(``init="zero"``, so training starts as TBPTT; ``init="paper"``: the paper's U(-0.1, 0.1) decoder
+weights); ``per_stream=True`` scans each stream's D coordinates as its own sequence (batch B: no
+leak from one stream into the next, parallel over streams), its own state kept per stream.
+"""
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from fairseq_dni.modules.forget_mult import forget_mult
+from fairseq_dni.synthesizers import Synthesizer
+
+INITS = ("zero", "paper")
+
+
+def paper_order(layer_sizes: Sequence[int]) -> torch.Tensor:
+    """Index ``order`` (D,) such that ``flat[:, order]`` is the paper's ``join_hidden`` order
+    (h_0, c_0, h_1, c_1, ...) of our flat state (h_0, h_1, ..., c_0, c_1, ...)."""
+    starts, offset = [], 0
+    for size in layer_sizes:
+        starts.append(offset)
+        offset += size
+    total = offset
+    parts = []
+    for start, size in zip(starts, layer_sizes):
+        parts.append(torch.arange(start, start + size))                  # h of this layer
+        parts.append(torch.arange(total + start, total + start + size))  # c of this layer
+    return torch.cat(parts)
+
+
+def seed_bytes(generator: Optional[torch.Generator] = None, device=None) -> torch.Tensor:
+    """A fresh zoneout seed: three integers in [0, 256) (int64, (3,))."""
+    return torch.randint(0, 256, (3,), generator=generator, device=device)
+
+
+class QRNNLayer(nn.Module):
+    """One torchqrnn-style QRNN layer's parameters: ``linear`` maps ``window * input_size`` to the
+    three gates (z, f, o), ``[x_t, x_{t-1}]`` for window 2 (torchqrnn's ``QRNNLayer``)."""
+
+    def __init__(self, input_size: int, hidden: int, window: int):
+        super().__init__()
+        self.window = window
+        self.linear = nn.Linear(window * input_size, 3 * hidden)
+
+
+class ScanSynthesizer(Synthesizer):
+    """``--dni-synthesizer scan``: the paper's ``--sgtype QRNN`` synthesizer (module docstring).
+
+    ``forward(state (B, D), None, own_state)`` -> ``(prediction (B, D), new own state)``.
+    Own state ``(cells, previous_input, seed)``: ``cells`` (layers, S, H) every layer's last cell
+    state, ``previous_input`` (S, H) layer 0's last (encoded) input, ``seed`` (3,) the zoneout seed
+    of the next call; S = 1 sequence (the paper), or B with ``per_stream``. All tensors in the
+    state's dtype; the new own state is detached (the paper's ``repackage_hidden``). Raises ValueError for a state whose width is not the layout's."""
+
+    def __init__(self, layer_sizes: Sequence[int], hidden: int = 50, layers: int = 1, input_noise: float = 0.5,
+                 zoneout: float = 0.1, init: str = "zero", per_stream: bool = False):
+        super().__init__()
+        if init not in INITS:
+            raise ValueError(f"unknown --dni-synthesizer-init {init!r}; choose one of {', '.join(INITS)}")
+        if not 0.0 <= zoneout < 1.0:
+            raise ValueError(f"zoneout must be in [0, 1), got {zoneout}")
+        self.hidden, self.layers, self.input_noise = hidden, layers, input_noise
+        self.zoneout, self.init, self.per_stream = zoneout, init, per_stream
+        order = paper_order(layer_sizes)
+        self.register_buffer("order", order, persistent=False)
+        self.register_buffer("unorder", torch.argsort(order), persistent=False)
+        self.encoder = nn.Linear(1, hidden)
+        self.rnns = nn.ModuleList(QRNNLayer(hidden, hidden, window=2 if i == 0 else 1) for i in range(layers))
+        self.decoder = nn.Linear(hidden, 1)
+        # the paper's init_weights(): encoder and decoder weights U(-0.1, 0.1), biases 0; the QRNN
+        # layers keep nn.Linear's default (torchqrnn's); ours zeroes the decoder: a fresh one predicts 0
+        nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
+        nn.init.zeros_(self.encoder.bias)
+        nn.init.zeros_(self.decoder.bias)
+        if init == "paper":
+            nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+        else:
+            nn.init.zeros_(self.decoder.weight)
+
+    def extra_repr(self) -> str:
+        return f"zoneout={self.zoneout}, input_noise={self.input_noise}, init={self.init}, per_stream={self.per_stream}"
+
+    def initial_state(self, state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Zero cell states and previous input (the paper's reset), a fresh zoneout seed (drawn from
+        torch's global generator)."""
+        sequences = state.size(0) if self.per_stream else 1
+        zeros = state.new_zeros(self.layers, sequences, self.hidden)
+        return zeros, state.new_zeros(sequences, self.hidden), seed_bytes().to(state.device, state.dtype)
+
+    def perturb(self, state: torch.Tensor) -> torch.Tensor:
+        if self.training and self.input_noise > 0:
+            return state * torch.empty_like(state).normal_(1.0, self.input_noise)
+        return state
+
+    # ---- pieces -------------------------------------------------------------------------------
+    def sequences(self, state: torch.Tensor) -> torch.Tensor:
+        """The state (B, D), our flat order, as the scan's input (L, S): the paper's order, one
+        sequence of B*D scalars (S = 1) or, per stream, B sequences of D."""
+        if state.dim() != 2 or state.size(1) != self.order.numel():
+            raise ValueError(f"the scan synthesizer was built for states of width {self.order.numel()}, "
+                             f"got shape {tuple(state.shape)}")
+        ordered = state[:, self.order]
+        return ordered.t() if self.per_stream else ordered.reshape(-1, 1)
+
+    def zoneout_masks(self, seed: torch.Tensor, shape, device):
+        """Every layer's keep mask (bool, ``shape``; True with probability 1 - zoneout) and the next
+        seed, all from a generator seeded by ``seed`` (so a re-evaluation draws the same masks)."""
+        a, b, c = (int(v) for v in seed.detach().round().long().tolist())
+        generator = torch.Generator(device=device)
+        generator.manual_seed(((a % 256) << 16) | ((b % 256) << 8) | (c % 256))
+        masks = [torch.rand(shape, generator=generator, device=device) >= self.zoneout for _ in range(self.layers)]
+        return masks, seed_bytes(generator, device)
+
+    def first_layer_gates(self, seq: torch.Tensor, previous_input: torch.Tensor):
+        """Layer 0's (z, f, o) pre-activations, each (L, S, H), with the encoder folded in:
+        ``W_a x_t + W_b x_{t-1} + bias`` with ``x_t = s_t w + b_e`` is ``[s_t, s_{t-1}, 1] K + W_a b_e + bias``
+        for ``t >= 1`` (``K = [W_a w; W_b w; W_b b_e]``) and ``s_0 W_a w + W_a b_e + bias + W_b x_{-1}`` at 0."""
+        hidden, (steps, sequences) = self.hidden, seq.shape
+        w, b_e = self.encoder.weight[:, 0], self.encoder.bias
+        linear = self.rnns[0].linear
+        w_a, w_b = linear.weight[:, :hidden], linear.weight[:, hidden:]
+        kernel = torch.stack([w_a @ w, w_b @ w, w_b @ b_e])   # (3, 3H)
+        bias = w_a @ b_e + linear.bias                         # (3H,)
+        has_previous = torch.ones_like(seq)
+        has_previous[0] = 0
+        inputs = torch.stack([seq, torch.cat([seq.new_zeros(1, sequences), seq[:-1]]), has_previous], dim=-1)
+        inputs = inputs.reshape(steps * sequences, 3)
+        start = previous_input @ w_b.t()                       # (S, 3H): W_b x_{-1}
+        gates = []
+        for g in range(3):
+            part = slice(g * hidden, (g + 1) * hidden)
+            gate = torch.addmm(bias[part], inputs, kernel[:, part])
+            gate[:sequences] += start[:, part]
+            gates.append(gate.view(steps, sequences, hidden))
+        return gates
+
+    def qrnn(self, z, f, o, c0, keep):
+        """A QRNN layer from its gate pre-activations (L, S, H): (h (L, S, H), last cell state (S, H))."""
+        in_place = not torch.is_grad_enabled()
+        z = z.tanh_() if in_place else z.tanh()
+        f = f.sigmoid_() if in_place else f.sigmoid()
+        if keep is not None:
+            f = f.mul_(keep) if in_place else f * keep
+        elif self.zoneout > 0 and not self.training:
+            f = f.mul_(1 - self.zoneout) if in_place else f * (1 - self.zoneout)
+        c = forget_mult(f, z, c0)
+        h = o.sigmoid_().mul_(c) if in_place else o.sigmoid() * c
+        return h, c[-1].detach().clone()   # carried detached, as the paper's repackage_hidden
+
+    # ---- the synthesizer ----------------------------------------------------------------------
+    def forward(self, state: torch.Tensor, condition: Optional[torch.Tensor] = None,
+                own_state=None) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        if condition is not None:
+            raise ValueError("the scan synthesizer takes no condition")
+        if own_state is None:
+            own_state = self.initial_state(state)
+        cells, previous_input, seed = own_state
+        seq = self.sequences(state)                            # (L, S)
+        steps, sequences = seq.shape
+        if cells.shape != (self.layers, sequences, self.hidden):
+            raise ValueError(f"own state for {tuple(cells.shape[1:2])} sequences, the state makes {sequences}")
+        if self.training and self.zoneout > 0:
+            masks, next_seed = self.zoneout_masks(seed, (steps, sequences, self.hidden), state.device)
+            next_seed = next_seed.to(seed.dtype)
+        else:
+            masks, next_seed = [None] * self.layers, seed.clone()
+        h, last = self.qrnn(*self.first_layer_gates(seq, previous_input), cells[0], masks[0])
+        new_cells = [last]
+        for i in range(1, self.layers):
+            z, f, o = self.rnns[i].linear(h).chunk(3, dim=-1)
+            h, last = self.qrnn(z.contiguous(), f.contiguous(), o, cells[i], masks[i])
+            new_cells.append(last)
+        out = self.decoder(h).squeeze(-1)                      # (L, S), the paper's order
+        batch, dim = state.shape
+        out = out.t() if self.per_stream else out.reshape(batch, dim)
+        # layer 0's last input x_{L-1} = encoder(s_{L-1}), carried as torchqrnn's prevX (detached)
+        with torch.no_grad():
+            next_input = self.encoder(seq[-1].unsqueeze(-1))   # (S, H)
+        return out[:, self.unorder], (torch.stack(new_cells), next_input, next_seed)
