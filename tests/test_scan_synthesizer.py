@@ -141,7 +141,7 @@ def test_scan_synthesizer_equals_the_papers_sequential_computation(layers, zoneo
         masks = None
         if training and zoneout > 0:
             sequences = batch if per_stream else 1
-            masks, _ = synth.zoneout_masks(own[2], (D * batch // sequences, sequences, synth.hidden), state.device)
+            masks, _ = synth.zoneout_masks(own[2], (D * batch // sequences, sequences, synth.hidden), state)
             assert 0 < sum(float((~m).sum()) for m in masks) < 0.5 * sum(m.numel() for m in masks)
         prediction, new_own = synth(state, None, own)
         ref, ref_cells, ref_previous = paper_synthesizer(synth, state, ref_own, masks, training)
@@ -209,6 +209,9 @@ def test_zoneout_masks_replay_from_the_own_state_and_move_on():
     again, new_again = synth(state, None, own)
     assert torch.equal(first, again) and all(torch.equal(a, b) for a, b in zip(new_own, new_again))
     assert not torch.equal(new_own[2], own[2])          # the next call draws other masks
+    synth.work.recent.clear()                           # the masks follow from the seed alone
+    drawn_again, new_drawn_again = synth(state, None, own)
+    assert torch.equal(drawn_again, first) and torch.equal(new_drawn_again[2], new_own[2])
     assert not torch.equal(synth(state, None, (own[0], own[1], new_own[2]))[0], first)
 
 

@@ -29,7 +29,8 @@ import torch
 
 
 def linear_scan(a: torch.Tensor, b: torch.Tensor, c0: Optional[torch.Tensor] = None, *,
-                reverse: bool = False, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+                reverse: bool = False, out: Optional[torch.Tensor] = None,
+                scratch: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``c_t = a_t * c_{t-1} + b_t`` for every ``t`` along dim 0, ``c_{-1} = c0``; with ``reverse``
     ``c_t = a_t * c_{t+1} + b_t``, ``c_T = c0`` (the adjoint's direction).
 
@@ -37,7 +38,8 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, c0: Optional[torch.Tensor] = N
     ``c0`` (*batch) or None (zeros); ``out`` (T, *batch) to write ``c`` into (it may be a strided
     view; it must not overlap ``a`` or ``b``). Returns ``c`` (T, *batch). Without ``out`` it is
     differentiable by autograd (every level is ordinary tensor ops); with ``out`` (no autograd) it
-    allocates one scratch buffer of T steps in all. Raises ValueError on mismatched shapes."""
+    uses one scratch buffer ``scratch`` (2, T, *batch), allocated when not given. Raises ValueError
+    on mismatched shapes."""
     if a.shape != b.shape:
         raise ValueError(f"linear_scan: a {tuple(a.shape)} and b {tuple(b.shape)} differ in shape")
     if a.dim() == 0:
@@ -51,8 +53,8 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, c0: Optional[torch.Tensor] = N
     if out.shape != b.shape:
         raise ValueError(f"linear_scan: out {tuple(out.shape)} does not match {tuple(b.shape)}")
     if b.size(0):
-        steps = b.size(0)
-        scratch = b.new_empty(2, steps, *b.shape[1:])  # level k's pair products use T / 2^k steps of it
+        if scratch is None:   # level k's pair products use T / 2^(k+1) steps of it
+            scratch = b.new_empty(2, *b.shape)
         _scan_into(a, b, c0, reverse, out, scratch)
     return out
 

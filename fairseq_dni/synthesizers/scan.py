@@ -51,7 +51,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from fairseq_dni.modules.forget_mult import forget_mult
+from fairseq_dni.modules.forget_mult import forget_mult, linear_scan
 from fairseq_dni.synthesizers import Synthesizer
 
 INITS = ("zero", "paper")
@@ -75,6 +75,139 @@ def paper_order(layer_sizes: Sequence[int]) -> torch.Tensor:
 def seed_bytes(generator: Optional[torch.Generator] = None, device=None) -> torch.Tensor:
     """A fresh zoneout seed: three integers in [0, 256) (int64, (3,))."""
     return torch.randint(0, 256, (3,), generator=generator, device=device)
+
+
+class Workspace:
+    """Scratch buffers reused from call to call on a CPU, where every fresh multi-megabyte tensor
+    costs its page faults again (glibc returns such blocks to the system); fresh tensors elsewhere
+    (CUDA has its caching allocator). Never holds a tensor that leaves the synthesizer or that
+    autograd saves. Also remembers the last few zoneout draws (:meth:`recall`, :meth:`remember`)."""
+
+    def __init__(self, remembered: int = 3):
+        self.buffers = {}
+        self.remembered, self.recent = remembered, {}
+
+    def recall(self, key):
+        """A value kept by :meth:`remember` under ``key``, or None."""
+        return self.recent.get(key)
+
+    def remember(self, key, value):
+        """Keep ``value`` under ``key``, with the ``remembered`` - 1 most recent others; returns it."""
+        self.recent[key] = value
+        while len(self.recent) > self.remembered:
+            self.recent.pop(next(iter(self.recent)))
+        return value
+
+    def get(self, name: str, shape, like: torch.Tensor) -> torch.Tensor:
+        shape = torch.Size(shape)
+        if like.device.type != "cpu":
+            return like.new_empty(shape)
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.shape != shape or buffer.dtype != like.dtype:
+            buffer = self.buffers[name] = like.new_empty(shape)
+        return buffer
+
+
+def _one_layer_forward(columns, kernel, bias, start, c0, keep, scale, steps, work, fresh):
+    """The one-layer synthesizer's forward without autograd: each gate (N, H) = columns @ kernel_g +
+    bias_g (+ start_g on the first S rows), in its own contiguous buffer (activations on strided
+    slices of one (N, 3H) product cost several times more on a CPU), activated in place: tanh z
+    (as ``2 sigmoid(2 z) - 1``, equal up to float rounding, absolute error ~1e-7 in float32),
+    sigmoid f (times the keep mask, or ``scale``), sigmoid o; the cells (N, H) by the forget-mult
+    scan; h = o c in ``work``'s buffer "h". ``fresh``: gates and cells in new tensors (autograd
+    saves them), else in ``work``. Returns ((z, f, o), cells, h)."""
+    rows, hidden = columns.size(0), kernel.size(1) // 3
+    sequences = rows // steps
+    gates = []
+    for g, name in enumerate("zfo"):
+        gate = columns.new_empty(rows, hidden) if fresh else work.get(name, (rows, hidden), columns)
+        part = slice(g * hidden, (g + 1) * hidden)
+        torch.addmm(bias[part], columns, kernel[:, part], out=gate)
+        gate[:sequences] += start[:, part]
+        gates.append(gate)
+    z, f, o = gates
+    z.mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0)   # tanh(x) = 2 sigmoid(2x) - 1: torch's CPU tanh costs 6 sigmoids
+    f.sigmoid_()
+    o.sigmoid_()
+    if keep is not None:
+        f.mul_(keep.view(rows, hidden))
+    elif scale != 1.0:
+        f.mul_(scale)
+    a = torch.neg(f, out=work.get("a", (rows, hidden), columns)).add_(1.0)
+    b = torch.mul(f, z, out=work.get("b", (rows, hidden), columns))
+    cells = columns.new_empty(rows, hidden) if fresh else work.get("cells", (rows, hidden), columns)
+    one_step = (steps, sequences, hidden)
+    linear_scan(a.view(one_step), b.view(one_step), c0, out=cells.view(one_step),
+                scratch=work.get("scratch", (2, *one_step), columns))
+    h = torch.mul(o, cells, out=work.get("h", (rows, hidden), columns))
+    return gates, cells, h
+
+
+class _OneLayerScan(torch.autograd.Function):
+    """The whole one-layer synthesizer after its input columns, with a hand-written backward:
+    ``y = decoder(o * forget_mult(f, z, c0))`` from the folded layer-0 gates (see
+    :meth:`ScanSynthesizer.first_layer_columns`). Saves the activated gates and the cells only;
+    every other buffer comes from the synthesizer's :class:`Workspace`.
+
+    Inputs: columns (N, 3) = [s_t, s_{t-1}, has previous], kernel (3, 3H), bias (3H,), start (S, 3H)
+    (added to the first S rows: the carried input's term), c0 (S, H), decoder weight (H,) and bias
+    (1,), keep (L, S, H) bool or None, scale (the forget gates' factor without a mask), steps L,
+    the workspace. Outputs y (N,) and the last cells (S, H) (not differentiable)."""
+
+    @staticmethod
+    def forward(ctx, columns, kernel, bias, start, c0, weight, decoder_bias, keep, scale, steps, work):
+        (z, f, o), cells, h = _one_layer_forward(columns, kernel, bias, start, c0, keep, scale, steps, work, fresh=True)
+        y = torch.addmv(decoder_bias, h, weight)
+        last = cells[-c0.size(0):].clone()
+        ctx.save_for_backward(columns, kernel, c0, weight, z, f, o, cells)
+        ctx.scale, ctx.steps, ctx.work = scale, steps, work
+        ctx.mark_non_differentiable(last)
+        return y, last
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y, _grad_last):
+        columns, kernel, c0, weight, z, f, o, cells = ctx.saved_tensors
+        work, steps, scale = ctx.work, ctx.steps, ctx.scale
+        rows, hidden = cells.shape
+        sequences = rows // steps
+        h = torch.mul(o, cells, out=work.get("h", (rows, hidden), cells))
+        grad_weight = h.t().mv(grad_y)
+        grad_decoder_bias = grad_y.sum().view(1)
+        # d loss / d gate pre-activations, one contiguous buffer per gate
+        d_z, d_f, d_o = (work.get("d" + name, (rows, hidden), cells) for name in "zfo")
+        grad_h = torch.mul(grad_y.view(rows, 1), weight.view(1, hidden), out=work.get("dh", (rows, hidden), cells))
+        torch.mul(grad_h, cells, out=d_o)
+        d_o.mul_(o)
+        torch.addcmul(d_o, d_o, o, value=-1.0, out=d_o)          # * o (1 - o)
+        grad_c = grad_h.mul_(o)
+        # the adjoint g~_t = grad_c_t + (1 - f_{t+1}) g~_{t+1}: a reverse scan
+        a = torch.neg(f, out=work.get("a", (rows, hidden), cells)).add_(1.0)
+        adjoint = work.get("adjoint", (rows, hidden), cells)
+        one_step = (steps, sequences, hidden)
+        adjoint_steps, grad_c_steps, a_steps = adjoint.view(one_step), grad_c.view(one_step), a.view(one_step)
+        adjoint_steps[-1] = grad_c_steps[-1]
+        if steps > 1:
+            linear_scan(a_steps[1:], grad_c_steps[:-1], grad_c_steps[-1], reverse=True, out=adjoint_steps[:-1],
+                        scratch=work.get("scratch", (2, *one_step), cells)[:, 1:])
+        torch.mul(f, adjoint, out=d_z)
+        torch.mul(z, z, out=h)
+        torch.addcmul(d_z, d_z, h, value=-1.0, out=d_z)          # * (1 - z^2)
+        torch.sub(z[sequences:], cells[:-sequences], out=d_f[sequences:])
+        torch.sub(z[:sequences], c0, out=d_f[:sequences])        # (z_t - c_{t-1})
+        d_f.mul_(adjoint)
+        d_f.mul_(f)
+        torch.addcmul(d_f, d_f, f, value=-1.0 / scale, out=d_f)  # * f (1 - f / scale): sigmoid', mask or scale
+        grad_c0 = a[:sequences] * adjoint[:sequences]
+        gates = (d_z, d_f, d_o)
+        grad_columns = None
+        if ctx.needs_input_grad[0]:
+            grad_columns = sum(d.mm(kernel[:, g * hidden:(g + 1) * hidden].t()) for g, d in enumerate(gates))
+        grad_kernel = torch.cat([columns.t().mm(d) for d in gates], dim=1)
+        grad_bias = torch.cat([d.sum(0) for d in gates])
+        grad_start = torch.cat([d[:sequences] for d in gates], dim=1)
+        return (grad_columns, grad_kernel, grad_bias, grad_start, grad_c0, grad_weight, grad_decoder_bias,
+                None, None, None, None)
 
 
 class QRNNLayer(nn.Module):
@@ -111,6 +244,7 @@ class ScanSynthesizer(Synthesizer):
         self.encoder = nn.Linear(1, hidden)
         self.rnns = nn.ModuleList(QRNNLayer(hidden, hidden, window=2 if i == 0 else 1) for i in range(layers))
         self.decoder = nn.Linear(hidden, 1)
+        self.work = Workspace()
         # the paper's init_weights(): encoder and decoder weights U(-0.1, 0.1), biases 0; the QRNN
         # layers keep nn.Linear's default (torchqrnn's); ours zeroes the decoder: a fresh one predicts 0
         nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
@@ -146,47 +280,52 @@ class ScanSynthesizer(Synthesizer):
         ordered = state[:, self.order]
         return ordered.t() if self.per_stream else ordered.reshape(-1, 1)
 
-    def zoneout_masks(self, seed: torch.Tensor, shape, device):
+    def zoneout_masks(self, seed: torch.Tensor, shape, like: torch.Tensor):
         """Every layer's keep mask (bool, ``shape``; True with probability 1 - zoneout) and the next
-        seed, all from a generator seeded by ``seed`` (so a re-evaluation draws the same masks)."""
+        seed, all from a generator seeded by ``seed``, so a re-evaluation of a call draws the same
+        masks. The last few draws are remembered (the criterion re-evaluates a call two windows
+        later), which saves drawing them again; the masks are never written to."""
         a, b, c = (int(v) for v in seed.detach().round().long().tolist())
-        generator = torch.Generator(device=device)
-        generator.manual_seed(((a % 256) << 16) | ((b % 256) << 8) | (c % 256))
-        masks = [torch.rand(shape, generator=generator, device=device) >= self.zoneout for _ in range(self.layers)]
-        return masks, seed_bytes(generator, device)
+        key = (((a % 256) << 16) | ((b % 256) << 8) | (c % 256), tuple(shape), like.device, self.layers)
+        drawn = self.work.recall(key)
+        if drawn is None:
+            generator = torch.Generator(device=like.device)
+            generator.manual_seed(key[0])
+            uniform = self.work.get("uniform", shape, like.new_empty((), dtype=torch.float32))
+            masks = [uniform.uniform_(generator=generator) >= self.zoneout for _ in range(self.layers)]
+            drawn = self.work.remember(key, (masks, seed_bytes(generator, like.device)))
+        masks, next_seed = drawn
+        return masks, next_seed.clone()
 
-    def first_layer_gates(self, seq: torch.Tensor, previous_input: torch.Tensor):
-        """Layer 0's (z, f, o) pre-activations, each (L, S, H), with the encoder folded in:
-        ``W_a x_t + W_b x_{t-1} + bias`` with ``x_t = s_t w + b_e`` is ``[s_t, s_{t-1}, 1] K + W_a b_e + bias``
-        for ``t >= 1`` (``K = [W_a w; W_b w; W_b b_e]``) and ``s_0 W_a w + W_a b_e + bias + W_b x_{-1}`` at 0."""
+    def first_layer_columns(self, seq: torch.Tensor, previous_input: torch.Tensor):
+        """Layer 0's gates with the encoder folded in, as ``columns @ kernel + bias`` plus ``start`` on
+        the first S rows. ``W_a x_t + W_b x_{t-1} + bias`` with ``x_t = s_t w + b_e`` is
+        ``[s_t, s_{t-1}, 1] [W_a w; W_b w; W_b b_e] + W_a b_e + bias`` for ``t >= 1`` and
+        ``[s_0, 0, 0] [...] + W_a b_e + bias + W_b x_{-1}`` at ``t = 0``. Returns columns (L*S, 3)
+        (rows time-major: t * S + sequence), kernel (3, 3H), bias (3H,), start (S, 3H)."""
         hidden, (steps, sequences) = self.hidden, seq.shape
         w, b_e = self.encoder.weight[:, 0], self.encoder.bias
         linear = self.rnns[0].linear
         w_a, w_b = linear.weight[:, :hidden], linear.weight[:, hidden:]
-        kernel = torch.stack([w_a @ w, w_b @ w, w_b @ b_e])   # (3, 3H)
-        bias = w_a @ b_e + linear.bias                         # (3H,)
-        has_previous = torch.ones_like(seq)
-        has_previous[0] = 0
-        inputs = torch.stack([seq, torch.cat([seq.new_zeros(1, sequences), seq[:-1]]), has_previous], dim=-1)
-        inputs = inputs.reshape(steps * sequences, 3)
-        start = previous_input @ w_b.t()                       # (S, 3H): W_b x_{-1}
-        gates = []
-        for g in range(3):
-            part = slice(g * hidden, (g + 1) * hidden)
-            gate = torch.addmm(bias[part], inputs, kernel[:, part])
-            gate[:sequences] += start[:, part]
-            gates.append(gate.view(steps, sequences, hidden))
-        return gates
+        kernel = torch.stack([w_a @ w, w_b @ w, w_b @ b_e])
+        bias = w_a @ b_e + linear.bias
+        columns = seq.new_empty(steps, sequences, 3)
+        columns[:, :, 0] = seq
+        columns[0, :, 1:] = 0
+        columns[1:, :, 1] = seq[:-1]
+        columns[1:, :, 2] = 1
+        return columns.view(steps * sequences, 3), kernel, bias, previous_input @ w_b.t()
 
-    def qrnn(self, z, f, o, c0, keep):
-        """A QRNN layer from its gate pre-activations (L, S, H): (h (L, S, H), last cell state (S, H))."""
+    def qrnn(self, z, f, o, c0, keep, scale):
+        """A QRNN layer from its gate pre-activations (L, S, H): (h (L, S, H), last cell state (S, H)).
+        The forget gates are multiplied by the keep mask (training) or by ``scale`` (eval)."""
         in_place = not torch.is_grad_enabled()
         z = z.tanh_() if in_place else z.tanh()
         f = f.sigmoid_() if in_place else f.sigmoid()
         if keep is not None:
             f = f.mul_(keep) if in_place else f * keep
-        elif self.zoneout > 0 and not self.training:
-            f = f.mul_(1 - self.zoneout) if in_place else f * (1 - self.zoneout)
+        elif scale != 1.0:
+            f = f.mul_(scale) if in_place else f * scale
         c = forget_mult(f, z, c0)
         h = o.sigmoid_().mul_(c) if in_place else o.sigmoid() * c
         return h, c[-1].detach().clone()   # carried detached, as the paper's repackage_hidden
@@ -203,21 +342,38 @@ class ScanSynthesizer(Synthesizer):
         steps, sequences = seq.shape
         if cells.shape != (self.layers, sequences, self.hidden):
             raise ValueError(f"own state for {tuple(cells.shape[1:2])} sequences, the state makes {sequences}")
+        one_layer = self.layers == 1
         if self.training and self.zoneout > 0:
-            masks, next_seed = self.zoneout_masks(seed, (steps, sequences, self.hidden), state.device)
+            masks, next_seed = self.zoneout_masks(seed, (steps, sequences, self.hidden), state)
             next_seed = next_seed.to(seed.dtype)
         else:
             masks, next_seed = [None] * self.layers, seed.clone()
-        h, last = self.qrnn(*self.first_layer_gates(seq, previous_input), cells[0], masks[0])
-        new_cells = [last]
-        for i in range(1, self.layers):
-            z, f, o = self.rnns[i].linear(h).chunk(3, dim=-1)
-            h, last = self.qrnn(z.contiguous(), f.contiguous(), o, cells[i], masks[i])
-            new_cells.append(last)
-        out = self.decoder(h).squeeze(-1)                      # (L, S), the paper's order
+        scale = 1.0 - self.zoneout if not self.training else 1.0
+        columns, kernel, bias, start = self.first_layer_columns(seq, previous_input)
+        if one_layer:   # the paper's default: one fused step (hand-written backward, reused buffers)
+            weight, decoder_bias = self.decoder.weight[0], self.decoder.bias
+            if torch.is_grad_enabled():
+                out, last = _OneLayerScan.apply(columns, kernel, bias, start, cells[0], weight, decoder_bias,
+                                                masks[0], scale, steps, self.work)
+            else:
+                _, cells_out, h = _one_layer_forward(columns, kernel, bias, start, cells[0], masks[0], scale, steps,
+                                                     self.work, fresh=False)
+                out, last = torch.addmv(decoder_bias, h, weight), cells_out[-sequences:].clone()
+            new_cells = [last]
+        else:
+            gates = torch.addmm(bias, columns, kernel)
+            gates[:sequences] += start
+            h, last = self.qrnn(*gates.view(steps, sequences, -1).chunk(3, dim=-1), cells[0], masks[0], scale)
+            new_cells = [last]
+            for i in range(1, self.layers):
+                z, f, o = self.rnns[i].linear(h).chunk(3, dim=-1)
+                h, last = self.qrnn(z, f, o, cells[i], masks[i], scale)
+                new_cells.append(last)
+            out = self.decoder(h)
+        out = out.view(steps, sequences)                       # the paper's order
         batch, dim = state.shape
         out = out.t() if self.per_stream else out.reshape(batch, dim)
         # layer 0's last input x_{L-1} = encoder(s_{L-1}), carried as torchqrnn's prevX (detached)
         with torch.no_grad():
             next_input = self.encoder(seq[-1].unsqueeze(-1))   # (S, H)
-        return out[:, self.unorder], (torch.stack(new_cells), next_input, next_seed)
+        return out[:, self.unorder], (torch.stack(new_cells).detach(), next_input, next_seed)
