@@ -142,7 +142,7 @@ def test_scan_synthesizer_equals_the_papers_sequential_computation(layers, zoneo
         if training and zoneout > 0:
             sequences = batch if per_stream else 1
             masks, _ = synth.zoneout_masks(own[2], (D * batch // sequences, sequences, synth.hidden), state)
-            assert 0 < sum(float((~m).sum()) for m in masks) < 0.5 * sum(m.numel() for m in masks)
+            assert 0 < sum(float((m == 0).sum()) for m in masks) < 0.5 * sum(m.numel() for m in masks)
         prediction, new_own = synth(state, None, own)
         ref, ref_cells, ref_previous = paper_synthesizer(synth, state, ref_own, masks, training)
         torch.testing.assert_close(prediction, ref, rtol=1e-10, atol=1e-10)
@@ -213,6 +213,15 @@ def test_zoneout_masks_replay_from_the_own_state_and_move_on():
     drawn_again, new_drawn_again = synth(state, None, own)
     assert torch.equal(drawn_again, first) and torch.equal(new_drawn_again[2], new_own[2])
     assert not torch.equal(synth(state, None, (own[0], own[1], new_own[2]))[0], first)
+
+
+def test_zoneout_keeps_a_forget_gate_with_probability_0_9():
+    synth = ScanSynthesizer(SIZES, layers=2, zoneout=0.1)
+    seed = torch.tensor([1.0, 2.0, 3.0])
+    masks, _ = synth.zoneout_masks(seed, (2000, 1, 50), torch.zeros(1))
+    for mask in masks:   # 100,000 draws each: the standard error of the mean is 0.001
+        assert set(mask.unique().tolist()) == {0.0, 1.0} and abs(float(mask.mean()) - 0.9) < 0.004
+    assert not torch.equal(masks[0], masks[1])
 
 
 def test_fresh_scan_synthesizer_predicts_zero_and_the_papers_init_does_not():

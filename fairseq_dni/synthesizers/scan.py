@@ -80,8 +80,8 @@ def seed_bytes(generator: Optional[torch.Generator] = None, device=None) -> torc
 class Workspace:
     """Scratch buffers reused from call to call on a CPU, where every fresh multi-megabyte tensor
     costs its page faults again (glibc returns such blocks to the system); fresh tensors elsewhere
-    (CUDA has its caching allocator). Never holds a tensor that leaves the synthesizer or that
-    autograd saves. Also remembers the last few zoneout draws (:meth:`recall`, :meth:`remember`)."""
+    (CUDA has its caching allocator). Never holds a tensor that leaves the synthesizer; the ones
+    autograd saves have names of their own. Also remembers the last few zoneout draws (:meth:`recall`, :meth:`remember`)."""
 
     def __init__(self, remembered: int = 3):
         self.buffers = {}
@@ -90,6 +90,12 @@ class Workspace:
     def recall(self, key):
         """A value kept by :meth:`remember` under ``key``, or None."""
         return self.recent.get(key)
+
+    def evicted(self, key):
+        """The value :meth:`remember` (``key``) will forget to make room, or None."""
+        if key in self.recent or len(self.recent) < self.remembered:
+            return None
+        return self.recent[next(iter(self.recent))]
 
     def remember(self, key, value):
         """Keep ``value`` under ``key``, with the ``remembered`` - 1 most recent others; returns it."""
@@ -108,19 +114,21 @@ class Workspace:
         return buffer
 
 
-def _one_layer_forward(columns, kernel, bias, start, c0, keep, scale, steps, work, fresh):
+def _one_layer_forward(columns, kernel, bias, start, c0, keep, scale, steps, work, saved):
     """The one-layer synthesizer's forward without autograd: each gate (N, H) = columns @ kernel_g +
     bias_g (+ start_g on the first S rows), in its own contiguous buffer (activations on strided
     slices of one (N, 3H) product cost several times more on a CPU), activated in place: tanh z
     (as ``2 sigmoid(2 z) - 1``, equal up to float rounding, absolute error ~1e-7 in float32),
     sigmoid f (times the keep mask, or ``scale``), sigmoid o; the cells (N, H) by the forget-mult
-    scan; h = o c in ``work``'s buffer "h". ``fresh``: gates and cells in new tensors (autograd
-    saves them), else in ``work``. Returns ((z, f, o), cells, h)."""
+    scan; h = o c in ``work``'s buffer "h". ``saved``: gates and cells in ``work``'s buffers kept for
+    the backward (names apart from the no-grad call's, which runs between a regression's forward
+    and its backward; a second forward before that backward bumps their version counters, which
+    autograd then refuses loudly). Returns ((z, f, o), 1 - f, cells, h)."""
     rows, hidden = columns.size(0), kernel.size(1) // 3
     sequences = rows // steps
     gates = []
     for g, name in enumerate("zfo"):
-        gate = columns.new_empty(rows, hidden) if fresh else work.get(name, (rows, hidden), columns)
+        gate = work.get(("saved " if saved else "") + name, (rows, hidden), columns)
         part = slice(g * hidden, (g + 1) * hidden)
         torch.addmm(bias[part], columns, kernel[:, part], out=gate)
         gate[:sequences] += start[:, part]
@@ -133,21 +141,21 @@ def _one_layer_forward(columns, kernel, bias, start, c0, keep, scale, steps, wor
         f.mul_(keep.view(rows, hidden))
     elif scale != 1.0:
         f.mul_(scale)
-    a = torch.neg(f, out=work.get("a", (rows, hidden), columns)).add_(1.0)
+    a = torch.neg(f, out=work.get(("saved " if saved else "") + "a", (rows, hidden), columns)).add_(1.0)
     b = torch.mul(f, z, out=work.get("b", (rows, hidden), columns))
-    cells = columns.new_empty(rows, hidden) if fresh else work.get("cells", (rows, hidden), columns)
+    cells = work.get(("saved " if saved else "") + "cells", (rows, hidden), columns)
     one_step = (steps, sequences, hidden)
     linear_scan(a.view(one_step), b.view(one_step), c0, out=cells.view(one_step),
                 scratch=work.get("scratch", (2, *one_step), columns))
     h = torch.mul(o, cells, out=work.get("h", (rows, hidden), columns))
-    return gates, cells, h
+    return gates, a, cells, h
 
 
 class _OneLayerScan(torch.autograd.Function):
     """The whole one-layer synthesizer after its input columns, with a hand-written backward:
     ``y = decoder(o * forget_mult(f, z, c0))`` from the folded layer-0 gates (see
     :meth:`ScanSynthesizer.first_layer_columns`). Saves the activated gates and the cells only;
-    every other buffer comes from the synthesizer's :class:`Workspace`.
+    all its large buffers come from the synthesizer's :class:`Workspace`.
 
     Inputs: columns (N, 3) = [s_t, s_{t-1}, has previous], kernel (3, 3H), bias (3H,), start (S, 3H)
     (added to the first S rows: the carried input's term), c0 (S, H), decoder weight (H,) and bias
@@ -156,10 +164,11 @@ class _OneLayerScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, columns, kernel, bias, start, c0, weight, decoder_bias, keep, scale, steps, work):
-        (z, f, o), cells, h = _one_layer_forward(columns, kernel, bias, start, c0, keep, scale, steps, work, fresh=True)
+        (z, f, o), a, cells, h = _one_layer_forward(columns, kernel, bias, start, c0, keep, scale, steps, work,
+                                                    saved=True)
         y = torch.addmv(decoder_bias, h, weight)
         last = cells[-c0.size(0):].clone()
-        ctx.save_for_backward(columns, kernel, c0, weight, z, f, o, cells)
+        ctx.save_for_backward(columns, kernel, c0, weight, z, f, o, a, cells)
         ctx.scale, ctx.steps, ctx.work = scale, steps, work
         ctx.mark_non_differentiable(last)
         return y, last
@@ -167,7 +176,7 @@ class _OneLayerScan(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y, _grad_last):
-        columns, kernel, c0, weight, z, f, o, cells = ctx.saved_tensors
+        columns, kernel, c0, weight, z, f, o, a, cells = ctx.saved_tensors
         work, steps, scale = ctx.work, ctx.steps, ctx.scale
         rows, hidden = cells.shape
         sequences = rows // steps
@@ -182,7 +191,6 @@ class _OneLayerScan(torch.autograd.Function):
         torch.addcmul(d_o, d_o, o, value=-1.0, out=d_o)          # * o (1 - o)
         grad_c = grad_h.mul_(o)
         # the adjoint g~_t = grad_c_t + (1 - f_{t+1}) g~_{t+1}: a reverse scan
-        a = torch.neg(f, out=work.get("a", (rows, hidden), cells)).add_(1.0)
         adjoint = work.get("adjoint", (rows, hidden), cells)
         one_step = (steps, sequences, hidden)
         adjoint_steps, grad_c_steps, a_steps = adjoint.view(one_step), grad_c.view(one_step), a.view(one_step)
@@ -204,8 +212,9 @@ class _OneLayerScan(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_columns = sum(d.mm(kernel[:, g * hidden:(g + 1) * hidden].t()) for g, d in enumerate(gates))
         grad_kernel = torch.cat([columns.t().mm(d) for d in gates], dim=1)
-        grad_bias = torch.cat([d.sum(0) for d in gates])
         grad_start = torch.cat([d[:sequences] for d in gates], dim=1)
+        # columns[:, 2] is 1 on every row but the first S: the bias's gradient without another pass
+        grad_bias = grad_kernel[2] + grad_start.sum(0)
         return (grad_columns, grad_kernel, grad_bias, grad_start, grad_c0, grad_weight, grad_decoder_bias,
                 None, None, None, None)
 
@@ -281,7 +290,7 @@ class ScanSynthesizer(Synthesizer):
         return ordered.t() if self.per_stream else ordered.reshape(-1, 1)
 
     def zoneout_masks(self, seed: torch.Tensor, shape, like: torch.Tensor):
-        """Every layer's keep mask (bool, ``shape``; True with probability 1 - zoneout) and the next
+        """Every layer's keep mask (float32 0/1, ``shape``; 1 with probability 1 - zoneout) and the next
         seed, all from a generator seeded by ``seed``, so a re-evaluation of a call draws the same
         masks. The last few draws are remembered (the criterion re-evaluates a call two windows
         later), which saves drawing them again; the masks are never written to."""
@@ -291,8 +300,12 @@ class ScanSynthesizer(Synthesizer):
         if drawn is None:
             generator = torch.Generator(device=like.device)
             generator.manual_seed(key[0])
-            uniform = self.work.get("uniform", shape, like.new_empty((), dtype=torch.float32))
-            masks = [uniform.uniform_(generator=generator) >= self.zoneout for _ in range(self.layers)]
+            reusable = self.work.evicted(key)   # the oldest draw's buffers, about to be forgotten
+            masks = []
+            for layer in range(self.layers):
+                mask = (reusable[0][layer] if reusable is not None and reusable[0][layer].shape == torch.Size(shape)
+                        else torch.empty(shape, device=like.device))
+                masks.append(mask.uniform_(generator=generator).ge_(self.zoneout))   # float 0/1
             drawn = self.work.remember(key, (masks, seed_bytes(generator, like.device)))
         masks, next_seed = drawn
         return masks, next_seed.clone()
@@ -356,8 +369,8 @@ class ScanSynthesizer(Synthesizer):
                 out, last = _OneLayerScan.apply(columns, kernel, bias, start, cells[0], weight, decoder_bias,
                                                 masks[0], scale, steps, self.work)
             else:
-                _, cells_out, h = _one_layer_forward(columns, kernel, bias, start, cells[0], masks[0], scale, steps,
-                                                     self.work, fresh=False)
+                _, _, cells_out, h = _one_layer_forward(columns, kernel, bias, start, cells[0], masks[0], scale, steps,
+                                                     self.work, saved=False)
                 out, last = torch.addmv(decoder_bias, h, weight), cells_out[-sequences:].clone()
             new_cells = [last]
         else:
