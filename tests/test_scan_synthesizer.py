@@ -247,6 +247,18 @@ def test_settings_that_do_not_apply_are_refused(kind, kwargs, message):
         build_synthesizer(kind, StateLayout(SIZES), **kwargs)
 
 
+def test_a_second_forward_before_the_first_backward_is_refused_not_silently_wrong():
+    """The one-layer path keeps its saved tensors in reused buffers: autograd's version check must
+    catch a second forward that overwrote them before the first's backward."""
+    synth = build_synthesizer("scan", StateLayout(SIZES), init="paper").train()
+    state = torch.randn(2, D)
+    own = synth.initial_state(state)
+    first, _ = synth(state, None, own)
+    synth(state * 2, None, own)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        first.sum().backward()
+
+
 def test_a_state_of_another_width_is_refused():
     synth = build_synthesizer("scan", StateLayout(SIZES))
     with pytest.raises(ValueError, match="states of width 10"):
