@@ -13,8 +13,9 @@ with its hand-written reverse-scan backward (``ForgetMult``) and with autograd t
 the scan (``forget_mult_autograd``).
 
 Each row runs in a fresh process; time is CPU time per window (``time.process_time``; on CUDA, wall
-time after synchronising); memory is the peak resident set above what the process held before the
-timed windows (CPU), or the peak allocated CUDA memory above the memory held before (CUDA). Writes
+time after synchronising); memory is the peak resident set above what the process held before its
+first window, inputs and model built (CPU: reused buffers, saved tensors, gradients and temporaries
+included), or the peak allocated CUDA memory above the memory held then (CUDA). Writes
 OUT.csv and OUT.md::
 
     python benchmarks/scan_synthesizer.py                       # CPU, results/scan_synthesizer.*
@@ -91,14 +92,15 @@ def one(spec):
             out = fn(f, z, c0)
             out.backward(torch.ones_like(out))
 
-    for _ in range(spec["warmup"]):
-        step()
     sync()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
     else:
         before = resident()
+    for _ in range(spec["warmup"]):
+        step()
+    sync()
     start = time.perf_counter() if cuda else time.process_time()
     for _ in range(spec["repeats"]):
         step()
@@ -145,7 +147,7 @@ def main():
     lines = [f"Setting: {args.device}, torch {results[0]['torch']}, {results[0]['threads']} threads, "
              f"{platform.machine()}; {args.repeats} timed windows (calls) per row after 3, each row in a fresh process; "
              "hidden 50, 1 QRNN layer (the paper's synthesizer); time: CPU time (CUDA: synchronised wall time)", "",
-             "| what | LSTM | positions (B x D) | ms per window (call) | peak memory above the start, MiB |",
+             "| what | LSTM | positions (B x D) | ms per window (call) | peak memory above the start (inputs built), MiB |",
              "|---|---|---|---|---|"]
     for r in results:
         what = {"synthesizer": "scan synthesizer: call + regression (forward, backward, Adam)",
