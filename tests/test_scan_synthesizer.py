@@ -1,16 +1,21 @@
 """The forget-mult scan (fairseq_dni/modules/forget_mult.py) and the scan synthesizer
 (fairseq_dni/synthesizers/scan.py, ``--dni-synthesizer scan``) against sequential references
 written here, as torchqrnn's ``CPUForgetMult`` loop and the paper's ``RNNSynthesizer`` compute them."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
-from helpers import USER_DIR, build_dni, fairseq, train_args, train_inner
+from helpers import USER_DIR, assert_same_weights, build_dni, fairseq, train_args, train_inner
 from fairseq_dni.carried_state import StateLayout
 from fairseq_dni.data.stream_windows import StreamWindows
 from fairseq_dni.modules.forget_mult import forget_mult, forget_mult_autograd, linear_scan
 from fairseq_dni.synthesizers import build_synthesizer
 from fairseq_dni.synthesizers.scan import ScanSynthesizer
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = (3, 2)          # a 2-layer LSTM of widths 3 and 2: D = 10
 D = 2 * sum(SIZES)
 
@@ -341,16 +346,47 @@ def test_oracle_injection_through_the_criterion_equals_full_bptt():
     assert (num / sum((f ** 2).sum() for f in full).sqrt()).item() < 1e-8
 
 
-def test_fairseq_train_with_the_scan_synthesizer_and_eval_lm_scores_it(tiny_data, tmp_path):
-    out = fairseq("fairseq-train", *train_args(tiny_data, tmp_path, "--max-update", "12", "--criterion",
-                                               "dni_cross_entropy", "--optimizer", "alternating", "--dni-lr", "0.01",
-                                               "--dni-synthesizer", "scan", "--dni-synthesizer-init", "paper"))
-    logs = train_inner(out)
+def test_fairseq_train_with_the_scan_synthesizer_resumes_bitwise_and_eval_lm_scores_it(tiny_data, tmp_path):
+    """Stock fairseq-train with --dni-synthesizer scan (noise and zoneout on, the paper's init); stopped
+    at update 6 and restarted with the same command it ends bitwise where one run of 12 updates ends
+    (the scan's carried cells, previous input and zoneout seed travel in the checkpoint); eval-lm
+    scores the checkpoint."""
+    scan = ["--criterion", "dni_cross_entropy", "--optimizer", "alternating", "--dni-lr", "0.01",
+            "--dni-synthesizer", "scan", "--dni-synthesizer-init", "paper"]
+    whole = fairseq("fairseq-train", *train_args(tiny_data, tmp_path / "whole", "--max-update", "12", *scan))
+    logs = train_inner(whole)
     assert float(logs[-1]["dni_synthetic"]) == 1 and float(logs[-1]["dni_nonfinite"]) == 0
     assert "dni_cos" in logs[-1]
-    checkpoint = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu", weights_only=True)
+    fairseq("fairseq-train", *train_args(tiny_data, tmp_path / "split", "--max-update", "6", *scan))
+    resumed = fairseq("fairseq-train", *train_args(tiny_data, tmp_path / "split", "--max-update", "12", *scan))
+    assert "Loaded checkpoint" in resumed
+    by_update = {int(r["num_updates"]): r for r in logs}
+    for row in train_inner(resumed):
+        for key in ("loss", "dni_loss", "dni_cos"):
+            assert row.get(key) == by_update[int(row["num_updates"])].get(key), (row["num_updates"], key)
+    assert_same_weights(tmp_path / "whole" / "checkpoint_last.pt", tmp_path / "split" / "checkpoint_last.pt",
+                        parts=("model", "criterion"))
+    checkpoint = torch.load(tmp_path / "whole" / "checkpoint_last.pt", map_location="cpu", weights_only=True)
     assert "synthesizer.rnns.0.linear.weight" in checkpoint["criterion"]
     scored = fairseq("fairseq-eval-lm", tiny_data, "--user-dir", USER_DIR, "--task", "dni_language_modeling",
-                     "--path", tmp_path / "checkpoint_last.pt", "--batch-size", "2", "--tokens-per-sample", "9",
-                     "--cpu", "--num-workers", "0")
+                     "--path", tmp_path / "whole" / "checkpoint_last.pt", "--batch-size", "2",
+                     "--tokens-per-sample", "9", "--cpu", "--num-workers", "0")
     assert "Evaluated 257 tokens" in scored
+
+
+def test_the_scan_synthesizer_imports_and_runs_with_torch_alone():
+    code = (
+        "import sys; sys.modules['fairseq'] = None\n"
+        "import torch\n"
+        "from fairseq_dni.synthesizers import build_synthesizer\n"
+        "from fairseq_dni.carried_state import StateLayout\n"
+        "s = build_synthesizer('scan', StateLayout((4, 4)), init='paper').train()\n"
+        "p, own = s(s.perturb(torch.randn(3, 16)))\n"
+        "p.sum().backward()\n"
+        "assert p.shape == (3, 16) and own[0].shape == (1, 1, 50)\n"
+        "assert not any(m.startswith('fairseq.') for m in sys.modules)\n"
+        "print('torch-only ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "torch-only ok" in out.stdout
