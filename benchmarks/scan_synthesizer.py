@@ -145,9 +145,11 @@ def main():
         for r in results:
             writer.writerow({k: (round(r[k], 2) if isinstance(r[k], float) else r[k]) for k in fields})
     lines = [f"Setting: {args.device}, torch {results[0]['torch']}, {results[0]['threads']} threads, "
-             f"{platform.machine()}; {args.repeats} timed windows (calls) per row after 3, each row in a fresh process; "
-             "hidden 50, 1 QRNN layer (the paper's synthesizer); time: CPU time (CUDA: synchronised wall time)", "",
-             "| what | LSTM | positions (B x D) | ms per window (call) | peak memory above the start (inputs built), MiB |",
+             f"{platform.machine()}; {args.repeats} timed windows (calls) per row after 3, each row in a fresh "
+             "process; hidden 50, 1 QRNN layer (the paper's synthesizer); time: CPU time (CUDA: synchronised wall "
+             "time)", "",
+             "| what | LSTM | positions (B x D) | ms per window (call) | peak memory above the start (inputs "
+             "built), MiB |",
              "|---|---|---|---|---|"]
     for r in results:
         what = {"synthesizer": "scan synthesizer: call + regression (forward, backward, Adam)",

@@ -31,8 +31,11 @@ The same function, computed differently (exact algebra, float rounding aside):
 * the encoder is folded into layer 0's gates: ``W [x_t, x_{t-1}]`` with ``x = s w + b`` is a product
   with inner size 3 (``s_t``, ``s_{t-1}``, 1) plus, at ``t = 0``, ``W_b x_{-1}``: the (B D, 2H) x
   (2H, 3H) product would cost more than everything else on a CPU;
-* the forget-mult recurrence is :func:`fairseq_dni.modules.forget_mult.forget_mult`, a vectorised
-  scan with an exact reverse-scan gradient, not a loop over the B x D positions;
+* the forget-mult recurrence is a vectorised scan (:mod:`fairseq_dni.modules.forget_mult`) with an
+  exact reverse-scan gradient, not a loop over the B x D positions; with one layer (the paper's)
+  the whole synthesizer after its input is one autograd Function (:class:`_OneLayerScan`) with a
+  hand-written backward, tanh computed as ``2 sigmoid(2x) - 1`` and, on a CPU, its large buffers
+  reused from call to call (:class:`Workspace`);
 * the state arrives in our flat order (:meth:`~fairseq_dni.carried_state.StateLayout.flatten`:
   h of every layer, then c of every layer) and is permuted to the paper's per-stream order
   (h_0, c_0, h_1, c_1, ...) before the scan, and the prediction permuted back;
@@ -81,7 +84,8 @@ class Workspace:
     """Scratch buffers reused from call to call on a CPU, where every fresh multi-megabyte tensor
     costs its page faults again (glibc returns such blocks to the system); fresh tensors elsewhere
     (CUDA has its caching allocator). Never holds a tensor that leaves the synthesizer; the ones
-    autograd saves have names of their own. Also remembers the last few zoneout draws (:meth:`recall`, :meth:`remember`)."""
+    autograd saves have names of their own. Also remembers the last few zoneout draws
+    (:meth:`recall`, :meth:`remember`)."""
 
     def __init__(self, remembered: int = 3):
         self.buffers = {}
@@ -105,6 +109,7 @@ class Workspace:
         return value
 
     def get(self, name: str, shape, like: torch.Tensor) -> torch.Tensor:
+        """The buffer ``name`` of ``shape`` in ``like``'s dtype and device (contents undefined)."""
         shape = torch.Size(shape)
         if like.device.type != "cpu":
             return like.new_empty(shape)
@@ -159,7 +164,7 @@ class _OneLayerScan(torch.autograd.Function):
 
     Inputs: columns (N, 3) = [s_t, s_{t-1}, has previous], kernel (3, 3H), bias (3H,), start (S, 3H)
     (added to the first S rows: the carried input's term), c0 (S, H), decoder weight (H,) and bias
-    (1,), keep (L, S, H) bool or None, scale (the forget gates' factor without a mask), steps L,
+    (1,), keep (L, S, H) float 0/1 or None, scale (the forget gates' factor without a mask), steps L,
     the workspace. Outputs y (N,) and the last cells (S, H) (not differentiable)."""
 
     @staticmethod
@@ -236,7 +241,8 @@ class ScanSynthesizer(Synthesizer):
     Own state ``(cells, previous_input, seed)``: ``cells`` (layers, S, H) every layer's last cell
     state, ``previous_input`` (S, H) layer 0's last (encoded) input, ``seed`` (3,) the zoneout seed
     of the next call; S = 1 sequence (the paper), or B with ``per_stream``. All tensors in the
-    state's dtype; the new own state is detached (the paper's ``repackage_hidden``). Raises ValueError for a state whose width is not the layout's."""
+    state's dtype; the new own state is detached (the paper's ``repackage_hidden``). Raises
+    ValueError for a state whose width is not the layout's, or an own state of another shape."""
 
     def __init__(self, layer_sizes: Sequence[int], hidden: int = 50, layers: int = 1, input_noise: float = 0.5,
                  zoneout: float = 0.1, init: str = "zero", per_stream: bool = False):
@@ -354,7 +360,8 @@ class ScanSynthesizer(Synthesizer):
         seq = self.sequences(state)                            # (L, S)
         steps, sequences = seq.shape
         if cells.shape != (self.layers, sequences, self.hidden):
-            raise ValueError(f"own state for {tuple(cells.shape[1:2])} sequences, the state makes {sequences}")
+            raise ValueError(f"own state {tuple(cells.shape)} does not fit {self.layers} layer(s) of {self.hidden} "
+                             f"units over {sequences} sequence(s)")
         one_layer = self.layers == 1
         if self.training and self.zoneout > 0:
             masks, next_seed = self.zoneout_masks(seed, (steps, sequences, self.hidden), state)
