@@ -22,8 +22,8 @@ included, exactly as full BPTT divides the future tokens' loss). The targets are
 the window's token count. Only the synthesizer's own regression loss is multiplied by fairseq's
 divisor (the sample size, or 1 in a window without one), so that fairseq's division leaves it as it is.
 
-The synthesizer (any ``fairseq_dni.synthesizers.Synthesizer``: ``--dni-synthesizer mlp`` or
-``coordinatewise``) lives in this criterion: fairseq optimizes, all-reduces and checkpoints
+The synthesizer (any ``fairseq_dni.synthesizers.Synthesizer``: ``--dni-synthesizer mlp``,
+``coordinatewise`` or ``scan``) lives in this criterion: fairseq optimizes, all-reduces and checkpoints
 criterion parameters, and LM checkpoints stay plain LSTMs for eval-lm. Its parameters carry
 ``param_group = "synthesizer"``: ``--optimizer alternating`` trains them with their own optimizer,
 and this criterion is refused with any other optimizer (the synthesizer's gradient would change

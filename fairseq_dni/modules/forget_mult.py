@@ -9,8 +9,8 @@ computes it) mix their candidate ``z`` into a cell state ``c`` with a forget gat
 a first-order linear recurrence ``c_t = a_t * c_{t-1} + b_t`` with ``a = 1 - f``, ``b = f * z``.
 Its pairs compose associatively, ``(a2, b2) o (a1, b1) = (a2 a1, a2 b1 + b2)``, so
 :func:`linear_scan` evaluates it in ``ceil(log2 T)`` vectorised levels (odd-even reduction, the
-work-efficient form of Blelloch's scan: about 2T multiply-adds in all, every level one batch of
-elementwise tensor ops). It only multiplies and adds values of the recurrence; it never divides
+work-efficient form of Blelloch's scan: about 3T multiplies and multiply-adds in all, each level a few
+elementwise tensor ops on strided views). It only multiplies and adds values of the recurrence; it never divides
 (no ``cumprod``-ratio or log-space trick that breaks when some ``1 - f`` is 0 or underflows), so
 it is safe in float32, bfloat16 and float16; its rounding differs from the sequential loop's only
 by the order of the sums.
@@ -20,7 +20,7 @@ scalars, the QRNN language model over (T, B, H)). Its gradient is exact: a hand-
 (:class:`ForgetMult`) runs the adjoint recurrence ``g~_t = g_t + a_{t+1} g~_{t+1}`` as the same
 scan in reverse, then ``dz = f g~``, ``df = (z - c_{t-1}) g~``, ``dc0 = a_0 g~_0`` (torchqrnn's
 CUDA backward kernel computes the same), keeping only ``f``, ``z``, ``c0`` and the output ``c``
-for the backward. ``benchmarks/forget_mult.py`` measures it against autograd through
+for the backward. ``benchmarks/scan_synthesizer.py`` measures it against autograd through
 :func:`linear_scan` (:func:`forget_mult_autograd`).
 """
 from typing import Optional
