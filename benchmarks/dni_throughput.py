@@ -9,6 +9,10 @@ throughput.py for how tokens/s are read from fairseq's own wps meter):
   synthetic                 --criterion dni_cross_entropy --dni-mode synthetic
   synthetic-coordinatewise  ... --dni-synthesizer coordinatewise              the seed paper's synthesizer, GRU cell
   synthetic-coordinatewise-qrnn  ... --dni-synthesizer-cell qrnn             with the paper's own cell (QRNN)
+  synthetic-scan            ... --dni-synthesizer scan                        the paper's --sgtype QRNN, one scan
+                                                                             across the B x D state scalars
+
+(``--arms`` runs a subset; real-tbptt is always in it)
 
 and, timed in the same loop, each coordinate-wise cell's own per-window work alone, without the LM
 (``synthesizer_window``; ``--compiled`` adds the QRNN cell under torch.compile): the ratio that work
@@ -25,6 +29,8 @@ coordinate-wise synthesizer carries across windows for ``dni_lstm_lm_wikitext103
     python -m benchmarks.dni_throughput --data-bin runs/ptb-bin --repeats 0 --interleaved-updates 80 --compiled
     python -m benchmarks.dni_throughput --data-bin runs/ptb-bin --hidden 650 --embed-dim 650 --repeats 0 \
         --interleaved-updates 40 --out benchmarks/results/dni_throughput_650
+    python benchmarks/dni_throughput.py --data-bin runs/ptb-bin --repeats 0 --interleaved-updates 120 \
+        --arms synthetic synthetic-coordinatewise-qrnn synthetic-scan --out benchmarks/results/dni_throughput_scan
 
 (``runs/ptb-bin``: PTB binarized by ``python -m studies.paper_grid``, or any fairseq-preprocess'ed corpus.)
 """
@@ -147,7 +153,8 @@ def main():
         (["--interleaved-updates"], dict(type=int, default=120, help="timed updates of each arm in the "
                                          "one-process, update-by-update comparison")),
         (["--compiled"], dict(action="store_true", help="also time the QRNN synthesizer alone under torch.compile "
-                              "(inductor; needs a C++ compiler, about a minute to compile)"))])
+                              "(inductor; needs a C++ compiler, about a minute to compile)")),
+        (["--arms"], dict(nargs="+", default=None, help="run only these arms (and real-tbptt); default: all"))])
     args = parse_benchmark_args(parser)
 
     base = ["--user-dir", os.path.join(REPO, "fairseq_dni"), "--task", "dni_language_modeling",
@@ -162,7 +169,14 @@ def main():
         "synthetic-coordinatewise-qrnn": ("... --dni-synthesizer-cell qrnn (the paper's cell, 50 units)",
                                           dni + ["--dni-mode", "synthetic", "--dni-synthesizer", "coordinatewise",
                                                  "--dni-synthesizer-cell", "qrnn"]),
+        "synthetic-scan": ("... --dni-synthesizer scan (the paper's --sgtype QRNN: one scan across the state, 50 units)",
+                           dni + ["--dni-mode", "synthetic", "--dni-synthesizer", "scan"]),
     }
+    if args.arms is not None:
+        unknown = sorted(set(args.arms) - set(arms))
+        if unknown:
+            parser.exit(2, f"{parser.prog}: error: unknown arm(s) {', '.join(unknown)}; choose from {', '.join(arms)}\n")
+        arms = {name: arm for name, arm in arms.items() if name == "real-tbptt" or name in args.arms}
     optimizer = ["--optimizer", "alternating", "--base-optimizer", "adam", "--dni-lr", "1e-4"]
     names = list(arms)
     measured = {name: [] for name in names}
@@ -177,7 +191,8 @@ def main():
     dim = 2 * args.layers * args.hidden   # h and c of every layer
     alone = {f"{cell} synthesizer alone{' (torch.compile)' if compiled else ''}":
              synthesizer_window(cell, args.batch_size, dim, compiled)
-             for cell, compiled in [("gru", False), ("qrnn", False)] + [("qrnn", True)] * args.compiled}
+             for cell, compiled in [("gru", False), ("qrnn", False)] + [("qrnn", True)] * args.compiled
+             if f"synthetic-coordinatewise{'-qrnn' if cell == 'qrnn' else ''}" in arms}
     per_update = per_update_ratios(args, arms, optimizer, updates=args.interleaved_updates, alone=alone)
     rows += [(f"{name} (per update)", "same flags, updates interleaved one by one in one process",
               args.batch_size * args.window / per_update[name],
@@ -187,7 +202,8 @@ def main():
     rows += [(name, f"its per-window work on {args.batch_size} x {dim} coordinates, {per_update[name] * 1000:.1f} ms "
                     f"(real-tbptt's update: {t_lm * 1000:.1f} ms)", float("nan"),
               f"{ceilings[name]:.3f}x = t_tbptt / (t_tbptt + this), its own work alone") for name in alone]
-    memory = {cell: carried_memory(cell=cell) for cell in ("gru", "qrnn")}
+    memory = {cell: carried_memory(cell=cell) for cell in ("gru", "qrnn")
+              if f"synthetic-coordinatewise{'-qrnn' if cell == 'qrnn' else ''}" in arms}
     setting = (f"{args.layers}x{args.hidden} LSTM, embed {args.embed_dim}, B={args.batch_size}, T={args.window}, "
                f"Adam (--optimizer alternating), clip {args.clip}, "
                + (f"{args.repeats} interleaved repeats of {args.updates} timed updates after {args.warmup} (separate "
@@ -197,8 +213,9 @@ def main():
     verdict = ", ".join(f"**{name}/real-tbptt = {median[name] / tbptt:.3f}**" for name in names[1:] if name in median)
     verdict += ("; " if median else "") + ("interleaved update by update in one process: " +
                 ", ".join(f"**{name} {per_update['real-tbptt'] / per_update[name]:.3f}**" for name in names[1:]))
-    verdict += ("; what each cell's own work alone leaves (t_tbptt / (t_tbptt + t_cell)): " + ", ".join(f"{name} {c:.3f}" for name, c in ceilings.items()))
-    verdict += (". Coordinate-wise synthesizer's carried values for dni_lstm_lm_wikitext103 (2x1024) at 32 streams: " +
+    verdict += ("" if not ceilings else "; what each cell's own work alone leaves (t_tbptt / (t_tbptt + t_cell)): " +
+                ", ".join(f"{name} {c:.3f}" for name, c in ceilings.items()))
+    verdict += ("" if not memory else ". Coordinate-wise synthesizer's carried values for dni_lstm_lm_wikitext103 (2x1024) at 32 streams: " +
                 "; ".join(f"{cell.upper()} cell {total / 2 ** 20:.1f} MiB ({own / 2 ** 20:.1f} MiB its own state, the rest "
                           "its last call's input and state and the pending pair)" for cell, (total, own) in memory.items()))
     write_results(args.out, rows, setting, verdict,

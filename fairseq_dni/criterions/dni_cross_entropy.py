@@ -22,8 +22,8 @@ included, exactly as full BPTT divides the future tokens' loss). The targets are
 the window's token count. Only the synthesizer's own regression loss is multiplied by fairseq's
 divisor (the sample size, or 1 in a window without one), so that fairseq's division leaves it as it is.
 
-The synthesizer (any ``fairseq_dni.synthesizers.Synthesizer``: ``--dni-synthesizer mlp`` or
-``coordinatewise``) lives in this criterion: fairseq optimizes, all-reduces and checkpoints
+The synthesizer (any ``fairseq_dni.synthesizers.Synthesizer``: ``--dni-synthesizer mlp``,
+``coordinatewise`` or ``scan``) lives in this criterion: fairseq optimizes, all-reduces and checkpoints
 criterion parameters, and LM checkpoints stay plain LSTMs for eval-lm. Its parameters carry
 ``param_group = "synthesizer"``: ``--optimizer alternating`` trains them with their own optimizer,
 and this criterion is refused with any other optimizer (the synthesizer's gradient would change
@@ -52,8 +52,9 @@ from fairseq_dni.synthesizers import build_synthesizer
 from fairseq_dni.tasks.dni_language_modeling import DNILanguageModelingTask
 
 DNI_MODES = ChoiceEnum(["synthetic", "real"])
-SYNTHESIZERS = ChoiceEnum(["mlp", "coordinatewise"])
+SYNTHESIZERS = ChoiceEnum(["mlp", "coordinatewise", "scan"])
 CELLS = ChoiceEnum(["gru", "lstm", "qrnn"])
+SYNTHESIZER_INITS = ChoiceEnum(["zero", "paper"])
 
 
 @dataclass
@@ -69,21 +70,32 @@ class DNICrossEntropyConfig(LMCrossEntropyConfig):
     dni_synthesizer: SYNTHESIZERS = field(
         default="mlp",
         metadata={"help": "mlp: Jaderberg et al.'s MLP over the whole state; coordinatewise: the seed paper's small "
-                          "recurrent network shared by every state coordinate, its own state carried across windows"})
+                          "recurrent network shared by every state coordinate, its own state carried across windows; "
+                          "scan: the paper's QRNN synthesizer as its code runs it (--sgtype QRNN), one scan across "
+                          "the B x D scalars of the flattened state"})
+    dni_synthesizer_init: Optional[SYNTHESIZER_INITS] = field(
+        default=None,
+        metadata={"help": "scan: zero (default: the last layer starts at zero, training starts as TBPTT) or paper "
+                          "(the paper's U(-0.1, 0.1) decoder weights)"})
+    dni_scan_per_stream: bool = field(
+        default=False,
+        metadata={"help": "scan: scan each stream's coordinates on its own (a departure from the paper, whose "
+                          "scan runs on from one stream into the next)"})
     dni_synthesizer_cell: Optional[CELLS] = field(
         default=None,
         metadata={"help": "coordinatewise: its recurrent cell, default gru (the paper ran a QRNN: qrnn)"})
     dni_synthesizer_layers: Optional[int] = field(
         default=None,
-        metadata={"help": "mlp: linear layers (ReLU between; default 2); coordinatewise: recurrent layers (default 1)"})
+        metadata={"help": "mlp: linear layers (ReLU between; default 2); coordinatewise, scan: recurrent layers "
+                          "(default 1)"})
     dni_synthesizer_hidden: Optional[int] = field(
         default=None,
         metadata={"help": "width of the synthesizer's hidden layers: mlp default 256 (0: the state size), "
-                          "coordinatewise default 50 (the paper's)"})
+                          "coordinatewise and scan default 50 (the paper's)"})
     dni_input_noise: Optional[float] = field(
         default=None,
         metadata={"help": "in training, multiply the synthesizer's input by noise from N(1, this) per element "
-                          "(default: 0.5 for coordinatewise, as the paper; 0 for mlp)"})
+                          "(default: 0.5 for coordinatewise and scan, as the paper; 0 for mlp)"})
     dni_no_input_norm: bool = field(
         default=False,
         metadata={"help": "mlp: feed the raw state; by default h and c of each layer are normalised separately "
@@ -214,7 +226,9 @@ class DNICrossEntropyCriterion(LMCrossEntropyCriterion):
                 kind, self.layout, hidden=cfg.dni_synthesizer_hidden, layers=cfg.dni_synthesizer_layers,
                 condition_dim=condition_dim, input_norm=not cfg.dni_no_input_norm,
                 cell=None if cfg.dni_synthesizer_cell is None else str(cfg.dni_synthesizer_cell),
-                input_noise=cfg.dni_input_noise)
+                input_noise=cfg.dni_input_noise,
+                init=None if cfg.dni_synthesizer_init is None else str(cfg.dni_synthesizer_init),
+                per_stream=cfg.dni_scan_per_stream)
             self.future_head = None
             if cfg.dni_future_aux > 0:
                 self.future_head = build_synthesizer(

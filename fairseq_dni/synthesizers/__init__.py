@@ -1,7 +1,7 @@
 """Synthesizers: small modules that predict dLoss_future/d(state) at a window's end.
 
 torch only (no fairseq import). A synthesizer is any :class:`Synthesizer`: the criterion knows
-this interface, not the classes. Two implementations:
+this interface, not the classes. Three implementations:
 
 * ``mlp`` (:class:`~fairseq_dni.synthesizers.mlp.MLPSynthesizer`): Jaderberg et al. (2016)'s
   feed-forward synthesizer over the whole flattened state, optionally conditioned (cDNI).
@@ -46,20 +46,45 @@ class Synthesizer(nn.Module):
 
 def build_synthesizer(kind: str, layout, *, hidden: Optional[int] = None, layers: Optional[int] = None,
                       condition_dim: int = 0, input_norm: bool = True, cell: Optional[str] = None,
-                      input_noise: Optional[float] = None) -> Synthesizer:
+                      input_noise: Optional[float] = None, init: Optional[str] = None,
+                      per_stream: bool = False) -> Synthesizer:
     """The synthesizer called ``kind`` for an LSTM state laid out as ``layout`` (a StateLayout).
 
     None takes the synthesizer's own default: ``mlp`` 2 layers of width 256 (width 0: the state
     size), no input noise; ``coordinatewise`` 1 recurrent layer of 50 units, noise N(1, 0.5)
-    (the seed paper's ``--sg_hidden_num 50 --sg_nlayers 1``). Raises ValueError for a setting that
-    does not apply (the criterion turns it into a one-line user error)."""
+    (the seed paper's ``--sg_hidden_num 50 --sg_nlayers 1``); ``scan`` the same, zoneout 0.1.
+    ``init`` (``scan`` only): ``zero`` (default: the last layer starts at zero) or ``paper``
+    (U(-0.1, 0.1) decoder weights); ``per_stream`` (``scan`` only): one scan per stream. Raises
+    ValueError for a setting that does not apply (the criterion turns it into a one-line user error)."""
     from fairseq_dni.synthesizers.coordinatewise import CELLS, CoordinatewiseSynthesizer
     from fairseq_dni.synthesizers.mlp import MLPSynthesizer
+    from fairseq_dni.synthesizers.scan import INITS, ScanSynthesizer
 
     if input_noise is not None and input_noise < 0:
         raise ValueError(f"--dni-input-noise must be >= 0, got {input_noise}")
     if layers is not None and layers < 1:
         raise ValueError(f"--dni-synthesizer-layers must be >= 1, got {layers}")
+    if kind != "scan":
+        for flag, given in (("--dni-synthesizer-init", init is not None), ("--dni-scan-per-stream", per_stream)):
+            if given:
+                raise ValueError(f"{flag} applies to --dni-synthesizer scan only, not {kind}")
+    if kind == "scan":
+        if cell is not None:
+            raise ValueError("--dni-synthesizer-cell applies to --dni-synthesizer coordinatewise only; "
+                             "scan is the paper's QRNN")
+        hidden = 50 if hidden is None else hidden
+        if hidden < 1:
+            raise ValueError(f"--dni-synthesizer-hidden must be >= 1, got {hidden}")
+        if condition_dim:
+            raise ValueError("the scan synthesizer reads the state's scalars one by one and takes no condition: "
+                             "drop --dni-condition-on-next-input/--dni-condition-on-next-target, "
+                             "or use --dni-synthesizer mlp")
+        init = "zero" if init is None else init
+        if init not in INITS:
+            raise ValueError(f"unknown --dni-synthesizer-init {init!r}; choose one of {', '.join(INITS)}")
+        return ScanSynthesizer(layout.layer_sizes, hidden=hidden, layers=layers or 1,
+                               input_noise=0.5 if input_noise is None else input_noise, init=init,
+                               per_stream=per_stream)
     if kind == "mlp":
         if cell is not None:
             raise ValueError("--dni-synthesizer-cell applies to --dni-synthesizer coordinatewise only, not mlp")
@@ -82,4 +107,4 @@ def build_synthesizer(kind: str, layout, *, hidden: Optional[int] = None, layers
             raise ValueError(f"unknown --dni-synthesizer-cell {cell!r}; choose one of {', '.join(CELLS)}")
         return CoordinatewiseSynthesizer(hidden=hidden, layers=layers or 1, cell=cell,
                                          input_noise=0.5 if input_noise is None else input_noise)
-    raise ValueError(f"unknown synthesizer {kind!r}; choose mlp or coordinatewise")
+    raise ValueError(f"unknown synthesizer {kind!r}; choose mlp, coordinatewise or scan")
