@@ -139,6 +139,18 @@ class StateLayout:
         return tree_leaves(state)[0].size(1)
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """What a DNI criterion knows of the model it trains (the model's ``model_spec()`` makes it, the task
+    keeps it for the criterion, which fairseq builds after the model): the carried state's layout, and the
+    sizes of what the synthesizer may be conditioned on."""
+
+    layout: StateLayout   # the carried state's layout and flat size D
+    embed_dim: int        # size of a token's input embedding (--dni-condition-on-next-input)
+    label_dim: int        # size of a token's label vector: its output-layer row (the embedding with adaptive softmax)
+    adaptive_softmax: bool = False  # the output layer is an adaptive softmax (only some criteria can train it)
+
+
 # ---- the carried values ---------------------------------------------------------------------------
 class CarriedState(nn.Module):
     """Per-stream values carried across windows, one per stream set (split).
