@@ -98,22 +98,37 @@ def binarize(text_dir, dest):
     return dest
 
 
+def build_model(task, cfg):
+    """``task.build_model`` on a DNILSTMLMConfig, as fairseq calls it (the task learns the model's spec)."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    return task.build_model(OmegaConf.structured(dataclasses.replace(cfg, _name="dni_lstm_lm")))
+
+
 def build_dni(dictionary, model, criterion, double=True):
     """Our task, model and dni_cross_entropy criterion as fairseq builds them, in that order (so a seed
-    set before gives the same initial weights); the task learns the model's state layout. ``model``
-    and ``criterion`` are DNILSTMLMConfig and DNICrossEntropyConfig fields; float64 unless ``double``
-    is False. Returns (task, model, criterion)."""
+    set before gives the same initial weights). ``model`` and ``criterion`` are DNILSTMLMConfig and
+    DNICrossEntropyConfig fields; float64 unless ``double`` is False. Returns (task, model, criterion)."""
     from fairseq_dni.criterions.dni_cross_entropy import DNICrossEntropyConfig, DNICrossEntropyCriterion
-    from fairseq_dni.models.dni_lstm_lm import DNILSTMLanguageModel, DNILSTMLMConfig
+    from fairseq_dni.models.dni_lstm_lm import DNILSTMLMConfig
     from fairseq_dni.tasks.dni_language_modeling import DNILanguageModelingConfig, DNILanguageModelingTask
 
     task = DNILanguageModelingTask(DNILanguageModelingConfig(), dictionary)
-    lm = DNILSTMLanguageModel.build_model(DNILSTMLMConfig(**model), task)
-    task.recurrent = lm.decoder.recurrent_interface()
+    lm = build_model(task, DNILSTMLMConfig(**model))
     if double:
         lm = lm.double()
     crit = DNICrossEntropyCriterion(task, DNICrossEntropyConfig(**criterion))
     return task, lm, crit.double() if double else crit
+
+
+def run_window(model, criterion, sample, mode="synthetic", loss_scale=1.0):
+    """One training window through fairseq_dni.step.train_window, with a plain (optionally scaled)
+    backward in place of fairseq's optimizer wrapper."""
+    from fairseq_dni.step import Backward, train_window
+
+    return train_window(model, criterion, sample, Backward(loss_scale), mode)
 
 
 TINY_MODEL = ["--arch", "dni_lstm_lm_small", "--decoder-embed-dim", "16", "--decoder-hidden-size", "16"]

@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 from fairseq.data import Dictionary
 
-from helpers import USER_DIR, fairseq
+from helpers import USER_DIR, build_model, fairseq, run_window
 from fairseq_dni.criterions.dni_cross_entropy import DNICrossEntropyConfig, DNICrossEntropyCriterion
 from fairseq_dni.criterions.lm_cross_entropy import LMCrossEntropyConfig, LMCrossEntropyCriterion
 from fairseq_dni.data.stream_windows import StreamWindows
 from fairseq_dni.errors import DNIUserError
-from fairseq_dni.models.dni_lstm_lm import DNILSTMLanguageModel, DNILSTMLMConfig
+from fairseq_dni.models.dni_lstm_lm import DNILSTMLMConfig
 from fairseq_dni.modules import LockedDropout, WeightDropLSTM
 from fairseq_dni.tasks.dni_language_modeling import DNILanguageModelingConfig, DNILanguageModelingTask
 from reference_lm import perplexity
@@ -45,8 +45,7 @@ def build(cfg, seed=0):
     """Our task and model as fairseq builds them, in float64."""
     task = DNILanguageModelingTask(DNILanguageModelingConfig(), dictionary())
     torch.manual_seed(seed)
-    model = DNILSTMLanguageModel.build_model(cfg, task).double()
-    task.recurrent = model.decoder.recurrent_interface()
+    model = build_model(task, cfg).double()
     return task, model
 
 
@@ -215,11 +214,11 @@ def test_ar_and_tar_equal_a_hand_computation_in_the_loss_units_with_padding(crit
     if criterion_name == "lm_cross_entropy":
         criterion = LMCrossEntropyCriterion(task, LMCrossEntropyConfig(alpha=2.0, beta=1.0, sentence_avg=False))
     else:
-        criterion = DNICrossEntropyCriterion(task, DNICrossEntropyConfig(alpha=2.0, beta=1.0, sentence_avg=False,
-                                                                         dni_mode="real")).double()
+        criterion = DNICrossEntropyCriterion(task, DNICrossEntropyConfig(alpha=2.0, beta=1.0,
+                                                                         sentence_avg=False)).double()
     criterion.train()
     seen = record_outputs(model)
-    total, sample_size, log = criterion(model, sample)
+    total, sample_size, log = run_window(model, criterion, sample, mode="real")
     net_output = seen[-1]
     lprobs = model.get_normalized_probs(net_output, log_probs=True)
     lm = F.nll_loss(lprobs.view(-1, VOCAB + 4), sample["target"].view(-1), ignore_index=1, reduction="sum")
@@ -262,14 +261,14 @@ def test_dni_oracle_equals_full_bptt_with_unequal_widths_and_ar_tar():
     task, model = build(awd_config())
     model.train()
     criterion = DNICrossEntropyCriterion(task, DNICrossEntropyConfig(
-        dni_mode="synthetic", dni_scale=1.0, alpha=2.0, beta=1.0, sentence_avg=False)).double().train()
+        dni_scale=1.0, alpha=2.0, beta=1.0, sentence_avg=False)).double().train()
     layout = model.decoder.state_layout
     assert layout.layer_sizes == (6, 6, 4) and not layout.stacked and layout.dim == 32
     samples = windows()
 
     def objective(sample, state):
         """One window's loss from ``state`` in the criterion's units, written out here."""
-        logits, extra = model(sample["net_input"]["src_tokens"], initial_state=state)
+        logits, extra = model(sample["net_input"]["src_tokens"], start_state=state)
         raw, dropped = extra["raw_output"], extra["dropped_output"]
         n = sample["ntokens"]
         lprobs = model.get_normalized_probs((logits, extra), log_probs=True)  # as the criterion (float32)
@@ -289,10 +288,7 @@ def test_dni_oracle_equals_full_bptt_with_unequal_widths_and_ar_tar():
     for w, mode in ((0, "synthetic"), (1, "real")):
         for p in params:
             p.grad = None
-        criterion.mode = mode
-        loss, _, _ = criterion(model, samples[w])
-        loss.backward()
-        criterion.after_backward()
+        run_window(model, criterion, samples[w], mode)
         grads.append([p.grad.clone() for p in params])
     error = sum(((g1 + g2 - f) ** 2).sum() for g1, g2, f in zip(*grads, full)).sqrt()
     assert (error / sum((f ** 2).sum() for f in full).sqrt()).item() < 1e-8
@@ -305,7 +301,7 @@ def test_awd_shape_state_layout_and_incremental_decoding():
     decoder = model.decoder
     assert decoder.project_out is None and decoder.output_projection.weight is decoder.embed_tokens.weight
     assert [lstm.hidden_size for lstm in decoder.lstms] == [6, 6, 4]
-    assert decoder.recurrent_interface().layout.dim == 2 * (6 + 6 + 4)
+    assert decoder.model_spec().layout.dim == 2 * (6 + 6 + 4)
     tokens = windows(length=6)[0]["net_input"]["src_tokens"]
     whole = model(tokens)[0]
     cache, steps = {}, []

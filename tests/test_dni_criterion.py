@@ -1,8 +1,8 @@
 """dni_cross_entropy against autograd references, driven window by window as fairseq does.
 
-fairseq's train_step is: loss = criterion(model, sample); optimizer.backward(loss);
-then our task calls criterion.after_backward(loss_scale). These tests run exactly
-that sequence in float64 on a tiny LSTM (no optimizer step unless stated).
+Every training window goes through fairseq_dni.step.train_window (the task's train_step calls it):
+forward from the carried state made a leaf, (scaled) backward, the criterion's end_window. These
+tests run it in float64 on a tiny LSTM (no optimizer step unless stated).
 """
 import types
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from fairseq.data import Dictionary
 
-from helpers import build_dni
+from helpers import build_dni, run_window
 from fairseq_dni.carried_state import StateLayout
 from fairseq_dni.data.stream_windows import StreamWindows
 
@@ -22,14 +22,14 @@ def pending_target(criterion):
     return criterion.pending().target
 
 
-def setup(mode="synthetic", scale=0.1, seed=0, **dni):
+def setup(scale=0.1, seed=0, **dni):
     dictionary = Dictionary()
     for i in range(20):
         dictionary.add_symbol(f"w{i}")
     torch.manual_seed(seed)
     _, model, criterion = build_dni(
         dictionary, dict(decoder_embed_dim=EMBED, decoder_hidden_size=HIDDEN, decoder_layers=LAYERS, dropout=0.0),
-        dict(dni_mode=mode, dni_scale=scale, sentence_avg=False, **dni))
+        dict(dni_scale=scale, sentence_avg=False, **dni))
     model.train()
     criterion.train()
     tokens = torch.randint(4, len(dictionary), (200,), generator=torch.Generator().manual_seed(1)).numpy()
@@ -38,20 +38,18 @@ def setup(mode="synthetic", scale=0.1, seed=0, **dni):
     return model, criterion, samples
 
 
-def step(model, criterion, sample, loss_scale=1.0, zero_grad=True):
-    """One fairseq micro-batch: forward, (scaled) backward, after_backward; returns LM param grads."""
+def step(model, criterion, sample, loss_scale=1.0, zero_grad=True, mode="synthetic"):
+    """One fairseq micro-batch (train_window); returns LM param grads, unscaled, and the logging output."""
     if zero_grad:
         for p in list(model.parameters()) + list(criterion.parameters()):
             p.grad = None
-    loss, sample_size, log = criterion(model, sample)
-    (loss * loss_scale).backward()
-    criterion.after_backward(loss_scale=loss_scale)
+    loss, sample_size, log = run_window(model, criterion, sample, mode, loss_scale)
     return [p.grad.clone() / loss_scale for p in model.parameters()], log
 
 
 def lm_window(model, sample, state):
     """Reference: a window's summed LM loss from a given state, outside the criterion."""
-    out, extra = model(sample["net_input"]["src_tokens"], initial_state=state)
+    out, extra = model(sample["net_input"]["src_tokens"], start_state=state)
     lp = model.get_normalized_probs((out, extra), log_probs=True)
     loss = torch.nn.functional.nll_loss(lp.view(-1, lp.size(-1)), sample["target"].view(-1),
                                         ignore_index=1, reduction="sum")
@@ -59,18 +57,18 @@ def lm_window(model, sample, state):
 
 
 def test_fresh_synthesizer_gives_real_mode_updates():
-    synthetic = setup("synthetic")
-    real = setup("real")
+    synthetic = setup()
+    real = setup()
     for w in range(4):
         g_syn, _ = step(*synthetic[:2], synthetic[2][w])
-        g_real, _ = step(*real[:2], real[2][w])
+        g_real, _ = step(*real[:2], real[2][w], mode="real")
         for a, b in zip(g_syn, g_real):
             assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("synthesizer", ["mlp", "coordinatewise"])
 def test_oracle_injection_through_the_criterion_equals_full_bptt(synthesizer):
-    model, criterion, samples = setup("synthetic", scale=1.0, dni_synthesizer=synthesizer)
+    model, criterion, samples = setup(scale=1.0, dni_synthesizer=synthesizer)
     s0 = model.decoder.zero_state(B)
     # reference: full BPTT over windows 1 and 2 (summed loss, as the criterion returns)
     l1, s1 = lm_window(model, samples[0], s0)
@@ -81,8 +79,7 @@ def test_oracle_injection_through_the_criterion_equals_full_bptt(synthesizer):
     oracle = flatten_state(torch.autograd.grad(lm_window(model, samples[1], s1_leaf)[0], s1_leaf))
     criterion.synthesize = lambda state, condition, own_state: (oracle, None)
     g1, _ = step(model, criterion, samples[0])
-    criterion.mode = "real"
-    g2, _ = step(model, criterion, samples[1])
+    g2, _ = step(model, criterion, samples[1], mode="real")
     num = sum(((a + b - f) ** 2).sum() for a, b, f in zip(g1, g2, full)).sqrt()
     assert (num / sum((f ** 2).sum() for f in full).sqrt()).item() < 1e-8
 
@@ -96,7 +93,7 @@ def make_nontrivial(criterion):
 @pytest.mark.parametrize("synthesizer", ["mlp", "coordinatewise"])
 @pytest.mark.parametrize("loss_scale", [1.0, 1024.0])
 def test_regression_target_equals_autograd_reference(loss_scale, synthesizer):
-    model, criterion, samples = setup("synthetic", scale=0.1, dni_synthesizer=synthesizer)
+    model, criterion, samples = setup(scale=0.1, dni_synthesizer=synthesizer)
     make_nontrivial(criterion)
     step(model, criterion, samples[0], loss_scale)
     s1 = tuple(s.clone() for s in model.decoder.carried.peek("train"))
@@ -121,7 +118,7 @@ def test_the_regression_re_evaluates_exactly_the_injected_call(cell):
     """Coordinate-wise synthesizer (input noise on): the prediction regressed at window t+2 is
     bitwise the one made at window t's end (same noisy input, same own recurrent state), and
     its own state runs on from window to window and restarts with a new pass."""
-    model, criterion, samples = setup("synthetic", dni_synthesizer="coordinatewise", dni_synthesizer_cell=cell)
+    model, criterion, samples = setup(dni_synthesizer="coordinatewise", dni_synthesizer_cell=cell)
     make_nontrivial(criterion)
     calls = []
     synthesize = criterion.synthesize
@@ -145,8 +142,8 @@ def test_the_regression_re_evaluates_exactly_the_injected_call(cell):
 def test_targets_pair_windows_with_their_successors_under_gradient_accumulation():
     """--update-freq N accumulates parameter gradients over N windows; each target must still
     be the gradient at its own successor's start, unaffected by what accumulated before."""
-    plain = setup("synthetic")
-    accum = setup("synthetic")
+    plain = setup()
+    accum = setup()
     for net in (plain, accum):
         torch.nn.init.normal_(net[1].synthesizer.net[-1].weight, std=0.3, generator=torch.Generator().manual_seed(3))
     for w in range(4):
@@ -157,7 +154,7 @@ def test_targets_pair_windows_with_their_successors_under_gradient_accumulation(
 
 
 def test_logs_synthesizer_quality_and_state_norm():
-    model, criterion, samples = setup("synthetic")
+    model, criterion, samples = setup()
     logs = [step(model, criterion, s)[1] for s in samples[:4]]
     assert "dni_cos" not in logs[0] and "dni_cos" not in logs[1]  # nothing to regress yet
     assert all(k in logs[2] for k in ("dni_loss", "dni_cos", "dni_target_norm", "dni_pred_norm"))
@@ -166,16 +163,14 @@ def test_logs_synthesizer_quality_and_state_norm():
 
 def test_bf16_autocast_with_loss_scaling_keeps_the_target():
     """CPU stand-in for fp16/AMP: bf16 autocast plus a 2**10 loss scale, target vs float32 reference."""
-    ref_model, ref_crit, samples = setup("synthetic")
-    low_model, low_crit, _ = setup("synthetic")
+    ref_model, ref_crit, samples = setup()
+    low_model, low_crit, _ = setup()
     for net in (ref_model, ref_crit, low_model, low_crit):
         net.float()
     for w in range(2):
         step(ref_model, ref_crit, samples[w])
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss, _, _ = low_crit(low_model, samples[w])
-        (loss.float() * 1024.0).backward()
-        low_crit.after_backward(loss_scale=1024.0)
+            run_window(low_model, low_crit, samples[w], loss_scale=1024.0)
     a, b = pending_target(ref_crit), pending_target(low_crit)
     assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.98
     assert abs(b.norm() / a.norm() - 1) < 0.05
@@ -203,14 +198,14 @@ def finite(tensors):
 
 
 def test_nonfinite_synthetic_gradient_falls_back_to_a_real_update_and_is_counted():
-    synthetic = setup("synthetic")
-    real = setup("real")
+    synthetic = setup()
+    real = setup()
     for w in range(2):
         step(*synthetic[:2], synthetic[2][w])
-        step(*real[:2], real[2][w])
+        step(*real[:2], real[2][w], mode="real")
     synthetic[1].synthesize = lambda state, condition, own_state: (torch.full_like(state, float("nan")), None)
     g_syn, log = step(*synthetic[:2], synthetic[2][2])
-    g_real, _ = step(*real[:2], real[2][2])
+    g_real, _ = step(*real[:2], real[2][2], mode="real")
     assert float(log["dni_nonfinite"]) == 1.0
     assert finite(g_syn)
     for a, b in zip(g_syn, g_real):
@@ -218,20 +213,16 @@ def test_nonfinite_synthetic_gradient_falls_back_to_a_real_update_and_is_counted
 
 
 def test_nonfinite_target_skips_the_regression_and_is_counted():
-    model, criterion, samples = setup("synthetic")
+    model, criterion, samples = setup()
     step(model, criterion, samples[0])
-    criterion(model, samples[1])[0].backward()
-    criterion.after_backward(loss_scale=0.0)  # a broken loss scale: the target becomes inf/nan
-    for p in criterion.parameters():
-        p.grad = None
-    loss, _, log = criterion(model, samples[2])
-    loss.backward()
+    step(model, criterion, samples[1], loss_scale=0.0)  # a broken loss scale: the target becomes inf/nan
+    _, log = step(model, criterion, samples[2])
     assert log["dni_nonfinite_target"] == 1.0 and "dni_cos" not in log
     assert finite([p.grad for p in criterion.parameters()] + [p.grad for p in model.parameters()])
 
 
 def test_diverged_synthesizer_parameters_do_not_stop_training():
-    model, criterion, samples = setup("synthetic")
+    model, criterion, samples = setup()
     for w in range(2):
         step(model, criterion, samples[w])
     with torch.no_grad():
@@ -269,7 +260,7 @@ def test_adaptive_softmax_loss_equals_fairseq_adaptive_loss():
 def test_condition_on_next_target_feeds_the_label_of_the_window_that_follows():
     """cDNI: the synthesizer at the end of window t sees the output-layer row of window t+1's first
     target; the regression pair stored for window t's start carries window t's own first target."""
-    model, criterion, samples = setup("synthetic", dni_condition_on_next_input=True, dni_condition_on_next_target=True)
+    model, criterion, samples = setup(dni_condition_on_next_input=True, dni_condition_on_next_target=True)
     assert criterion.synthesizer.condition_dim == EMBED + HIDDEN
     seen = []
     synthesize = criterion.synthesize
@@ -290,7 +281,7 @@ def test_condition_on_next_target_feeds_the_label_of_the_window_that_follows():
 
 
 def test_relative_loss_is_the_error_over_the_zero_predictors_error():
-    model, criterion, samples = setup("synthetic")
+    model, criterion, samples = setup()
     logs = [step(model, criterion, samples[w])[1] for w in range(3)]
     pending_free = logs[2]  # window 2 regressed window 1's start pair
     # a fresh synthesizer predicts exactly zero: its error is the zero predictor's
