@@ -88,7 +88,7 @@ def synthesizer_window(cell, streams, dim, compiled=False):
     torch.nn.init.normal_(synth.decoder.weight, std=0.1)   # a trained-like last layer (zero-init at the start)
     adam = torch.optim.Adam(synth.parameters(), lr=1e-3, fused=True)
     forward = torch.compile(synth, dynamic=False) if compiled else synth
-    state = {"own": synth.initial_state(torch.zeros(streams, dim)), "previous": None}
+    state = {"own": synth.initial_own_state(torch.zeros(streams, dim)), "previous": None}
 
     def window():
         inputs = synth.perturb(torch.randn(streams, dim))

@@ -36,8 +36,7 @@ def test_fresh_synthesizer_trains_like_real_mode_until_it_has_learned(tiny_data,
 
 def test_synthetic_run_logs_synthesizer_quality_and_scores_with_eval_lm(tiny_data, tmp_path):
     out = fairseq("fairseq-train", *train_args(tiny_data, tmp_path, "--max-epoch", "2", "--update-freq", "2",
-                                               "--log-interval", "10", *DNI, "--dni-condition-on-next-input", "--dni-condition-on-next-target",
-                                               "--dni-future-aux", "0.5"))
+                                               "--log-interval", "10", *DNI, "--dni-condition-on-next-input", "--dni-condition-on-next-target"))
     logs = train_inner(out)
     for key in ("dni_loss", "dni_cos", "dni_rel_loss", "state_norm", "dni_pred_norm", "dni_target_norm", "dni_synthetic"):
         assert key in logs[-1], key
@@ -61,7 +60,7 @@ def test_a_stock_optimizer_with_the_dni_criterion_is_refused_in_one_line(tiny_da
     """With --optimizer adam the synthesizer's gradient would enter the LM's clipped norm (and its
     optimizer): refused before the first update, nothing written."""
     out = fairseq("fairseq-train", *train_args(tiny_data, tmp_path, "--criterion", "dni_cross_entropy",
-                                               "--dni-mode", "real", "--clip-norm", "0.05", "--max-update", "3"),
+                                               "--clip-norm", "0.05", "--max-update", "3"),
                   check=False)
     assert "fairseq-dni: error: --criterion dni_cross_entropy trains its synthesizer with its own optimizer" in out
     assert "Traceback" not in out and not list(tmp_path.glob("*.pt"))
@@ -89,7 +88,6 @@ def test_real_mode_is_plain_tbptt_even_with_clipping(tiny_data, tmp_path):
     (["--dni-input-noise", "-1"], "--dni-input-noise must be >= 0"),
     (["--dni-lr", "-1"], "--dni-lr must be >= 0"),   # was torch's ValueError traceback
     (["--dni-scale", "-0.1"], "--dni-scale must be >= 0"),   # was accepted silently
-    (["--dni-target-clip", "-1"], "--dni-target-clip must be >= 0"),   # was accepted silently
     (["--dni-synthesizer-cell", "qrnn"], "--dni-synthesizer-cell applies to --dni-synthesizer coordinatewise only"),
 ])
 def test_conflicting_or_inapplicable_dni_settings_are_one_line(tiny_data, tmp_path, flags, message):

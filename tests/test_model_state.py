@@ -57,10 +57,10 @@ def test_batch_shape_change_resets_and_state_is_detached_and_follows_dtype():
     h, c = model.decoder.carried.peek("train")
     assert not h.requires_grad and not c.requires_grad  # no gradient crosses a window boundary
     out, extra = model(tokens[:2], state_key="train")    # 3 -> 2 streams: start from zeros
-    assert extra["initial_state"][0].abs().sum() == 0
+    assert extra["start_state"][0].abs().sum() == 0
     model.float()
     out, extra = model(tokens[:2], state_key="train")
-    assert extra["initial_state"][0].dtype == torch.float32 and extra["initial_state"][0].abs().sum() > 0
+    assert extra["start_state"][0].dtype == torch.float32 and extra["start_state"][0].abs().sum() > 0
 
 
 def test_carried_state_survives_a_state_dict_round_trip():

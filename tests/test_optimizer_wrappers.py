@@ -11,8 +11,14 @@ from fairseq.optim.amp_optimizer import AMPOptimizer
 from fairseq.optim.fp16_optimizer import FP16Optimizer, MemoryEfficientFP16Optimizer
 
 import fairseq_dni  # noqa: F401  (registers --optimizer alternating)
-from fairseq_dni.optim.alternating import AlternatingOptimizer, current_loss_scale, find_alternating, optimizer_kind
-from fairseq_dni.optim.lr_scheduler.cosine_alternating import Clock, CosineAlternatingSchedule
+from fairseq_dni.optim.alternating import (
+    AlternatingOptimizer,
+    Clock,
+    current_loss_scale,
+    find_alternating,
+    optimizer_kind,
+)
+from fairseq_dni.optim.lr_scheduler.cosine_alternating import CosineAlternatingSchedule
 
 
 def config(*extra):
@@ -61,7 +67,7 @@ def test_fp16_wrapper_without_flattening_keeps_the_synthesizer_apart():
     # the schedule, built on the wrapper as fairseq builds it, attaches itself to the inner optimizer
     schedule = CosineAlternatingSchedule(config("--lr-scheduler", "cosine_alternating", "--first-mode", "real",
                                                 "--lr-period-updates", "4").lr_scheduler, wrapped)
-    assert inner.mode_schedule is schedule and inner.mode_schedule.mode_at(Clock(0, 0.0)) == "real"
+    assert inner.schedule is schedule and inner.begin_window(Clock(0, 0.0)) == "real"
     wrapped.zero_grad()  # fairseq's trainer starts every step here (sets the 1/scale factor)
     loss = (sum(p.float().sum() for p in lm) + 3 * synth[0].float().sum())
     wrapped.backward(loss)  # scaled by 64 inside

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import fairseq, train_args, train_inner
+from helpers import build_model, fairseq, train_args, train_inner
 from fairseq_dni.data.stream_windows import StreamWindows, window_boundaries
 
 PAD, EOS = 1, 2
@@ -104,7 +104,7 @@ def test_an_update_run_again_after_an_amp_overflow_starts_from_the_same_carried_
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
     from fairseq_dni.criterions.dni_cross_entropy import DNICrossEntropyConfig, DNICrossEntropyCriterion
-    from fairseq_dni.models.dni_lstm_lm import DNILSTMLanguageModel, DNILSTMLMConfig
+    from fairseq_dni.models.dni_lstm_lm import DNILSTMLMConfig
     from fairseq_dni.optim.alternating import AlternatingOptimizer
     from fairseq_dni.tasks.dni_language_modeling import DNILanguageModelingConfig, DNILanguageModelingTask
 
@@ -121,9 +121,7 @@ def test_an_update_run_again_after_an_amp_overflow_starts_from_the_same_carried_
     def run(schedule):
         torch.manual_seed(0)
         task = DNILanguageModelingTask(DNILanguageModelingConfig(), dictionary)
-        model = DNILSTMLanguageModel.build_model(DNILSTMLMConfig(decoder_embed_dim=4, decoder_hidden_size=5,
-                                                                 dropout=0.0), task)
-        task.recurrent = model.decoder.recurrent_interface()
+        model = build_model(task, DNILSTMLMConfig(decoder_embed_dim=4, decoder_hidden_size=5, dropout=0.0))
         criterion = DNICrossEntropyCriterion(task, DNICrossEntropyConfig(
             dni_synthesizer="coordinatewise", dni_synthesizer_hidden=3, sentence_avg=False))
         optimizer = AlternatingOptimizer(opt_cfg, list(model.parameters()) + list(criterion.parameters()))
