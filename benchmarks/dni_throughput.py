@@ -47,28 +47,28 @@ def carried_memory(streams=32, hidden=1024, layers=2, embed=512, cell="gru"):
     through the real criterion (a small vocabulary: the carried values do not depend on it)."""
     sys.path.insert(0, REPO)
     from fairseq.data import Dictionary
+    from omegaconf import OmegaConf
 
     from fairseq_dni.carried_state import tree_leaves
     from fairseq_dni.criterions.dni_cross_entropy import DNICrossEntropyConfig, DNICrossEntropyCriterion
     from fairseq_dni.data.stream_windows import StreamWindows
-    from fairseq_dni.models.dni_lstm_lm import DNILSTMLanguageModel, DNILSTMLMConfig
+    from fairseq_dni.models.dni_lstm_lm import DNILSTMLMConfig
+    from fairseq_dni.step import Backward, train_window
     from fairseq_dni.tasks.dni_language_modeling import DNILanguageModelingConfig, DNILanguageModelingTask
 
     dictionary = Dictionary()
     for i in range(50):
         dictionary.add_symbol(f"w{i}")
     task = DNILanguageModelingTask(DNILanguageModelingConfig(), dictionary)
-    model = DNILSTMLanguageModel.build_model(DNILSTMLMConfig(
-        decoder_embed_dim=embed, decoder_hidden_size=hidden, decoder_layers=layers, dropout=0.0), task)
-    task.recurrent = model.decoder.recurrent_interface()
+    model = task.build_model(OmegaConf.structured(DNILSTMLMConfig(
+        _name="dni_lstm_lm", decoder_embed_dim=embed, decoder_hidden_size=hidden, decoder_layers=layers,
+        dropout=0.0)))
     criterion = DNICrossEntropyCriterion(task, DNICrossEntropyConfig(
         dni_synthesizer="coordinatewise", dni_synthesizer_cell=cell, sentence_avg=False))
     tokens = torch.randint(4, len(dictionary), (streams * 8 * 3,)).numpy()
     windows = StreamWindows(tokens, streams, 8, dictionary.pad(), dictionary.eos(), state_key="train")
     for i in range(3):
-        loss, _, _ = criterion(model, windows.collater([windows[i]]))
-        loss.backward()
-        criterion.after_backward()
+        train_window(model, criterion, windows.collater([windows[i]]), Backward(), mode="synthetic")
     carry = criterion.carried.peek("train")
     total = sum(t.numel() * t.element_size() for t in tree_leaves(carry))
     own = sum(t.numel() * t.element_size() for t in tree_leaves(carry.own_state))

@@ -104,7 +104,7 @@ def resolved(cfg, name: str) -> Optional[str]:
     """A field interpolated from another config group, or None where that group has no such field."""
     try:
         value = getattr(cfg, name)
-    except Exception:  # e.g. no lr_scheduler.mode_schedule: another scheduler
+    except Exception:  # no such field in that group
         return None
     value = None if value is None else str(value)
     return None if value is None or value.startswith("${") else value  # "${...}": built outside a fairseq config
