@@ -1,10 +1,14 @@
-"""The carried state: windows joined by it behave exactly like one long window."""
+"""The carried state: windows joined by it behave exactly like one long window; who writes it; validation
+and AMP retries leave the training streams' state as it was."""
 import types
 
+import numpy as np
 import pytest
 import torch
 from fairseq.data import Dictionary
 
+from helpers import USER_DIR, assert_same_weights, build_model, fairseq, train_args, train_inner
+from fairseq_dni.data.stream_windows import StreamWindows
 from fairseq_dni.models.dni_lstm_lm import DNILSTMLanguageModel, DNILSTMLMConfig
 
 
@@ -78,3 +82,73 @@ def test_adaptive_softmax_scores_every_token():
     tokens = torch.randint(4, vocab, (2, 5))
     lp = log_probs(model, tokens, state_key="s", reset_state=True)
     torch.testing.assert_close(lp.exp().sum(-1), torch.ones(2, 5, dtype=lp.dtype), rtol=0, atol=1e-10)
+
+
+def test_validation_mid_epoch_does_not_disturb_the_training_streams(tiny_data, tmp_path):
+    """Validating every 7 updates (its own streams, its own carried state) changes no weight."""
+    fairseq("fairseq-train", *train_args(tiny_data, tmp_path / "plain", "--max-epoch", "1"))
+    out = fairseq("fairseq-train", *train_args(tiny_data, tmp_path / "val", "--max-epoch", "1",
+                                               "--validate-interval-updates", "7"))
+    assert out.count('"valid_loss"') > 5
+    assert_same_weights(tmp_path / "plain" / "checkpoint_last.pt", tmp_path / "val" / "checkpoint_last.pt")
+
+
+def test_stock_task_with_our_arch_trains_statelessly(tiny_data, tmp_path):
+    """fairseq's language_modeling task gives no state_key: every window starts from zeros and nothing is
+    carried, so the checkpoint carries no state."""
+    out = fairseq("fairseq-train", tiny_data, "--user-dir", USER_DIR, "--task", "language_modeling",
+                  "--arch", "dni_lstm_lm_small", "--decoder-embed-dim", "16", "--decoder-hidden-size", "16",
+                  "--tokens-per-sample", "8", "--batch-size", "4", "--optimizer", "adam", "--lr", "0.01",
+                  "--max-update", "3", "--save-dir", tmp_path, "--cpu", "--num-workers", "0",
+                  "--log-format", "json", "--log-interval", "1")
+    assert len(train_inner(out)) == 3
+    model = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu", weights_only=True)["model"]
+    assert model["decoder.carried._extra_state"] == {"train": None}
+
+
+def test_an_update_run_again_after_an_amp_overflow_starts_from_the_same_carried_state():
+    """fairseq's --amp retries an overflowed update by running its window again (reseeded); the
+    carried LSTM state and the synthesizer's carry (coordinate-wise: its own state, its last call,
+    the pending pair) must be those of the update's start, so the retry computes exactly the same."""
+    from fairseq import options
+    from fairseq.data import Dictionary
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    from fairseq_dni.criterions.dni_cross_entropy import DNICrossEntropyConfig, DNICrossEntropyCriterion
+    from fairseq_dni.models.dni_lstm_lm import DNILSTMLMConfig
+    from fairseq_dni.optim.alternating import AlternatingOptimizer
+    from fairseq_dni.tasks.dni_language_modeling import DNILanguageModelingConfig, DNILanguageModelingTask
+
+    dictionary = Dictionary()
+    for i in range(20):
+        dictionary.add_symbol(f"w{i}")
+    tokens = np.random.RandomState(1).randint(4, len(dictionary), size=300)
+    windows = StreamWindows(tokens, 3, 6, dictionary.pad(), dictionary.eos(), state_key="train")
+    samples = [windows.collater([windows[i]]) for i in range(4)]
+    opt_cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), [
+        "unused", "--task", "language_modeling", "--arch", "lstm_lm", "--optimizer", "alternating", "--lr", "0.01",
+        "--dni-lr", "0.01", "--cpu"])).optimizer
+
+    def run(schedule):
+        torch.manual_seed(0)
+        task = DNILanguageModelingTask(DNILanguageModelingConfig(), dictionary)
+        model = build_model(task, DNILSTMLMConfig(decoder_embed_dim=4, decoder_hidden_size=5, dropout=0.0))
+        criterion = DNICrossEntropyCriterion(task, DNICrossEntropyConfig(
+            dni_synthesizer="coordinatewise", dni_synthesizer_hidden=3, sentence_avg=False))
+        optimizer = AlternatingOptimizer(opt_cfg, list(model.parameters()) + list(criterion.parameters()))
+        losses = []
+        for k, (update, window) in enumerate(schedule):
+            torch.manual_seed(100 + update)  # fairseq reseeds every update (retries included)
+            optimizer.zero_grad()
+            loss, _, _ = task.train_step(samples[window], model, criterion, optimizer, update)
+            losses.append(float(loss))
+            if (update, window) not in schedule[k + 1:]:  # the overflowed try takes no step
+                optimizer.step()
+        return losses, model.decoder.carried.peek("train"), criterion.carried.peek("train")
+
+    plain = run([(0, 0), (1, 1), (2, 2), (3, 3)])
+    retried = run([(0, 0), (1, 1), (2, 2), (2, 2), (3, 3)])  # update 2 run again, then stepped once
+    assert retried[0][2] == retried[0][3] == plain[0][2] and retried[0][4] == plain[0][3]
+    for a, b in zip(plain[1], retried[1]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(plain[2].own_state, retried[2].own_state, rtol=0, atol=0)

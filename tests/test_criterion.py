@@ -4,13 +4,31 @@ Every training window goes through fairseq_dni.step.train_window (the task's tra
 forward from the carried state made a leaf, (scaled) backward, the criterion's end_window. These
 tests run it in float64 on a tiny LSTM (no optimizer step unless stated).
 """
+import os
+import re
 import types
 
 import pytest
 import torch
+import torch.nn.functional as F
 from fairseq.data import Dictionary
 
-from helpers import build_dni, run_window
+from helpers import (
+    DNI,
+    USER_DIR,
+    awd_config,
+    awd_windows,
+    build_awd,
+    build_dni,
+    fairseq,
+    params,
+    run_window,
+    same_lm,
+    train_args,
+    train_inner,
+)
+from fairseq_dni.criterions.dni_cross_entropy import DNICrossEntropyConfig, DNICrossEntropyCriterion
+from reference_lm import perplexity
 from fairseq_dni.carried_state import StateLayout
 from fairseq_dni.data.stream_windows import StreamWindows
 
@@ -287,3 +305,98 @@ def test_relative_loss_is_the_error_over_the_zero_predictors_error():
     # a fresh synthesizer predicts exactly zero: its error is the zero predictor's
     assert pending_free["dni_mse"] == pytest.approx(float(pending_free["dni_zero_mse"]), rel=1e-12)
     assert pending_free["dni_zero_mse"] > 0
+
+
+def test_dni_oracle_equals_full_bptt_with_unequal_widths_and_ar_tar():
+    """Layers 6/6/4 (tied 4-d embedding), AR and TAR on: injecting the exact future gradient at the
+    window's end through the criterion gives full BPTT's gradient over two windows."""
+    task, model = build_awd(awd_config())
+    model.train()
+    criterion = DNICrossEntropyCriterion(task, DNICrossEntropyConfig(
+        dni_scale=1.0, alpha=2.0, beta=1.0, sentence_avg=False)).double().train()
+    layout = model.decoder.state_layout
+    assert layout.layer_sizes == (6, 6, 4) and not layout.stacked and layout.dim == 32
+    samples = awd_windows()
+
+    def objective(sample, state):
+        """One window's loss from ``state`` in the criterion's units, written out here."""
+        logits, extra = model(sample["net_input"]["src_tokens"], start_state=state)
+        raw, dropped = extra["raw_output"], extra["dropped_output"]
+        n = sample["ntokens"]
+        lprobs = model.get_normalized_probs((logits, extra), log_probs=True)  # as the criterion (float32)
+        lm = F.nll_loss(lprobs.view(-1, lprobs.size(-1)), sample["target"].view(-1), reduction="sum")
+        return lm + n * (2.0 * dropped.pow(2).mean() + 1.0 * (raw[:, 1:] - raw[:, :-1]).pow(2).mean()), extra
+
+    s0 = model.decoder.zero_state(3)
+    l1, e1 = objective(samples[0], s0)
+    l2, _ = objective(samples[1], e1["final_state"])
+    params = list(model.parameters())
+    full = torch.autograd.grad(l1 + l2, params)
+    s1 = tuple(tuple(t.detach().requires_grad_(True) for t in pair) for pair in e1["final_state"])
+    leaves = [t for pair in s1 for t in pair]
+    oracle = layout.flatten(tuple(zip(*[iter(torch.autograd.grad(objective(samples[1], s1)[0], leaves))] * 2)))
+    criterion.synthesize = lambda state, condition, own_state: (oracle, None)
+    grads = []
+    for w, mode in ((0, "synthetic"), (1, "real")):
+        for p in params:
+            p.grad = None
+        run_window(model, criterion, samples[w], mode)
+        grads.append([p.grad.clone() for p in params])
+    error = sum(((g1 + g2 - f) ** 2).sum() for g1, g2, f in zip(*grads, full)).sqrt()
+    assert (error / sum((f ** 2).sum() for f in full).sqrt()).item() < 1e-8
+
+
+def test_fresh_synthesizer_trains_like_real_mode_until_it_has_learned(tiny_data, tmp_path):
+    """The synthesizer's last layer starts at zero and first regresses at window 3, so the
+    first 3 updates are the same in synthetic mode, real mode and plain cross_entropy."""
+    runs = {}
+    for name, extra in [("ce", ["--criterion", "cross_entropy", "--optimizer", "alternating"]),
+                        ("real", DNI + ["--dni-mode", "real"]),
+                        ("syn", DNI + ["--dni-mode", "synthetic"])]:
+        for updates in (3, 30):
+            save = tmp_path / f"{name}{updates}"
+            fairseq("fairseq-train", *train_args(tiny_data, save, "--max-update", updates, *extra))
+            runs[name, updates] = params(save / "checkpoint_last.pt")
+    assert same_lm(runs["ce", 3], runs["real", 3]) and same_lm(runs["real", 3], runs["syn", 3])
+    assert same_lm(runs["ce", 30], runs["real", 30])       # real mode never injects
+    assert not same_lm(runs["real", 30], runs["syn", 30])  # synthetic mode does, once M has learned
+    # the synthesizer is trained in both modes and lives in the criterion, not in the LM
+    assert runs["real", 30]["criterion"]["synthesizer.net.2.weight"].abs().sum() > 0
+    assert not any(k.startswith("synthesizer") for k in runs["syn", 30]["model"])
+
+
+def test_real_mode_is_plain_tbptt_even_with_clipping(tiny_data, tmp_path):
+    """dni_cross_entropy in real mode leaves the LM's update exactly as plain cross_entropy with the
+    same optimizer: same logged gradient norm at every update, bitwise the same weights."""
+    common = ["--optimizer", "alternating", "--base-optimizer", "adam", "--clip-norm", "0.05", "--max-update", "30"]
+    ce = train_inner(fairseq("fairseq-train", *train_args(tiny_data, tmp_path / "ce", *common,
+                                                         "--criterion", "cross_entropy")))
+    real = train_inner(fairseq("fairseq-train", *train_args(tiny_data, tmp_path / "real", *common, *DNI,
+                                                           "--dni-mode", "real", "--dni-lr", "0.01")))
+    assert [r["gnorm"] for r in ce] == [r["gnorm"] for r in real]
+    assert [r["loss"] for r in ce] == [r["loss"] for r in real] and len(real) == 30
+    assert float(real[-1]["dni_loss"]) > 0  # the synthesizer did train meanwhile
+    assert same_lm(params(tmp_path / "ce" / "checkpoint_last.pt"), params(tmp_path / "real" / "checkpoint_last.pt"))
+
+
+def test_synthetic_run_logs_synthesizer_quality_and_scores_with_eval_lm(tiny_data, tmp_path):
+    """A conditioned synthetic run through fairseq-train (--update-freq 2): every interval is logged as
+    synthetic, finite, with a cosine in [-1, 1] and a regression error; its checkpoint stays a plain LSTM
+    LM, which eval-lm scores exactly as a plain PyTorch loop does."""
+    out = fairseq("fairseq-train", *train_args(tiny_data, tmp_path, "--max-epoch", "2", "--update-freq", "2",
+                                               "--log-interval", "10", *DNI, "--dni-condition-on-next-input", "--dni-condition-on-next-target"))
+    logs = train_inner(out)
+    assert len(logs) >= 3
+    for row in logs:
+        assert float(row["dni_synthetic"]) == 1 and float(row["dni_nonfinite"]) == 0
+        assert -1 <= float(row["dni_cos"]) <= 1 and float(row["dni_loss"]) > 0 and float(row["state_norm"]) > 0
+        assert float(row["dni_pred_norm"]) >= 0 and float(row["dni_target_norm"]) > 0 and float(row["dni_rel_loss"]) > 0
+    checkpoint = tmp_path / "checkpoint_last.pt"
+    scored = fairseq("fairseq-eval-lm", tiny_data, "--user-dir", USER_DIR, "--task", "dni_language_modeling",
+                     "--path", checkpoint, "--batch-size", "1", "--tokens-per-sample", "9",
+                     "--cpu", "--num-workers", "0")
+    assert "Evaluated 257 tokens" in scored
+    loss = float(re.search(r"Loss \(base 2\): ([\d.]+)", scored).group(1))
+    text = os.path.join(os.path.dirname(tiny_data), "text", "test.txt")
+    count, reference_loss, _ = perplexity(checkpoint, os.path.join(tiny_data, "dict.txt"), text)
+    assert count == 257 and loss == pytest.approx(reference_loss, abs=6e-5)  # eval-lm prints 4 decimals

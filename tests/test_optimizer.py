@@ -1,4 +1,5 @@
-"""--optimizer alternating under fairseq's fp16 / bf16 / AMP wrappers (CPU stand-ins).
+"""--optimizer alternating: its two parts, under fairseq's fp16 / bf16 / AMP wrappers (CPU stand-ins), and
+what it refuses (another base optimizer on resume; a stock optimizer with dni_cross_entropy).
 
 The wrappers are built the way fairseq's trainer builds them; only the parts that need CUDA
 (flat fp16 master weights, fp16 kernels) cannot run here.
@@ -11,6 +12,7 @@ from fairseq.optim.amp_optimizer import AMPOptimizer
 from fairseq.optim.fp16_optimizer import FP16Optimizer, MemoryEfficientFP16Optimizer
 
 import fairseq_dni  # noqa: F401  (registers --optimizer alternating)
+from helpers import alternating_args, fairseq, run_alternating, train_args, train_inner
 from fairseq_dni.optim.alternating import (
     AlternatingOptimizer,
     Clock,
@@ -135,3 +137,30 @@ def test_every_base_optimizer_change_is_refused_on_load():
                                                  rf"\(--reset-optimizer\). The checkpoint's --base-optimizer is "
                                                  f"{saved}, this run's is {current}"):
                 states[current].load_state_dict(states[saved].state_dict())
+
+
+@pytest.mark.parametrize("before,after", [("adam", "sgd"), ("sgd", "nag")])  # a KeyError; silently plain SGD
+def test_resuming_with_another_base_optimizer_says_reset_the_optimizer(tiny_data, tmp_path, before, after):
+    """fairseq compares only the optimizer's class (here always 'alternating'); we compare the base
+    optimizers, and say it as fairseq does, in one line, before any update."""
+    short = ("--lr-period-updates", "3", "--warmup-updates", "0")  # a cycle that fits the 3 updates
+    run_alternating(tiny_data, tmp_path, "--max-update", "3", "--base-optimizer", before, *short)
+    out = fairseq("fairseq-train", *alternating_args(tiny_data, tmp_path, "--max-update", "6",
+                                                     "--base-optimizer", after, *short), check=False)
+    assert ("fairseq-dni: error: Optimizer does not match; please reset the optimizer (--reset-optimizer). "
+            f"The checkpoint's --base-optimizer is {before}, this run's is {after}") in out
+    assert "Traceback" not in out
+    if before == "adam":  # the way out fairseq names works (it also restarts the update count)
+        resumed = fairseq("fairseq-train", *alternating_args(tiny_data, tmp_path, "--max-update", "6",
+                                                             "--base-optimizer", after, "--reset-optimizer", *short))
+        assert "Loaded checkpoint" in resumed and len(train_inner(resumed)) == 6
+
+
+def test_a_stock_optimizer_with_the_dni_criterion_is_refused_in_one_line(tiny_data, tmp_path):
+    """With --optimizer adam the synthesizer's gradient would enter the LM's clipped norm (and its
+    optimizer): refused before the first update, nothing written."""
+    out = fairseq("fairseq-train", *train_args(tiny_data, tmp_path, "--criterion", "dni_cross_entropy",
+                                               "--clip-norm", "0.05", "--max-update", "3"),
+                  check=False)
+    assert "fairseq-dni: error: --criterion dni_cross_entropy trains its synthesizer with its own optimizer" in out
+    assert "Traceback" not in out and not list(tmp_path.glob("*.pt"))

@@ -1,6 +1,8 @@
-"""A training run killed with SIGKILL mid-epoch, restarted with the same command, continues as if
+"""Resume. A training run killed with SIGKILL mid-epoch, restarted with the same command, continues as if
 nothing happened: same mode, learning rate, synthesizer (and its own recurrent state), stream
-position and losses; with one rank and with two."""
+position and losses; with one rank and with two. A resume mid-cycle equals the uninterrupted run; a
+resume with another stream layout continues at the same token position or restarts the epoch, and
+says so; checkpoints load under torch's safe unpickler."""
 import os
 import re
 import signal
@@ -8,7 +10,23 @@ import subprocess
 
 import pytest
 
-from helpers import BIN, assert_same_weights, fairseq, launch_ranks, start_ranks, train_args, train_inner
+import numpy as np
+import torch
+
+from helpers import (
+    BIN,
+    assert_same_weights,
+    fairseq,
+    launch_ranks,
+    run_alternating,
+    run_alternating_two_ranks,
+    start_ranks,
+    train_args,
+    train_inner,
+)
+from fairseq_dni.data.stream_windows import StreamWindows
+
+PAD, EOS = 1, 2
 
 ALTERNATING = [
     "--criterion", "dni_cross_entropy", "--optimizer", "alternating", "--dni-lr", "0.003",
@@ -80,3 +98,108 @@ def test_sigkill_then_same_command_resumes_exactly(tiny_data, tmp_path, synthesi
         assert len({row["wpb"] for row in resumed.values()}) > 3
     assert_same_weights(tmp_path / "whole" / "checkpoint_last.pt", tmp_path / "killed" / "checkpoint_last.pt",
                         parts=("model", "criterion"))
+
+
+def resumed_rows(tiny_data, save, first_updates, *changed):
+    """Train ``first_updates`` windows of 4 streams x 5 tokens, then resume for 3 more with ``changed``."""
+    base = ["--tokens-per-sample", "5", "--save-interval-updates", "1000", "--no-epoch-checkpoints"]
+    fairseq("fairseq-train", *train_args(tiny_data, save, *base, "--max-update", first_updates))
+    out = fairseq("fairseq-train", *train_args(tiny_data, save, *base, "--max-update", first_updates + 3, *changed))
+    return out, train_inner(out)
+
+
+def test_resume_with_a_longer_window_continues_at_the_same_token_position(tiny_data, tmp_path):
+    """6 windows of 5 tokens = 30 tokens into every stream = the start of window 3 of 10 tokens."""
+    out, rows = resumed_rows(tiny_data, tmp_path, 6, "--tokens-per-sample", "10")
+    assert "resuming 30 tokens into each of the 4 streams: window 3 of the new layout (was window 6)" in out
+    windows = len(StreamWindows(np.zeros(2233), 4, 10, PAD, EOS))
+    # fairseq logs the fraction of the epoch done: windows 3, 4, 5 of the new layout ran
+    assert [round(float(r["update"]) * windows) for r in rows] == [4, 5, 6]
+
+
+@pytest.mark.parametrize("first_updates,changed,layout", [
+    (6, ["--batch-size", "8"], "8 streams of 5-token windows"),     # other streams: other corpus positions
+    (7, ["--tokens-per-sample", "10"], "4 streams of 10-token windows"),  # 35 tokens: no window starts there
+])
+def test_resume_with_another_layout_restarts_the_epoch_and_says_why(tiny_data, tmp_path, first_updates, changed,
+                                                                     layout):
+    out, rows = resumed_rows(tiny_data, tmp_path, first_updates, *changed)
+    line = [l for l in out.splitlines() if "no window starts at that position" in l]
+    assert len(line) == 1 and f"stopped {first_updates * 5} tokens into each of 4 streams (5-token windows)" in line[0]
+    assert f"this run reads {layout}" in line[0] and "epoch 1 restarts from its first window" in line[0]
+    windows = len(StreamWindows(np.zeros(2233), int(layout.split()[0]), int(layout.split()[3].split("-")[0]), PAD, EOS))
+    assert [round(float(r["update"]) * windows) for r in rows] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("runner", [run_alternating, run_alternating_two_ranks], ids=["one-rank", "two-ranks"])
+def test_resume_mid_cycle_matches_the_uninterrupted_run(tiny_data, tmp_path, runner):
+    """Stopped at update 26 (mid-epoch, mid-cycle, in real mode), resumed to 45: the same logged
+    losses, learning rates, modes and synthesizer losses, and bitwise the same final weights.
+    With two ranks, every rank's carried state and pending regression pair travel in rank 0's
+    checkpoint."""
+    common = ["--save-interval-updates", "13", "--no-epoch-checkpoints"]
+    whole = train_inner(runner(tiny_data, tmp_path / "whole", "--max-update", "45", *common))
+    runner(tiny_data, tmp_path / "split", "--max-update", "26", *common)
+    resumed = train_inner(runner(tiny_data, tmp_path / "split", "--max-update", "45", *common))
+    assert [int(r["num_updates"]) for r in resumed] == list(range(27, 46))
+    for a, b in zip(whole[26:], resumed):
+        for key in ("loss", "lr", "dni_synthetic", "dni_loss", "gnorm"):
+            assert a[key] == b[key], (a["num_updates"], key, a[key], b[key])
+    assert_same_weights(tmp_path / "whole" / "checkpoint_last.pt", tmp_path / "split" / "checkpoint_last.pt",
+                        parts=("model", "criterion"))
+
+
+class Payload:
+    """Unpickling this would run code (it writes a marker file)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_checkpoints_load_with_torch_safe_unpickler_and_code_is_refused(tiny_checkpoint, tmp_path):
+    # our checkpoints load under torch's restricted unpickler, unchanged
+    state = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    assert "decoder.lstm.weight_hh_l0" in state["model"]
+    # a checkpoint that would execute code is refused by fairseq's own loader
+    marker = tmp_path / "pwned"
+    evil = dict(state, extra_state={"x": Payload(marker)})
+    torch.save(evil, tmp_path / "evil.pt")
+    script = (
+        "import sys, fairseq_dni\n"
+        "from fairseq import checkpoint_utils\n"
+        f"checkpoint_utils.load_checkpoint_to_cpu({str(tmp_path / 'evil.pt')!r})\n"
+    )
+    proc = subprocess.run([os.path.join(BIN, "python"), "-c", script], capture_output=True, text=True)
+    assert proc.returncode != 0 and "UnpicklingError" in proc.stderr + proc.stdout
+    assert not marker.exists()
+
+
+def test_legacy_checkpoint_objects_load_only_through_the_allow_list(tiny_checkpoint, tmp_path):
+    """A fairseq checkpoint holding a legacy Namespace and numpy scalars loads safely with the plugin."""
+    import argparse
+
+    import numpy as np
+
+    state = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    state["extra_state"]["best"] = np.float64(state["extra_state"]["best"])
+    state["legacy_args"] = argparse.Namespace(arch="dni_lstm_lm_small")
+    torch.save(state, tmp_path / "legacy.pt")
+    script = (
+        "import sys\n"
+        "from fairseq import checkpoint_utils\n"
+        "path = sys.argv[1]\n"
+        "try:\n"
+        "    checkpoint_utils.load_checkpoint_to_cpu(path)\n"
+        "    print('LOADED-WITHOUT-PLUGIN')\n"
+        "except Exception as e:\n"
+        "    print('REFUSED-WITHOUT-PLUGIN')\n"
+        "import fairseq_dni\n"
+        "state = checkpoint_utils.load_checkpoint_to_cpu(path)\n"
+        "print('LOADED', state['legacy_args'].arch, float(state['extra_state']['best']))\n"
+    )
+    out = subprocess.run([os.path.join(BIN, "python"), "-c", script, str(tmp_path / "legacy.pt")],
+                         capture_output=True, text=True).stdout
+    assert "REFUSED-WITHOUT-PLUGIN" in out and "LOADED dni_lstm_lm_small" in out
