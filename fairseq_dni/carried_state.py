@@ -71,10 +71,12 @@ def to_plain(value):
 
 
 def from_plain(value, types: Dict[str, type]):
-    """Inverse of :func:`to_plain`; ``types`` maps dataclass names to classes."""
+    """Inverse of :func:`to_plain`; ``types`` maps dataclass names to classes. Fields the class no longer
+    has are dropped (e.g. ``future_target`` of checkpoints written while ``--dni-future-aux`` existed)."""
     if isinstance(value, dict) and "__dataclass__" in value:
         cls = types[value["__dataclass__"]]
-        return cls(**{k: from_plain(v, types) for k, v in value.items() if k != "__dataclass__"})
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: from_plain(v, types) for k, v in value.items() if k in names})
     if isinstance(value, (tuple, list)):
         return type(value)(from_plain(v, types) for v in value)
     if isinstance(value, dict):

@@ -152,3 +152,17 @@ def test_an_update_run_again_after_an_amp_overflow_starts_from_the_same_carried_
     for a, b in zip(plain[1], retried[1]):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     torch.testing.assert_close(plain[2].own_state, retried[2].own_state, rtol=0, atol=0)
+
+
+def test_a_checkpoint_field_this_version_dropped_is_ignored_on_load():
+    """Checkpoints written while --dni-future-aux existed carry a pending pair with ``future_target``;
+    they still resume (bitwise as before: the field was never read without that flag)."""
+    from fairseq_dni.carried_state import from_plain, to_plain
+    from fairseq_dni.criterions.dni_cross_entropy import PendingRegression, SynthesizerCall
+
+    call = SynthesizerCall(torch.ones(2, 3), None, None)
+    saved = to_plain(PendingRegression(call=call, target=torch.zeros(2, 3)))
+    saved["future_target"] = torch.full((2, 3), 7.0)
+    loaded = from_plain(saved, {"PendingRegression": PendingRegression, "SynthesizerCall": SynthesizerCall})
+    assert isinstance(loaded, PendingRegression) and torch.equal(loaded.call.inputs, call.inputs)
+    assert torch.equal(loaded.target, torch.zeros(2, 3))
