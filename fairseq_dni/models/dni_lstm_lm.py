@@ -2,11 +2,13 @@
 
 One ``torch.nn.LSTM`` call per window (cuDNN on GPU, one fused kernel per layer),
 not fairseq's per-time-step ``LSTMCell`` loop. The final (h, c) of a window is
-kept, detached, as the initial state of the next window of the same stream set
-(``state_key``: the task passes the split name, so a validation pass in the
-middle of an epoch never disturbs the training streams). ``reset_state`` (first
-window of a pass), a new batch shape, or no ``state_key`` at all (any stock
-fairseq task) start from zeros.
+kept (``decoder.carried``), detached, as the start state of the next window of the
+same stream set (``state_key``: the task passes the split name, so a validation
+pass in the middle of an epoch never disturbs the training streams). ``reset_state``
+(first window of a pass), a new batch shape, or no ``state_key`` at all (any stock
+fairseq task) start from zeros. Who writes the carry: the model itself when it read
+it (validation, eval-lm, the hub, any criterion but ``dni_cross_entropy``); the
+training step (``fairseq_dni/step.py``) when it handed the model a start state.
 
 AWD-LSTM (Merity et al. 2018, ``salesforce/awd-lstm-lm``; the regularisers live in
 ``fairseq_dni/modules/``): ``--weight-drop`` (DropConnect on the hidden-to-hidden weights,
