@@ -182,19 +182,19 @@ class CosineAlternatingSchedule(FairseqLRScheduler, WindowSchedule):
             self.period = 1000 if cfg.lr_period_updates is None else cfg.lr_period_updates
         check_schedule(self.period, cfg.t_mult, cfg.warmup_updates, cfg.lr_shrink,
                        cfg.restarts_per_switch, str(cfg.mode_schedule), str(cfg.first_mode), unit)
+        self.mode_schedule = str(cfg.mode_schedule)
+        alternating = find_alternating(optimizer)
+        if alternating is not None:
+            alternating.follow(self)  # first: a --dni-mode it contradicts is the mistake to name
         self.max_lr = cfg.lr[0]
         if self.max_lr < cfg.min_lr:
             raise DNIUserError(f"--lr ({self.max_lr}) must be >= --min-lr ({cfg.min_lr})")
         self.warmup_init_lr = cfg.min_lr if cfg.warmup_init_lr < 0 else cfg.warmup_init_lr
         self.real_first = self.check_units(cfg)
-        self.mode_schedule = str(cfg.mode_schedule)
-        alternating = find_alternating(optimizer)
-        if alternating is not None:
-            alternating.follow(self)
-        elif self.counts_epochs:
+        if alternating is None and self.counts_epochs:
             raise DNIUserError("--lr-period-epochs needs --optimizer alternating (with --base-optimizer adam|adamw|"
-                               "sgd|nag): the task hands the epoch clock to the schedule through it")
-        elif str(cfg.mode_schedule) != "real":
+                               "sgd|nag): it sets the learning rate of every window from the epoch clock")
+        if alternating is None and str(cfg.mode_schedule) != "real":
             logger.info("cosine_alternating: --optimizer %s trains no synthesizer, so --mode-schedule has no "
                         "effect (warm restarts only)", optimizer.__class__.__name__)
         if self.counts_epochs:
