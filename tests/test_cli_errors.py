@@ -114,9 +114,9 @@ EPOCH_SCHEDULE = ["--optimizer", "alternating", "--lr-scheduler", "cosine_altern
 ])
 def test_bad_awd_flags_are_one_line_and_write_nothing(tiny_data, tmp_path, flags, message):
     """Bad input through stock fairseq-train: one line each, no traceback, no checkpoint (one case per kind;
-    every rate and weight is refused in test_rates_outside_zero_one_are_refused /
+    every rate and weight is refused in test_awd.py's test_rates_outside_zero_one_are_refused /
     test_negative_ar_tar_weights_are_refused, every schedule in test_schedule.py, a window too short to
-    vary in test_resume_layout.py)."""
+    vary above)."""
     out = fairseq("fairseq-train", *awd_train_args(tiny_data, tmp_path / "ckpt", "--max-update", "2", *flags),
                   check=False)
     assert f"fairseq-dni: error: {message}" in out and "Traceback" not in out
