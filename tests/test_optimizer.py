@@ -164,3 +164,31 @@ def test_a_stock_optimizer_with_the_dni_criterion_is_refused_in_one_line(tiny_da
                   check=False)
     assert "fairseq-dni: error: --criterion dni_cross_entropy trains its synthesizer with its own optimizer" in out
     assert "Traceback" not in out and not list(tmp_path.glob("*.pt"))
+
+
+def test_the_optimizer_answers_each_windows_mode_and_sets_its_learning_rate():
+    """begin_window is the one place the task reads the mode: --dni-mode when no schedule decides (the rate
+    left alone), else the schedule's mode and rate at the clock (here the epoch clock, restated by hand:
+    cycles of 2 epochs, synthetic first, cosine from 0.5 to 0)."""
+    import math
+
+    from fairseq_dni.errors import DNIUserError
+
+    lm, synth = params()
+    fixed = AlternatingOptimizer(config("--dni-mode", "real").optimizer, lm + synth)
+    assert fixed.begin_window(Clock(7, 1.5)) == "real" and fixed.get_lr() == 0.5
+    assert AlternatingOptimizer(config().optimizer, lm + synth).begin_window(Clock(0, 0.0)) == "synthetic"
+
+    cfg = config("--lr-scheduler", "cosine_alternating", "--lr-period-epochs", "2", "--max-epoch", "6")
+    opt = AlternatingOptimizer(cfg.optimizer, lm + synth)
+    schedule = CosineAlternatingSchedule(cfg.lr_scheduler, opt)
+    assert opt.schedule is schedule
+    for epoch, mode in ((0.0, "synthetic"), (0.5, "synthetic"), (1.75, "synthetic"), (2.0, "real"), (3.5, "real"),
+                        (4.25, "synthetic")):
+        assert opt.begin_window(Clock(update=123, epoch=epoch)) == mode
+        assert opt.get_lr() == pytest.approx(0.25 * (1 + math.cos(math.pi * (epoch % 2) / 2)), abs=1e-15)
+
+    conflict = config("--dni-mode", "real", "--lr-scheduler", "cosine_alternating", "--lr-period-updates", "4")
+    with pytest.raises(DNIUserError, match="--dni-mode real disagrees with --lr-scheduler cosine_alternating "
+                                           "--mode-schedule alternate"):
+        CosineAlternatingSchedule(conflict.lr_scheduler, AlternatingOptimizer(conflict.optimizer, lm + synth))
