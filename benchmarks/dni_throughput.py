@@ -50,28 +50,28 @@ def carried_memory(streams=32, hidden=1024, layers=2, embed=512, cell="gru"):
     pending pair) for an LSTM of ``layers`` x ``hidden`` at ``streams`` streams, after three windows
     through the real criterion (a small vocabulary: the carried values do not depend on it)."""
     from fairseq.data import Dictionary
+    from omegaconf import OmegaConf
 
     from fairseq_dni.carried_state import tree_leaves
     from fairseq_dni.criterions.dni_cross_entropy import DNICrossEntropyConfig, DNICrossEntropyCriterion
     from fairseq_dni.data.stream_windows import StreamWindows
-    from fairseq_dni.models.dni_lstm_lm import DNILSTMLanguageModel, DNILSTMLMConfig
+    from fairseq_dni.models.dni_lstm_lm import DNILSTMLMConfig
+    from fairseq_dni.step import Backward, train_window
     from fairseq_dni.tasks.dni_language_modeling import DNILanguageModelingConfig, DNILanguageModelingTask
 
     dictionary = Dictionary()
     for i in range(50):
         dictionary.add_symbol(f"w{i}")
     task = DNILanguageModelingTask(DNILanguageModelingConfig(), dictionary)
-    model = DNILSTMLanguageModel.build_model(DNILSTMLMConfig(
-        decoder_embed_dim=embed, decoder_hidden_size=hidden, decoder_layers=layers, dropout=0.0), task)
-    task.recurrent = model.decoder.recurrent_interface()
+    model = task.build_model(OmegaConf.structured(DNILSTMLMConfig(
+        _name="dni_lstm_lm", decoder_embed_dim=embed, decoder_hidden_size=hidden, decoder_layers=layers,
+        dropout=0.0)))
     criterion = DNICrossEntropyCriterion(task, DNICrossEntropyConfig(
         dni_synthesizer="coordinatewise", dni_synthesizer_cell=cell, sentence_avg=False))
     tokens = torch.randint(4, len(dictionary), (streams * 8 * 3,)).numpy()
     windows = StreamWindows(tokens, streams, 8, dictionary.pad(), dictionary.eos(), state_key="train")
     for i in range(3):
-        loss, _, _ = criterion(model, windows.collater([windows[i]]))
-        loss.backward()
-        criterion.after_backward()
+        train_window(model, criterion, windows.collater([windows[i]]), Backward(), mode="synthetic")
     carry = criterion.carried.peek("train")
     total = sum(t.numel() * t.element_size() for t in tree_leaves(carry))
     own = sum(t.numel() * t.element_size() for t in tree_leaves(carry.own_state))
@@ -90,7 +90,7 @@ def synthesizer_window(cell, streams, dim, compiled=False):
     torch.nn.init.normal_(synth.decoder.weight, std=0.1)   # a trained-like last layer (zero-init at the start)
     adam = torch.optim.Adam(synth.parameters(), lr=1e-3, fused=True)
     forward = torch.compile(synth, dynamic=False) if compiled else synth
-    state = {"own": synth.initial_state(torch.zeros(streams, dim)), "previous": None}
+    state = {"own": synth.initial_own_state(torch.zeros(streams, dim)), "previous": None}
 
     def window():
         inputs = synth.perturb(torch.randn(streams, dim))

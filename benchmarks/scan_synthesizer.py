@@ -66,7 +66,7 @@ def one(spec):
         synth = build_synthesizer("scan", layout, init="paper").train().to(device)
         adam = torch.optim.Adam(synth.parameters(), lr=1e-3)
         streams = spec["streams"]
-        state = {"own": synth.initial_state(torch.zeros(streams, layout.dim, device=device)), "calls": []}
+        state = {"own": synth.initial_own_state(torch.zeros(streams, layout.dim, device=device)), "calls": []}
 
         def step():
             inputs = synth.perturb(torch.randn(streams, layout.dim, device=device))

@@ -71,10 +71,12 @@ def to_plain(value):
 
 
 def from_plain(value, types: Dict[str, type]):
-    """Inverse of :func:`to_plain`; ``types`` maps dataclass names to classes."""
+    """Inverse of :func:`to_plain`; ``types`` maps dataclass names to classes. Fields the class no longer
+    has are dropped (e.g. ``future_target`` of checkpoints written while ``--dni-future-aux`` existed)."""
     if isinstance(value, dict) and "__dataclass__" in value:
         cls = types[value["__dataclass__"]]
-        return cls(**{k: from_plain(v, types) for k, v in value.items() if k != "__dataclass__"})
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: from_plain(v, types) for k, v in value.items() if k in names})
     if isinstance(value, (tuple, list)):
         return type(value)(from_plain(v, types) for v in value)
     if isinstance(value, dict):
@@ -137,6 +139,18 @@ class StateLayout:
 
     def batch_size(self, state) -> int:
         return tree_leaves(state)[0].size(1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """What a DNI criterion knows of the model it trains (the model's ``model_spec()`` makes it, the task
+    keeps it for the criterion, which fairseq builds after the model): the carried state's layout, and the
+    sizes of what the synthesizer may be conditioned on."""
+
+    layout: StateLayout   # the carried state's layout and flat size D
+    embed_dim: int        # size of a token's input embedding (--dni-condition-on-next-input)
+    label_dim: int        # size of a token's label vector: its output-layer row (the embedding with adaptive softmax)
+    adaptive_softmax: bool = False  # the output layer is an adaptive softmax (only some criteria can train it)
 
 
 # ---- the carried values ---------------------------------------------------------------------------

@@ -44,12 +44,12 @@ def synthetic_gradient_term(final_state_flat: torch.Tensor, synthetic_grad: torc
     return (final_state_flat * (scale * synthetic_grad).detach()).sum()
 
 
-def bootstrapped_target(initial_state_grad_flat: torch.Tensor, loss_scale: float = 1.0) -> torch.Tensor:
+def bootstrapped_target(start_state_grad_flat: torch.Tensor, loss_scale: float = 1.0) -> torch.Tensor:
     """The synthesizer's target from the gradient that reached the next window's initial state.
 
     ``loss_scale`` undoes fp16/AMP loss scaling (the target must be the unscaled gradient).
     """
-    return initial_state_grad_flat.detach().float() / loss_scale
+    return start_state_grad_flat.detach().float() / loss_scale
 
 
 def synthesizer_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

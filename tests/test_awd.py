@@ -11,50 +11,17 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from fairseq.data import Dictionary
 
-from helpers import USER_DIR, fairseq
+from helpers import AWD_VOCAB as VOCAB
+from helpers import USER_DIR, awd_config, awd_train_args, fairseq, run_window
+from helpers import awd_windows as windows
+from helpers import build_awd as build
 from fairseq_dni.criterions.dni_cross_entropy import DNICrossEntropyConfig, DNICrossEntropyCriterion
 from fairseq_dni.criterions.lm_cross_entropy import LMCrossEntropyConfig, LMCrossEntropyCriterion
-from fairseq_dni.data.stream_windows import StreamWindows
 from fairseq_dni.errors import DNIUserError
-from fairseq_dni.models.dni_lstm_lm import DNILSTMLanguageModel, DNILSTMLMConfig
+from fairseq_dni.models.dni_lstm_lm import DNILSTMLMConfig
 from fairseq_dni.modules import LockedDropout, WeightDropLSTM
-from fairseq_dni.tasks.dni_language_modeling import DNILanguageModelingConfig, DNILanguageModelingTask
 from reference_lm import perplexity
-
-VOCAB = 24
-
-
-def dictionary():
-    d = Dictionary()
-    for i in range(VOCAB):
-        d.add_symbol(f"w{i}")
-    return d
-
-
-def awd_config(**overrides):
-    """An AWD-shaped model at toy size: 3 layers 6/6/4, 4-d tied embedding, every regulariser off."""
-    values = dict(decoder_embed_dim=4, decoder_hidden_size=6, decoder_layers=3, share_decoder_input_output_embed=True,
-                  decoder_last_layer_out_dim=True, dropout=0.0)
-    values.update(overrides)
-    return DNILSTMLMConfig(**values)
-
-
-def build(cfg, seed=0):
-    """Our task and model as fairseq builds them, in float64."""
-    task = DNILanguageModelingTask(DNILanguageModelingConfig(), dictionary())
-    torch.manual_seed(seed)
-    model = DNILSTMLanguageModel.build_model(cfg, task).double()
-    task.recurrent = model.decoder.recurrent_interface()
-    return task, model
-
-
-def windows(bsz=3, length=5, tokens=200, key="train"):
-    d = dictionary()
-    ids = torch.randint(4, len(d), (tokens,), generator=torch.Generator().manual_seed(1)).numpy()
-    w = StreamWindows(ids, bsz, length, d.pad(), d.eos(), state_key=key)
-    return [w.collater([w[i]]) for i in range(len(w))]
 
 
 def reference_lstm(x, state, layers, masks=None):
@@ -215,11 +182,11 @@ def test_ar_and_tar_equal_a_hand_computation_in_the_loss_units_with_padding(crit
     if criterion_name == "lm_cross_entropy":
         criterion = LMCrossEntropyCriterion(task, LMCrossEntropyConfig(alpha=2.0, beta=1.0, sentence_avg=False))
     else:
-        criterion = DNICrossEntropyCriterion(task, DNICrossEntropyConfig(alpha=2.0, beta=1.0, sentence_avg=False,
-                                                                         dni_mode="real")).double()
+        criterion = DNICrossEntropyCriterion(task, DNICrossEntropyConfig(alpha=2.0, beta=1.0,
+                                                                         sentence_avg=False)).double()
     criterion.train()
     seen = record_outputs(model)
-    total, sample_size, log = criterion(model, sample)
+    total, sample_size, log = run_window(model, criterion, sample, mode="real")
     net_output = seen[-1]
     lprobs = model.get_normalized_probs(net_output, log_probs=True)
     lm = F.nll_loss(lprobs.view(-1, VOCAB + 4), sample["target"].view(-1), ignore_index=1, reduction="sum")
@@ -256,46 +223,6 @@ def test_after_fairseqs_division_the_objective_is_awds():
 
 
 # ---- the DNI oracle with unequal widths -------------------------------------------------------------
-def test_dni_oracle_equals_full_bptt_with_unequal_widths_and_ar_tar():
-    """Layers 6/6/4 (tied 4-d embedding), AR and TAR on: injecting the exact future gradient at the
-    window's end through the criterion gives full BPTT's gradient over two windows."""
-    task, model = build(awd_config())
-    model.train()
-    criterion = DNICrossEntropyCriterion(task, DNICrossEntropyConfig(
-        dni_mode="synthetic", dni_scale=1.0, alpha=2.0, beta=1.0, sentence_avg=False)).double().train()
-    layout = model.decoder.state_layout
-    assert layout.layer_sizes == (6, 6, 4) and not layout.stacked and layout.dim == 32
-    samples = windows()
-
-    def objective(sample, state):
-        """One window's loss from ``state`` in the criterion's units, written out here."""
-        logits, extra = model(sample["net_input"]["src_tokens"], initial_state=state)
-        raw, dropped = extra["raw_output"], extra["dropped_output"]
-        n = sample["ntokens"]
-        lprobs = model.get_normalized_probs((logits, extra), log_probs=True)  # as the criterion (float32)
-        lm = F.nll_loss(lprobs.view(-1, lprobs.size(-1)), sample["target"].view(-1), reduction="sum")
-        return lm + n * (2.0 * dropped.pow(2).mean() + 1.0 * (raw[:, 1:] - raw[:, :-1]).pow(2).mean()), extra
-
-    s0 = model.decoder.zero_state(3)
-    l1, e1 = objective(samples[0], s0)
-    l2, _ = objective(samples[1], e1["final_state"])
-    params = list(model.parameters())
-    full = torch.autograd.grad(l1 + l2, params)
-    s1 = tuple(tuple(t.detach().requires_grad_(True) for t in pair) for pair in e1["final_state"])
-    leaves = [t for pair in s1 for t in pair]
-    oracle = layout.flatten(tuple(zip(*[iter(torch.autograd.grad(objective(samples[1], s1)[0], leaves))] * 2)))
-    criterion.synthesize = lambda state, condition, own_state: (oracle, None)
-    grads = []
-    for w, mode in ((0, "synthetic"), (1, "real")):
-        for p in params:
-            p.grad = None
-        criterion.mode = mode
-        loss, _, _ = criterion(model, samples[w])
-        loss.backward()
-        criterion.after_backward()
-        grads.append([p.grad.clone() for p in params])
-    error = sum(((g1 + g2 - f) ** 2).sum() for g1, g2, f in zip(*grads, full)).sqrt()
-    assert (error / sum((f ** 2).sum() for f in full).sqrt()).item() < 1e-8
 
 
 # ---- shapes, state, incremental decoding ------------------------------------------------------------
@@ -305,7 +232,7 @@ def test_awd_shape_state_layout_and_incremental_decoding():
     decoder = model.decoder
     assert decoder.project_out is None and decoder.output_projection.weight is decoder.embed_tokens.weight
     assert [lstm.hidden_size for lstm in decoder.lstms] == [6, 6, 4]
-    assert decoder.recurrent_interface().layout.dim == 2 * (6 + 6 + 4)
+    assert decoder.model_spec().layout.dim == 2 * (6 + 6 + 4)
     tokens = windows(length=6)[0]["net_input"]["src_tokens"]
     whole = model(tokens)[0]
     cache, steps = {}, []
@@ -342,12 +269,6 @@ def test_negative_ar_tar_weights_are_refused(alpha, beta, message):
 
 
 # ---- end to end: fairseq-train, fairseq-eval-lm, the independent reference ---------------------------
-def awd_train_args(data, save_dir, *extra):
-    return [data, "--user-dir", USER_DIR, "--task", "dni_language_modeling", "--arch", "dni_awd_lstm_lm",
-            "--decoder-embed-dim", "8", "--decoder-hidden-size", "12", "--criterion", "lm_cross_entropy",
-            "--alpha", "2", "--beta", "1", "--tokens-per-sample", "7", "--batch-size", "4", "--optimizer", "adam",
-            "--lr", "0.01", "--save-dir", save_dir, "--cpu", "--num-workers", "0", "--seed", "1",
-            "--log-format", "json", "--log-interval", "1", "--no-progress-bar", *extra]
 
 
 def test_awd_model_trains_with_ar_tar_and_eval_lm_equals_a_plain_pytorch_loop(tiny_data, tmp_path):
@@ -365,27 +286,3 @@ def test_awd_model_trains_with_ar_tar_and_eval_lm_equals_a_plain_pytorch_loop(ti
     count, reference_loss, _ = perplexity(checkpoint, os.path.join(tiny_data, "dict.txt"), text)
     assert count == 257
     assert loss == pytest.approx(reference_loss, abs=6e-5)  # eval-lm prints 4 decimals
-
-
-EPOCH_SCHEDULE = ["--optimizer", "alternating", "--lr-scheduler", "cosine_alternating", "--max-epoch", "2"]
-
-
-@pytest.mark.parametrize("flags,message", [
-    (["--weight-drop", "1.0"], "--weight-drop must be in [0, 1), got 1.0"),
-    (["--alpha", "-2"], "--alpha (the weight of AR) must be >= 0, got -2.0"),
-    ([*EPOCH_SCHEDULE, "--lr-period-epochs", "1", "--lr-period-updates", "5"],
-     "give the cosine cycles in updates (--lr-period-updates) or in epochs (--lr-period-epochs), not both"),
-    ([*EPOCH_SCHEDULE, "--lr-period-epochs", "1", "--real-first-epochs", "2"],
-     "--real-first-epochs 2 covers the whole run (--max-epoch 2)"),
-    ([*EPOCH_SCHEDULE, "--lr-period-epochs", "5"],
-     "the first cosine cycle (5 epochs) is longer than the run (--max-epoch 2)"),
-])
-def test_bad_awd_flags_are_one_line_and_write_nothing(tiny_data, tmp_path, flags, message):
-    """Bad input through stock fairseq-train: one line each, no traceback, no checkpoint (one case per kind;
-    every rate and weight is refused in test_rates_outside_zero_one_are_refused /
-    test_negative_ar_tar_weights_are_refused, every schedule in test_schedule.py, a window too short to
-    vary in test_resume_layout.py)."""
-    out = fairseq("fairseq-train", *awd_train_args(tiny_data, tmp_path / "ckpt", "--max-update", "2", *flags),
-                  check=False)
-    assert f"fairseq-dni: error: {message}" in out and "Traceback" not in out
-    assert not (tmp_path / "ckpt").exists() or not any((tmp_path / "ckpt").iterdir())

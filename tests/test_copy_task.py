@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import REPO, USER_DIR, build_dni, fairseq
+from helpers import REPO, USER_DIR, build_dni, fairseq, run_window
 from fairseq_dni.data.stream_windows import StreamWindows
 from fairseq_dni.errors import DNIUserError
 from studies.copy_task import run as copy_task
@@ -89,23 +89,21 @@ def test_regression_target_is_the_gradient_of_the_scored_future_loss():
     torch.manual_seed(0)
     task, model, criterion = build_dni(
         dictionary, dict(decoder_embed_dim=5, decoder_hidden_size=6, decoder_layers=1, dropout=0.0),
-        dict(dni_mode="synthetic", dni_scale=0.5, sentence_avg=False))
-    flatten_state = task.recurrent.layout.flatten
+        dict(dni_scale=0.5, sentence_avg=False))
+    flatten_state = task.model_spec.layout.flatten
     torch.nn.init.normal_(criterion.synthesizer.net[-1].weight, std=0.3)
     windows = StreamWindows(tokens, 3, 4, dictionary.pad(), dictionary.eos(), state_key="train", unscored=unscored)
     samples = [windows.collater([windows[i]]) for i in range(2)]
     for sample in samples:  # what fairseq's train_step does, window by window
         held = model.decoder.carried.peek("train")
         start = tuple(s.clone() for s in (held if held is not None else model.decoder.zero_state(3)))
-        loss, _, _ = criterion(model, sample)
-        loss.backward()
-        criterion.after_backward()
+        run_window(model, criterion, sample)
     # reference for window 1: its loss summed over positions whose *corpus* token is scored
     positions, valid = windows.window_positions(1)
     corpus_targets = torch.from_numpy(tokens[positions].astype(np.int64))
     scored = torch.from_numpy(~np.isin(tokens[positions], unscored) & valid)
     leaf = tuple(s.detach().requires_grad_(True) for s in start)
-    out, extra = model(samples[1]["net_input"]["src_tokens"], initial_state=leaf)
+    out, extra = model(samples[1]["net_input"]["src_tokens"], start_state=leaf)
     logp = torch.log_softmax(out, -1).gather(-1, corpus_targets.unsqueeze(-1)).squeeze(-1)
     m = criterion.synthesizer(flatten_state(extra["final_state"]).detach(), None, None)[0].detach()
     ref = torch.autograd.grad(-(logp * scored).sum() + 0.5 * (flatten_state(extra["final_state"]) * m).sum(), leaf)
@@ -196,7 +194,7 @@ def tiny_masked_setup():
     torch.manual_seed(0)
     _, model, criterion = build_dni(
         dictionary, dict(decoder_embed_dim=3, decoder_hidden_size=4, decoder_layers=1, dropout=0.0),
-        dict(dni_mode="synthetic", sentence_avg=False), double=False)
+        dict(sentence_avg=False), double=False)
     torch.nn.init.normal_(criterion.synthesizer.net[-1].weight, std=0.3)
     # windows of 2: [a b] has no scored target, [a y] has one
     windows = StreamWindows(np.array([a, b, a, y] * 10), 1, 2, dictionary.pad(), dictionary.eos(),
@@ -211,9 +209,7 @@ def test_a_window_without_scored_targets_still_trains_the_synthesizer():
 
     model, criterion, samples = tiny_masked_setup()
     for sample in samples[:2]:
-        loss, _, _ = criterion(model, sample)
-        loss.backward()
-        criterion.after_backward()
+        run_window(model, criterion, sample)
     pending = criterion.pending()
     for p in criterion.parameters():
         p.grad = None
@@ -221,9 +217,8 @@ def test_a_window_without_scored_targets_still_trains_the_synthesizer():
     call = pending.call
     prediction, _ = criterion.synthesize(call.inputs, call.condition, call.own_state)
     want = torch.autograd.grad(synthesizer_loss(prediction, pending.target), list(criterion.synthesizer.parameters()))
-    loss, sample_size, _ = criterion(model, samples[2])
+    loss, sample_size, _ = run_window(model, criterion, samples[2])
     assert samples[2]["ntokens"] == 0
-    loss.backward()
     # fairseq's trainer then divides every gradient by (sample_size or 1.0)
     got = [p.grad / (sample_size or 1.0) for p in criterion.synthesizer.parameters()]
     for g, w in zip(got, want):

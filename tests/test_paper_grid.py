@@ -174,10 +174,10 @@ def test_every_arm_ends_at_the_bottom_of_a_cycle(corpus, arm, no_data):
     epochs = int(value(args, "--max-epoch"))
     assert sum(periods) == epochs == paper_grid.EPOCHS
     assert cycle_of(epochs, tuple(periods), 1)[1] == epochs   # a new cycle would start right after the run
-    sched, optimizer = schedule(*schedule_flags(args))
+    _, optimizer = schedule(*schedule_flags(args))
     rates = []
     for update in range(epochs * WINDOWS):
-        sched.set_clock(Clock(update=update, epoch=update / WINDOWS))
+        optimizer.begin_window(Clock(update=update, epoch=update / WINDOWS))
         rates.append(optimizer.get_lr())
     last_cycle = rates[(epochs - periods[-1]) * WINDOWS:]
     assert rates[-1] == min(last_cycle) < last_cycle[0] == 1.0   # the last update runs at the cycle's lowest rate
@@ -218,17 +218,17 @@ def test_each_epoch_has_the_papers_rate_and_mode_at_the_scaled_epoch(corpus, arm
     args = paper_grid.train_args(corpus, arm, 1, "/data/bin")
     assert "--lr-step-per-epoch" not in args   # 1-epoch cycles must anneal within the epoch
     reference = paper_epochs(5 * paper_grid.EPOCHS, **paper_arm(corpus, arm))
-    sched, optimizer = schedule(*schedule_flags(args))
+    _, optimizer = schedule(*schedule_flags(args))
     for k in range(paper_grid.EPOCHS):
         for j in range(WINDOWS):
             clock = Clock(update=k * WINDOWS + j, epoch=k + j / WINDOWS)
-            sched.set_clock(clock)
+            mode = optimizer.begin_window(clock)
             if j % (WINDOWS // 5) == 0:
                 lr, _ = reference[5 * k + j // (WINDOWS // 5)]
                 assert optimizer.get_lr() == pytest.approx(lr, abs=1e-12), (arm, k, j)
             if arm.startswith("bptt"):
                 continue   # no synthesizer: every update is real whatever the schedule's mode
-            assert sched.mode_at(clock) == reference[5 * k][1], (arm, k, j)
+            assert mode == reference[5 * k][1], (arm, k, j)
     if arm.startswith("bptt"):
         assert value(args, "--criterion") == "lm_cross_entropy" and not any(a.startswith("--dni") for a in args)
     else:
@@ -242,9 +242,9 @@ def test_the_one_cycle_baseline_is_one_cosine_over_the_run(no_data):
 
     args = paper_grid.train_args("ptb", "bptt-one-cycle", 1, "/data/bin")
     reference = paper_epochs(paper_grid.EPOCHS, restart_base=[paper_grid.EPOCHS])   # one cycle, restated
-    sched, optimizer = schedule(*schedule_flags(args))
+    _, optimizer = schedule(*schedule_flags(args))
     for k, (lr, _) in enumerate(reference):   # at every epoch's start: the paper's rate of that epoch
-        sched.set_clock(Clock(update=k * WINDOWS, epoch=k))
+        optimizer.begin_window(Clock(update=k * WINDOWS, epoch=k))
         assert optimizer.get_lr() == pytest.approx(lr, abs=1e-12)
 
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from helpers import USER_DIR, assert_same_weights, build_dni, fairseq, train_args, train_inner
+from helpers import USER_DIR, assert_same_weights, build_dni, fairseq, run_window, train_args, train_inner
 from fairseq_dni.carried_state import StateLayout
 from fairseq_dni.data.stream_windows import StreamWindows
 from fairseq_dni.modules.forget_mult import forget_mult, forget_mult_autograd, linear_scan
@@ -139,7 +139,7 @@ def test_scan_synthesizer_equals_the_papers_sequential_computation(layers, zoneo
     """Two consecutive calls (the second from the first's own state), values and gradients."""
     synth = random_synth(layers, zoneout, per_stream).train(training)
     batch = 3
-    own = synth.initial_state(torch.zeros(batch, D, dtype=torch.float64))
+    own = synth.initial_own_state(torch.zeros(batch, D, dtype=torch.float64))
     ref_own = own
     for call in range(2):
         state = torch.randn(batch, D, dtype=torch.float64, requires_grad=True)
@@ -177,7 +177,7 @@ def test_each_output_depends_on_exactly_the_scalars_before_it_across_streams():
         torch.nn.init.normal_(p, std=0.5)
     batch = 3
     state = torch.randn(batch, D, dtype=torch.float64)
-    own = synth.initial_state(state)
+    own = synth.initial_own_state(state)
     jac = jacobian(synth, state, own)
     counts = sorted((jac != 0).sum(dim=1).tolist())
     assert counts == list(range(1, batch * D + 1))
@@ -199,7 +199,7 @@ def test_per_stream_scan_keeps_each_stream_to_itself():
     synth = random_synth(per_stream=True).eval()
     batch = 3
     state = torch.randn(batch, D, dtype=torch.float64)
-    jac = jacobian(synth, state, synth.initial_state(state)).reshape(batch, D, batch, D)
+    jac = jacobian(synth, state, synth.initial_own_state(state)).reshape(batch, D, batch, D)
     for b in range(batch):
         for other in range(batch):
             assert bool(jac[b, :, other].any()) == (b == other)
@@ -209,7 +209,7 @@ def test_per_stream_scan_keeps_each_stream_to_itself():
 def test_zoneout_masks_replay_from_the_own_state_and_move_on():
     synth = random_synth(zoneout=0.1).train()
     state = torch.randn(2, D, dtype=torch.float64)
-    own = synth.initial_state(state)
+    own = synth.initial_own_state(state)
     first, new_own = synth(state, None, own)
     again, new_again = synth(state, None, own)
     assert torch.equal(first, again) and all(torch.equal(a, b) for a, b in zip(new_own, new_again))
@@ -233,8 +233,8 @@ def test_fresh_scan_synthesizer_predicts_zero_and_the_papers_init_does_not():
     state = torch.randn(4, D) * 10
     zero = build_synthesizer("scan", StateLayout(SIZES)).train()
     paper = build_synthesizer("scan", StateLayout(SIZES), init="paper").train()
-    assert torch.count_nonzero(zero(zero.perturb(state), None, zero.initial_state(state))[0]) == 0
-    assert torch.count_nonzero(paper(paper.perturb(state), None, paper.initial_state(state))[0]) == state.numel()
+    assert torch.count_nonzero(zero(zero.perturb(state), None, zero.initial_own_state(state))[0]) == 0
+    assert torch.count_nonzero(paper(paper.perturb(state), None, paper.initial_own_state(state))[0]) == state.numel()
     bound = paper.decoder.weight.abs().max()
     assert 0 < bound <= 0.1 and paper.encoder.weight.abs().max() <= 0.1 and not paper.decoder.bias.any()
 
@@ -257,7 +257,7 @@ def test_a_second_forward_before_the_first_backward_is_refused_not_silently_wron
     catch a second forward that overwrote them before the first's backward."""
     synth = build_synthesizer("scan", StateLayout(SIZES), init="paper").train()
     state = torch.randn(2, D)
-    own = synth.initial_state(state)
+    own = synth.initial_own_state(state)
     first, _ = synth(state, None, own)
     synth(state * 2, None, own)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
@@ -274,7 +274,7 @@ def test_a_state_of_another_width_is_refused():
 B, T, HIDDEN = 3, 5, 6
 
 
-def criterion_setup(mode="synthetic", scale=0.1, **dni):
+def criterion_setup(scale=0.1, **dni):
     from fairseq.data import Dictionary
     dictionary = Dictionary()
     for i in range(20):
@@ -282,7 +282,7 @@ def criterion_setup(mode="synthetic", scale=0.1, **dni):
     torch.manual_seed(0)
     _, model, criterion = build_dni(
         dictionary, dict(decoder_embed_dim=4, decoder_hidden_size=HIDDEN, decoder_layers=2, dropout=0.0),
-        dict(dni_mode=mode, dni_scale=scale, sentence_avg=False, dni_synthesizer="scan", **dni))
+        dict(dni_scale=scale, sentence_avg=False, dni_synthesizer="scan", **dni))
     model.train()
     criterion.train()
     tokens = torch.randint(4, len(dictionary), (200,), generator=torch.Generator().manual_seed(1)).numpy()
@@ -290,12 +290,10 @@ def criterion_setup(mode="synthetic", scale=0.1, **dni):
     return model, criterion, [windows.collater([windows[i]]) for i in range(len(windows))]
 
 
-def step(model, criterion, sample):
+def step(model, criterion, sample, mode="synthetic"):
     for p in list(model.parameters()) + list(criterion.parameters()):
         p.grad = None
-    loss, _, _ = criterion(model, sample)
-    loss.backward()
-    criterion.after_backward()
+    run_window(model, criterion, sample, mode)
     return [p.grad.clone() for p in model.parameters()]
 
 
@@ -327,7 +325,7 @@ def test_oracle_injection_through_the_criterion_equals_full_bptt():
     flatten = StateLayout((HIDDEN, HIDDEN)).flatten
 
     def lm_window(sample, state):
-        out, extra = model(sample["net_input"]["src_tokens"], initial_state=state)
+        out, extra = model(sample["net_input"]["src_tokens"], start_state=state)
         lp = model.get_normalized_probs((out, extra), log_probs=True)
         return torch.nn.functional.nll_loss(lp.view(-1, lp.size(-1)), sample["target"].view(-1), ignore_index=1,
                                             reduction="sum"), extra["final_state"]
@@ -340,8 +338,7 @@ def test_oracle_injection_through_the_criterion_equals_full_bptt():
     assert isinstance(criterion.synthesizer, ScanSynthesizer)
     criterion.synthesize = lambda state, condition, own_state: (oracle, None)
     g1 = step(model, criterion, samples[0])
-    criterion.mode = "real"
-    g2 = step(model, criterion, samples[1])
+    g2 = step(model, criterion, samples[1], mode="real")
     num = sum(((a + b - f) ** 2).sum() for a, b, f in zip(g1, g2, full)).sqrt()
     assert (num / sum((f ** 2).sum() for f in full).sqrt()).item() < 1e-8
 

@@ -1,16 +1,36 @@
-"""cosine_alternating: restart boundaries and modes against an independent reference."""
+"""cosine_alternating: restart boundaries, learning rates and modes against an independent reference, and
+through fairseq-train (the logged lr and dni_synthetic of every update)."""
 import math
 import re
 
+import numpy as np
 import pytest
+import torch
+
+from helpers import (
+    DNI,
+    LR,
+    MIN_LR,
+    PERIOD,
+    T_MULT,
+    USER_DIR,
+    WARMUP,
+    fairseq,
+    run_alternating,
+    run_alternating_two_ranks,
+    train_args,
+    train_inner,
+)
+from fairseq_dni.data.stream_windows import StreamWindows, window_boundaries
 
 from fairseq_dni.optim.lr_scheduler.cosine_alternating import (
     check_schedule,
     cycle_of,
     learning_rate,
     mode_at,
-    restart_updates,
 )
+
+PAD, EOS = 1, 2
 
 
 def reference(limit, period, t_mult, warmup):
@@ -32,19 +52,15 @@ SETTINGS = [(7, 1, 0), (7, 1, 3), (5, 2, 0), (5, 2, 4), (3, 3, 2), (100, 3, 0), 
 def test_every_update_falls_in_the_reference_cycle(period, t_mult, warmup):
     limit = 13000 if period == 100 else 2500
     expected = reference(limit, period, t_mult, warmup)
-    starts = []
     for u, (i, pos, length) in enumerate(expected):
         got_i, start, got_len = cycle_of(u, period, t_mult, warmup)
         assert got_i == i, (u, got_i, i)
         assert u - start == pos or (i == 0 and u == pos)
-        if pos == 0 and u > 0:
-            starts.append(u)
-    assert restart_updates(limit, period, t_mult, warmup) == starts
 
 
 def test_the_boundary_fairseq_cosine_gets_wrong():
     """period 100, t_mult 3: cycles start at 100, 400, 1300, 4000, 12100."""
-    assert restart_updates(13000, 100, 3) == [100, 400, 1300, 4000, 12100]
+    assert [u for u in range(1, 13000) if cycle_of(u, 100, 3)[1] == u] == [100, 400, 1300, 4000, 12100]
     assert cycle_of(12099, 100, 3)[0] == 4 and cycle_of(12100, 100, 3)[0] == 5
     # fairseq's own formula: i = floor(log(1 - t/P * (1 - t_mult), t_mult))
     fairseq_i = math.floor(math.log(1 - 12100 / 100 * (1 - 3), 3))
@@ -167,7 +183,7 @@ def schedule(*flags):
 @pytest.mark.parametrize("arm", list(PAPER_ARMS))
 @pytest.mark.parametrize("per_epoch", [True, False], ids=["paper-step-per-epoch", "annealed-within-epochs"])
 def test_paper_epoch_schedules_match_the_papers_training_loop(arm, per_epoch):
-    from fairseq_dni.optim.lr_scheduler.cosine_alternating import Clock
+    from fairseq_dni.optim.alternating import Clock
 
     paper, flags = PAPER_ARMS[arm]
     sched, optimizer = schedule(*flags, *(["--lr-step-per-epoch"] if per_epoch else []))
@@ -177,8 +193,7 @@ def test_paper_epoch_schedules_match_the_papers_training_loop(arm, per_epoch):
     for epoch, (lr, mode) in enumerate(reference, start=1):
         for j in range(windows):
             clock = Clock(update=update, epoch=epoch - 1 + j / windows)
-            sched.set_clock(clock)
-            assert sched.mode_at(clock) == mode, (arm, epoch, j)
+            assert optimizer.begin_window(clock) == mode, (arm, epoch, j)
             if per_epoch or j == 0:  # the paper holds each epoch's rate; we match it at the epoch's start
                 assert optimizer.get_lr() == pytest.approx(lr, abs=1e-12), (arm, epoch, j)
             elif paper.get("restart_lr", True):  # and anneal in between: between this epoch's rate and the next's
@@ -222,3 +237,89 @@ def test_epoch_clock_needs_the_alternating_optimizer():
     cfg = convert_namespace_to_omegaconf(args)
     with pytest.raises(DNIUserError, match="--lr-period-epochs needs --optimizer alternating"):
         CosineAlternatingSchedule(cfg.lr_scheduler, SGD(cfg.optimizer, [torch.nn.Parameter(torch.zeros(1))]))
+
+
+def test_log_shows_mode_switch_and_lr_restart_at_every_restart(tiny_data, tmp_path):
+    out = run_alternating(tiny_data, tmp_path, "--max-update", "75")
+    rows = train_inner(out)
+    assert len(rows) == 75
+    for row in rows:
+        done = int(row["num_updates"])      # update done-1 (0-based) just ran
+        want_mode = mode_at(done - 1, PERIOD, T_MULT, WARMUP)
+        assert float(row["dni_synthetic"]) == (1.0 if want_mode == "synthetic" else 0.0), done
+        # fairseq logs the learning rate set for the next update
+        assert float(row["lr"]) == pytest.approx(learning_rate(done, LR, MIN_LR, PERIOD, T_MULT, WARMUP, MIN_LR), rel=1e-5)
+    modes = [float(r["dni_synthetic"]) for r in rows]
+    switches = [i for i in range(1, len(modes)) if modes[i] != modes[i - 1]]
+    assert switches == [13, 33, 73]  # cycles start after warm-up 3 + 10, then + 20, then + 40
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[12] == pytest.approx(LR) and lrs[11] < LR / 10  # the restart: back to the peak
+    scored = fairseq("fairseq-eval-lm", tiny_data, "--user-dir", USER_DIR, "--task", "dni_language_modeling",
+                     "--path", tmp_path / "checkpoint_last.pt", "--batch-size", "3", "--cpu", "--num-workers", "0")
+    assert "Evaluated 257 tokens" in scored
+
+
+def test_two_ranks_switch_mode_at_the_same_update(tiny_data, tmp_path):
+    """dni_synthetic is summed over ranks and windows: any disagreement would log a fraction."""
+    rows = train_inner(run_alternating_two_ranks(tiny_data, tmp_path, "--max-update", "40"))
+    assert len(rows) == 40
+    modes = [float(r["dni_synthetic"]) for r in rows]
+    assert set(modes) == {0.0, 1.0}
+    assert [i for i in range(1, 40) if modes[i] != modes[i - 1]] == [13, 33]
+
+
+def test_epoch_cycles_with_variable_windows_through_fairseq_train(tiny_data, tmp_path):
+    """--lr-period-epochs 1,1,2 over 4 epochs of AWD-style variable windows (their number changes from
+    epoch to epoch): every update's learning rate is the cosine at the fraction of epochs done, the
+    first epoch is real (--real-first-epochs 1), the mode switches exactly at the epoch boundaries."""
+    import math
+
+    import numpy as np
+
+    from fairseq_dni.data.stream_windows import StreamWindows, window_boundaries
+
+    args = train_args(tiny_data, tmp_path, "--criterion", "dni_cross_entropy", "--optimizer", "alternating",
+                      "--dni-lr", "0.003", "--lr-scheduler", "cosine_alternating", "--lr-period-epochs", "1,1,2",
+                      "--real-first-epochs", "1", "--max-epoch", "4", "--tokens-per-sample", "10",
+                      "--variable-window", "--seed", "5")
+    rows = train_inner(fairseq("fairseq-train", *args))
+    length = StreamWindows(np.zeros(2233), 4, 10, 1, 2).stream_length
+    per_epoch = [len(window_boundaries(length, 10, True, 5, e)) - 1 for e in range(1, 5)]
+    assert len(set(per_epoch)) > 1 and len(rows) == sum(per_epoch)
+    expected = []
+    for epoch, n in enumerate(per_epoch, start=1):
+        for i in range(n):
+            done = epoch - 1 + i / n
+            start, span = (0, 1) if done < 1 else (1, 1) if done < 2 else (2, 2)
+            mode = "real" if epoch == 1 else ("synthetic", "real", "synthetic")[[0, 1, 2, 2][epoch - 1]]
+            expected.append((0.01 * 0.5 * (1 + math.cos(math.pi * (done - start) / span)), mode))
+    for row, (lr, mode) in zip(rows, expected):
+        assert float(row["lr"]) == pytest.approx(lr, rel=1e-4, abs=1e-9), row["num_updates"]
+        assert float(row["dni_synthetic"]) == (1.0 if mode == "synthetic" else 0.0), row["num_updates"]
+
+
+def test_variable_windows_scale_the_learning_rate_by_their_length(tiny_data, tmp_path):
+    """AWD-LSTM scales each update's learning rate by its window length / T. With SGD and no momentum
+    the update is lr * factor * grad, so the LM's weights after one step tell the factor used."""
+    args = ["--tokens-per-sample", "12", "--variable-window", "--optimizer", "sgd", "--lr", "1.0",
+            "--max-update", "1", "--seed", "3"]
+    out = fairseq("fairseq-train", *train_args(tiny_data, tmp_path / "var", *args))
+    assert float(train_inner(out)[0]["lr"]) == 1.0  # the logged learning rate stays the schedule's
+    windows = window_boundaries(StreamWindows(np.zeros(2233), 4, 12, PAD, EOS).stream_length, 12, True, 3, 1)
+    factor = (windows[1] - windows[0]) / 12
+    assert factor != 1.0
+    # the output bias starts at zero, so after one SGD step it is -lr * factor * grad; the same first
+    # window as a fixed window, unscaled, gives -lr * grad
+    w1 = torch.load(tmp_path / "var" / "checkpoint_last.pt", weights_only=True)["model"]["decoder.output_projection.bias"]
+    fairseq("fairseq-train", *train_args(tiny_data, tmp_path / "fixed", "--tokens-per-sample", str(windows[1]),
+                                         "--optimizer", "sgd", "--lr", "1.0", "--max-update", "1", "--seed", "3"))
+    w_fixed = torch.load(tmp_path / "fixed" / "checkpoint_last.pt", weights_only=True)["model"][
+        "decoder.output_projection.bias"]
+    torch.testing.assert_close(w1, w_fixed * factor, rtol=1e-5, atol=1e-7)
+
+
+def test_dni_mode_that_agrees_with_the_schedule_runs(tiny_data, tmp_path):
+    rows = train_inner(fairseq("fairseq-train", *train_args(
+        tiny_data, tmp_path, *DNI, "--dni-mode", "real", "--lr-scheduler", "cosine_alternating",
+        "--lr-period-updates", "5", "--mode-schedule", "real", "--max-update", "12")))
+    assert len(rows) == 12 and all(float(r["dni_synthetic"]) == 0 for r in rows)

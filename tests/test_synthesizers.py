@@ -49,7 +49,7 @@ def test_dni_maths_and_synthesizers_import_with_torch_alone():
 def test_fresh_synthesizer_predicts_exactly_zero(kind):
     synth = build_synthesizer(kind, StateLayout((5, 5))).train()  # training mode: noise on for coordinatewise
     state = torch.randn(4, 20) * 100
-    own = synth.initial_state(state)
+    own = synth.initial_own_state(state)
     for _ in range(3):
         prediction, own = synth(synth.perturb(state), None, own)
         assert torch.count_nonzero(prediction) == 0
@@ -60,7 +60,7 @@ def test_coordinatewise_permuting_coordinates_permutes_the_prediction(cell):
     synth = trained(cell)
     state = torch.randn(3, 10, dtype=torch.float64)
     perm = torch.randperm(10)
-    own = synth.initial_state(state)
+    own = synth.initial_own_state(state)
     out, new_own = synth(state, None, own)
     out_p, new_own_p = synth(state[:, perm], None, own)
     torch.testing.assert_close(out_p, out[:, perm], rtol=0, atol=0)
@@ -74,7 +74,7 @@ def test_coordinatewise_permuting_coordinates_permutes_the_prediction(cell):
 def test_coordinatewise_streams_do_not_see_each_other(cell):
     synth = trained(cell)
     state = torch.randn(3, 10, dtype=torch.float64)
-    own = synth.initial_state(state)
+    own = synth.initial_own_state(state)
     other = state.clone()
     other[1:] = torch.randn(2, 10, dtype=torch.float64) * 50
     a, _ = synth(state, None, own)
@@ -89,9 +89,9 @@ def test_coordinatewise_carries_its_own_state(cell):
     of the same recurrent network over each coordinate's history."""
     synth = trained(cell)
     s1, s2 = torch.randn(2, 2, 6, dtype=torch.float64)
-    p1, z1 = synth(s1, None, synth.initial_state(s1))
+    p1, z1 = synth(s1, None, synth.initial_own_state(s1))
     p2, _ = synth(s2, None, z1)
-    fresh, _ = synth(s2, None, synth.initial_state(s2))
+    fresh, _ = synth(s2, None, synth.initial_own_state(s2))
     assert not torch.allclose(p2, fresh)
     if cell == "gru":  # independent reference: torch's GRU over the 2-step sequence of every coordinate
         x = synth.encoder(torch.stack([s1, s2], -1).reshape(-1, 2, 1))

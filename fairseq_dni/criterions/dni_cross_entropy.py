@@ -1,16 +1,17 @@
 """Criterion ``dni_cross_entropy``: the LM loss plus Decoupled Neural Interfaces.
 
 Per training window ``t`` over B streams (the maths: ``fairseq_dni/dni.py``; the order of the
-steps as fairseq runs them: ``DNILanguageModelingTask.train_step``):
+steps: ``fairseq_dni/step.py``, whose ``train_window`` calls :meth:`forward` with the window and its
+mode, then :meth:`end_window` after backward):
 
-1. The window starts from the carried state ``s_{t-1}``, made a leaf that requires grad, so that
-   backward leaves the true gradient arriving at the window's start on it.
+1. The window starts from the carried state ``s_{t-1}``, made a leaf that requires grad by the step,
+   so that backward leaves the true gradient arriving at the window's start on it.
 2. Its loss: the LM loss (summed over target tokens, as fairseq's ``cross_entropy`` /
    ``adaptive_loss``), plus AWD-LSTM's AR/TAR with ``--alpha``/``--beta`` (``lm_cross_entropy``,
    which this criterion builds on); plus the synthesizer's regression loss for the pair whose target arrived
    one window ago; plus, in synthetic mode, the injected synthetic gradient ``scale * M(s_t)``
    at the window's final state.
-3. After backward (:meth:`after_backward`, called by the task with the optimizer's loss scale),
+3. After backward (:meth:`end_window`, called by the step with the optimizer's loss scale),
    the gradient on ``s_{t-1}``, unscaled, is the regression target for the prediction made at
    ``s_{t-1}`` (at the end of window ``t-1``). It is regressed in window ``t+1``, in both modes,
    so the synthesizer keeps learning while real gradients are used.
@@ -34,7 +35,6 @@ window's end, the pending regression pair) is a :class:`DNICarry` kept in a
 :class:`~fairseq_dni.carried_state.CarriedState`, checkpointed and shared across ranks with it.
 """
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -48,10 +48,9 @@ from fairseq_dni.carried_state import CarriedState, tree_leaves, tree_map, tree_
 from fairseq_dni.criterions.lm_cross_entropy import LMCrossEntropyConfig, LMCrossEntropyCriterion
 from fairseq_dni.dni import bootstrapped_target, cosine_similarity, synthesizer_loss, synthetic_gradient_term
 from fairseq_dni.errors import DNIUserError
+from fairseq_dni.step import MODES, Window, WindowCriterion, WindowTask
 from fairseq_dni.synthesizers import build_synthesizer
-from fairseq_dni.tasks.dni_language_modeling import DNILanguageModelingTask
 
-DNI_MODES = ChoiceEnum(["synthetic", "real"])
 SYNTHESIZERS = ChoiceEnum(["mlp", "coordinatewise", "scan"])
 CELLS = ChoiceEnum(["gru", "lstm", "qrnn"])
 SYNTHESIZER_INITS = ChoiceEnum(["zero", "paper"])
@@ -59,12 +58,6 @@ SYNTHESIZER_INITS = ChoiceEnum(["zero", "paper"])
 
 @dataclass
 class DNICrossEntropyConfig(LMCrossEntropyConfig):
-    dni_mode: Optional[DNI_MODES] = field(
-        default=None,
-        metadata={"help": "synthetic: inject the synthesizer's gradient at every window's end; real: plain TBPTT "
-                          "(the synthesizer still learns). Default: synthetic, or whatever "
-                          "--lr-scheduler cosine_alternating's --mode-schedule decides (given both, they must agree)"},
-    )
     dni_scale: float = field(
         default=0.1, metadata={"help": "scale of the injected synthetic gradient (also the bootstrap discount)"})
     dni_synthesizer: SYNTHESIZERS = field(
@@ -107,18 +100,8 @@ class DNICrossEntropyConfig(LMCrossEntropyConfig):
         metadata={"help": "mlp: also feed the label vector (output-layer row; embedding with adaptive softmax) of "
                           "the next window's first target: conditional DNI. The true future gradient is dominated "
                           "by that unseen label (see docs/dni_stability)"})
-    dni_future_aux: float = field(
-        default=0.0,
-        metadata={"help": "mlp: weight of the auxiliary task: from s_{t-1}, also predict the synthetic gradient one "
-                          "window further ahead, M(s_t) (0: off)"},
-    )
-    dni_target_clip: float = field(
-        default=0.0,
-        metadata={"help": "clip each stream's regression target to this L2 norm (0: no clipping)"})
     # checked when the criterion is built, before anything runs or is written:
     optimizer: Optional[str] = II("optimizer._name")  # must be 'alternating'
-    # cosine_alternating's --mode-schedule (null with another scheduler); must agree with dni_mode
-    mode_schedule: Optional[str] = "${oc.select:lr_scheduler.mode_schedule,null}"
 
 
 def relative_loss(meters) -> float:
@@ -133,26 +116,17 @@ def resolved(cfg, name: str) -> Optional[str]:
     """A field interpolated from another config group, or None where that group has no such field."""
     try:
         value = getattr(cfg, name)
-    except Exception:  # e.g. no lr_scheduler.mode_schedule: another scheduler
+    except Exception:  # no such field in that group
         return None
     value = None if value is None else str(value)
     return None if value is None or value.startswith("${") else value  # "${...}": built outside a fairseq config
 
 
-def check_optimizer_and_mode(cfg: DNICrossEntropyConfig):
-    """Refuse, before anything runs, an optimizer that would train the synthesizer with the LM, and a
-    --dni-mode that the mode schedule contradicts."""
+def check_optimizer(cfg: DNICrossEntropyConfig):
+    """Refuse, before anything runs, an optimizer that would train the synthesizer with the LM."""
     optimizer = resolved(cfg, "optimizer")
     if optimizer is not None and optimizer != "alternating":
         raise DNIUserError(NEEDS_ALTERNATING)
-    schedule = resolved(cfg, "mode_schedule")
-    if schedule is not None and cfg.dni_mode is not None and schedule != str(cfg.dni_mode):
-        raise DNIUserError(mode_conflict(str(cfg.dni_mode), schedule))
-
-
-def mode_conflict(given: str, schedule: str) -> str:
-    return (f"--dni-mode {given} disagrees with --lr-scheduler cosine_alternating --mode-schedule {schedule}, "
-            f"which decides the mode: drop --dni-mode, or use --mode-schedule {given}")
 
 
 NEEDS_ALTERNATING = (
@@ -174,7 +148,6 @@ class PendingRegression:
     """A call whose target has arrived: regressed at the next window."""
     call: SynthesizerCall
     target: torch.Tensor                 # (B, D) the unscaled gradient at the state it was fed
-    future_target: torch.Tensor          # (B, D) the prediction one window further ahead (--dni-future-aux)
 
 
 @dataclass
@@ -186,41 +159,35 @@ class DNICarry:
 
 
 @dataclass
-class _ThisWindow:
-    """What after_backward needs from the window just computed (never crosses a window)."""
-    key: str
-    streams: int
-    leaf: Any                     # the window's initial state (a leaf), or None when it opened a pass
-    call: Optional[SynthesizerCall]
-    future_target: torch.Tensor
+class WindowCarry:
+    """The criterion's part of a :class:`~fairseq_dni.step.Window`, from its forward to :meth:`end_window`."""
+    next: DNICarry                              # what goes on to the next window, less the pending pair
+    awaiting_target: Optional[SynthesizerCall]  # the call made at this window's start state (the last window's end)
 
 
 @register_criterion("dni_cross_entropy", dataclass=DNICrossEntropyConfig)
-class DNICrossEntropyCriterion(LMCrossEntropyCriterion):
+class DNICrossEntropyCriterion(LMCrossEntropyCriterion, WindowCriterion):
     def __init__(self, task, cfg: DNICrossEntropyConfig):
-        recurrent = task.recurrent if isinstance(task, DNILanguageModelingTask) else None
-        if recurrent is None:
+        spec = task.model_spec if isinstance(task, WindowTask) else None
+        if spec is None:
             raise DNIUserError(
                 "dni_cross_entropy needs --task dni_language_modeling and an LSTM model from fairseq_dni "
                 "(--arch dni_lstm_lm*): it reads the carried state the task threads through the windows")
-        check_optimizer_and_mode(cfg)
-        for flag, value in (("--dni-scale", cfg.dni_scale), ("--dni-target-clip", cfg.dni_target_clip)):
-            if value < 0:  # a negative scale would inject the gradient's opposite; a negative clip means nothing
-                raise DNIUserError(f"{flag} must be >= 0, got {value}")
+        check_optimizer(cfg)
+        if cfg.dni_scale < 0:  # a negative scale would inject the gradient's opposite
+            raise DNIUserError(f"--dni-scale must be >= 0, got {cfg.dni_scale}")
         super().__init__(task, cfg)
         self.cfg = cfg
-        self.mode = str(cfg.dni_mode or "synthetic")
-        self.layout = recurrent.layout
+        self.layout = spec.layout
         kind = str(cfg.dni_synthesizer)
         if kind != "mlp":
             for flag, given in (("--dni-condition-on-next-input", cfg.dni_condition_on_next_input),
                                 ("--dni-condition-on-next-target", cfg.dni_condition_on_next_target),
-                                ("--dni-future-aux", cfg.dni_future_aux > 0),
                                 ("--dni-no-input-norm", cfg.dni_no_input_norm)):
                 if given:
                     raise DNIUserError(f"{flag} applies to --dni-synthesizer mlp only, not {kind}")
-        condition_dim = ((recurrent.embed_dim if cfg.dni_condition_on_next_input else 0)
-                         + (recurrent.label_dim if cfg.dni_condition_on_next_target else 0))
+        condition_dim = ((spec.embed_dim if cfg.dni_condition_on_next_input else 0)
+                         + (spec.label_dim if cfg.dni_condition_on_next_target else 0))
         try:
             self.synthesizer = build_synthesizer(
                 kind, self.layout, hidden=cfg.dni_synthesizer_hidden, layers=cfg.dni_synthesizer_layers,
@@ -229,37 +196,11 @@ class DNICrossEntropyCriterion(LMCrossEntropyCriterion):
                 input_noise=cfg.dni_input_noise,
                 init=None if cfg.dni_synthesizer_init is None else str(cfg.dni_synthesizer_init),
                 per_stream=cfg.dni_scan_per_stream)
-            self.future_head = None
-            if cfg.dni_future_aux > 0:
-                self.future_head = build_synthesizer(
-                    "mlp", self.layout, hidden=cfg.dni_synthesizer_hidden, layers=cfg.dni_synthesizer_layers,
-                    input_norm=not cfg.dni_no_input_norm)
         except ValueError as e:
             raise DNIUserError(str(e)) from None
         for p in self.parameters():
             p.param_group = "synthesizer"
         self.carried = CarriedState(dataclasses_in_values=(DNICarry, SynthesizerCall, PendingRegression))
-        self._this_window: Optional[_ThisWindow] = None
-
-    def set_mode(self, mode: str):
-        """real / synthetic for the coming windows."""
-        self.mode = mode
-
-    def set_mode_for(self, alternating, clock):
-        """The mode of the window about to run, decided here and nowhere else: the mode schedule of
-        ``--lr-scheduler cosine_alternating`` (attached to ``alternating``, the ``--optimizer
-        alternating`` instance) at ``clock`` (where training is), else ``--dni-mode`` (synthetic by
-        default). That both agree is checked when this criterion is built; again here, for criteria
-        built outside fairseq-train."""
-        if alternating is None:
-            raise DNIUserError(NEEDS_ALTERNATING)
-        schedule, given = alternating.mode_schedule, self.cfg.dni_mode
-        if schedule is None:
-            self.set_mode(str(given or "synthetic"))
-            return
-        if given is not None and str(schedule.cfg.mode_schedule) != str(given):
-            raise DNIUserError(mode_conflict(str(given), str(schedule.cfg.mode_schedule)))
-        self.set_mode(schedule.mode_at(clock))
 
     # ---- pieces --------------------------------------------------------------------------
     def synthesize(self, inputs, condition, own_state):
@@ -284,21 +225,23 @@ class DNICrossEntropyCriterion(LMCrossEntropyCriterion):
         return torch.cat(parts, dim=-1).detach() if parts else None
 
     # ---- criterion -----------------------------------------------------------------------
-    def forward(self, model, sample, reduce=True):
+    def forward(self, model, sample, reduce=True, window: Optional[Window] = None, mode: Optional[str] = None):
+        """Training (``window`` and ``mode`` from ``fairseq_dni.step.train_window``): the window's loss from
+        ``window.start`` as the module docstring says; fills ``window.final`` and ``window.criterion_carry``.
+        Evaluation (no window): the LM loss, the model carrying its own state."""
         net_input = sample["net_input"]
-        key, reset = net_input.get("state_key"), bool(net_input.get("reset_state", False))
-        if key is None:
+        if net_input.get("state_key") is None:
             raise DNIUserError("dni_cross_entropy needs batches from --task dni_language_modeling")
-        decoder = model.decoder
         bsz = net_input["src_tokens"].size(0)
         sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
         training = self.training and model.training
-        continues = decoder.carried.has(key, bsz) and not reset
+        if training and window is None:
+            raise DNIUserError("dni_cross_entropy trains through fairseq_dni.step.train_window (the task's "
+                               "train_step), which hands it each window's start state and mode")
+        if training and mode not in MODES:
+            raise DNIUserError(NEEDS_ALTERNATING if mode is None else f"unknown mode {mode!r}: synthetic or real")
 
-        start = decoder.initial_state(bsz, key, reset)
-        if training:
-            start = tree_map(lambda s: s.detach().requires_grad_(True), start)
-        net_output = model(**net_input, initial_state=start)
+        net_output = model(**net_input, start_state=window.start) if training else model(**net_input)
         loss = self.lm_loss(model, net_output, sample)
         logging_output = {"loss": loss.data, "ntokens": sample["ntokens"], "nsentences": bsz,
                           "sample_size": sample_size}
@@ -306,42 +249,42 @@ class DNICrossEntropyCriterion(LMCrossEntropyCriterion):
             return loss, sample_size, logging_output
 
         loss = loss + self.activation_regularization(net_output, sample, sample_size, logging_output)
-        final = net_output[1]["final_state"]
+        final = window.final = net_output[1]["final_state"]
         final_flat = self.layout.flatten(final)
         with torch.no_grad():
             # cell-state norm per stream (all layers): the first thing to blow up when DNI goes wrong
             cells = torch.cat(self.layout.hs_and_cs(final)[1], dim=-1)
             logging_output["state_norm"] = cells.float().norm(dim=-1).mean()
         logging_output["dni_windows"] = 1
-        logging_output["dni_synthetic"] = float(self.mode == "synthetic")
+        logging_output["dni_synthetic"] = float(mode == "synthetic")
 
-        carry = self.carried.get(key, bsz) or DNICarry()
-        if reset:  # a new pass: the synthesizer's own state restarts with the LM's; a pending pair still counts
+        carry = self.carried.get(window.key, bsz) or DNICarry()
+        if window.reset:  # a new pass: the synthesizer's own state restarts with the LM's; a pending pair still counts
             carry = DNICarry(pending=carry.pending)
 
-        # 1) regress the call made at s_{t-2} (window t-2's end) onto the gradient that reached s_{t-2}
-        #    in window t-1's backward
-        #    (weighted by fairseq's divisor, ``sample_size or 1``, so that it reaches the synthesizer at unit
-        #    weight even in a window with no scored target, e.g. the copy task's input phase)
+        # regress the call made at s_{t-2} (window t-2's end) onto the gradient that reached s_{t-2}
+        # in window t-1's backward
+        # (weighted by fairseq's divisor, ``sample_size or 1``, so that it reaches the synthesizer at unit
+        # weight even in a window with no scored target, e.g. the copy task's input phase)
         total = loss + (sample_size or 1.0) * self.regression(carry.pending, logging_output)
 
-        # 2) the synthetic gradient at this window's end (computed in both modes: the synthesizer learns in both)
+        # the synthetic gradient at this window's end (computed in both modes: the synthesizer learns in both)
         condition = self.condition_for(model, sample["target"][:, -1], sample.get("next_target"))
         with torch.no_grad():
             inputs = self.synthesizer.perturb(final_flat.detach())
-            own = carry.own_state if carry.own_state is not None else self.synthesizer.initial_state(inputs)
+            own = carry.own_state if carry.own_state is not None else self.synthesizer.initial_own_state(inputs)
             prediction, new_own = self.synthesize(inputs, condition, own)
             finite = torch.isfinite(prediction).all()  # no host synchronisation: where() keeps it on the device
             prediction = torch.where(finite, prediction, 0.0)
             new_own = tree_map(lambda t: t.masked_fill_(~finite, 0.0), new_own)  # in place: made just above
         logging_output["dni_nonfinite"] = (~finite).float()
-        if self.mode == "synthetic":
+        if mode == "synthetic":
             total = total + synthetic_gradient_term(final_flat, prediction.to(final_flat.dtype), self.cfg.dni_scale)
 
-        # 3) carry this call to the next window; after_backward turns the previous call into a pending pair
-        self.carried.set(key, bsz, DNICarry(own_state=new_own, last_call=SynthesizerCall(inputs, condition, own)))
-        self._this_window = _ThisWindow(key=key, streams=bsz, leaf=start if continues else None,
-                                        call=carry.last_call, future_target=prediction.detach())
+        # this call goes on to the next window; end_window adds the pending pair (the last call and its target)
+        window.criterion_carry = WindowCarry(
+            next=DNICarry(own_state=new_own, last_call=SynthesizerCall(inputs, condition, own)),
+            awaiting_target=carry.last_call if window.continues else None)
         return total, sample_size, logging_output
 
     def regression(self, pending: Optional[PendingRegression], logging_output):
@@ -371,9 +314,6 @@ class DNICrossEntropyCriterion(LMCrossEntropyCriterion):
             # error (1 - R^2) is comparable across training, when the target's size keeps changing
             logging_output["dni_mse"] = loss.detach().float()
             logging_output["dni_zero_mse"] = target.float().pow(2).sum(-1).mean()
-        if self.future_head is not None:
-            future, _ = self.future_head(pending.call.inputs.to(prediction.dtype))
-            loss = loss + self.cfg.dni_future_aux * synthesizer_loss(future, pending.future_target)
         with torch.no_grad():
             logging_output["dni_loss"] = loss.detach().float()
             logging_output["dni_cos"] = cosine_similarity(prediction, target)
@@ -382,22 +322,17 @@ class DNICrossEntropyCriterion(LMCrossEntropyCriterion):
             logging_output["dni_regressions"] = 1.0
         return loss
 
-    def after_backward(self, loss_scale: float = 1.0, valid: bool = True):
-        """Turn the gradient now sitting on this window's initial state into the target of the
-        call made at that state (the previous window's end): a pending pair for the next window."""
-        window, self._this_window = self._this_window, None
-        if window is None or window.leaf is None or window.call is None or not valid:
-            return
-        grads = [s.grad for s in tree_leaves(window.leaf)]
-        if any(g is None for g in grads):
-            return
-        target = bootstrapped_target(self.layout.flatten(tree_replace_leaves(window.leaf, grads)), loss_scale)
-        if self.cfg.dni_target_clip > 0:
-            norms = target.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-            target = target * (self.cfg.dni_target_clip / norms).clamp(max=1.0)
-        carry = self.carried.get(window.key, window.streams)
-        pending = PendingRegression(call=window.call, target=target, future_target=window.future_target)
-        self.carried.set(window.key, window.streams, dataclasses.replace(carry, pending=pending))
+    def end_window(self, window: Window, loss_scale: float = 1.0, valid: bool = True):
+        """After backward: the gradient now sitting on the window's start state, unscaled, is the target
+        of the call made at that state (the previous window's end): a pending pair, regressed at the next
+        window. Carries that pair and this window's call (``window.criterion_carry``) on."""
+        carry, pending = window.criterion_carry, None
+        grads = [s.grad for s in tree_leaves(window.start)]
+        if carry.awaiting_target is not None and valid and not any(g is None for g in grads):
+            target = bootstrapped_target(self.layout.flatten(tree_replace_leaves(window.start, grads)), loss_scale)
+            pending = PendingRegression(call=carry.awaiting_target, target=target)
+        self.carried.set(window.key, window.streams, DNICarry(own_state=carry.next.own_state,
+                                                              last_call=carry.next.last_call, pending=pending))
 
     def pending(self, key: str = "train") -> Optional[PendingRegression]:
         """The pair awaiting regression for stream set ``key`` (None: none)."""

@@ -2,11 +2,13 @@
 
 One ``torch.nn.LSTM`` call per window (cuDNN on GPU, one fused kernel per layer),
 not fairseq's per-time-step ``LSTMCell`` loop. The final (h, c) of a window is
-kept, detached, as the initial state of the next window of the same stream set
-(``state_key``: the task passes the split name, so a validation pass in the
-middle of an epoch never disturbs the training streams). ``reset_state`` (first
-window of a pass), a new batch shape, or no ``state_key`` at all (any stock
-fairseq task) start from zeros.
+kept (``decoder.carried``), detached, as the start state of the next window of the
+same stream set (``state_key``: the task passes the split name, so a validation
+pass in the middle of an epoch never disturbs the training streams). ``reset_state``
+(first window of a pass), a new batch shape, or no ``state_key`` at all (any stock
+fairseq task) start from zeros. Who writes the carry: the model itself when it read
+it (validation, eval-lm, the hub, any criterion but ``dni_cross_entropy``); the
+training step (``fairseq_dni/step.py``) when it handed the model a start state.
 
 AWD-LSTM (Merity et al. 2018, ``salesforce/awd-lstm-lm``; the regularisers live in
 ``fairseq_dni/modules/``): ``--weight-drop`` (DropConnect on the hidden-to-hidden weights,
@@ -34,7 +36,7 @@ from fairseq.models import (
 )
 from fairseq.modules import AdaptiveSoftmax
 
-from fairseq_dni.carried_state import CarriedState, StateLayout
+from fairseq_dni.carried_state import CarriedState, ModelSpec, StateLayout
 from fairseq_dni.errors import DNIUserError
 from fairseq_dni.modules import LockedDropout, WeightDropLSTM, check_rate, embedding_dropout
 
@@ -44,15 +46,6 @@ logger = logging.getLogger(__name__)
 # (layers apart); see StateLayout
 State = Tuple
 
-
-@dataclass(frozen=True)
-class RecurrentInterface:
-    """What a DNI criterion needs to know of the model to build its synthesizer."""
-
-    layout: StateLayout  # the carried state's layout and flat size
-    embed_dim: int       # size of a token's input embedding (--dni-condition-on-next-input)
-    label_dim: int       # size of a token's label vector: its output-layer row (the embedding with adaptive softmax)
-    adaptive_softmax: bool = False  # the output layer is an adaptive softmax (only some criteria can train it)
 
 @dataclass
 class DNILSTMLMConfig(FairseqDataclass):
@@ -219,9 +212,10 @@ class DNILSTMDecoder(FairseqIncrementalDecoder):
         self.carried = CarriedState()
 
     # ---- state ---------------------------------------------------------------------------
-    def recurrent_interface(self) -> RecurrentInterface:
+    def model_spec(self) -> ModelSpec:
+        """What a DNI criterion needs to know of this model (read by the task in ``build_model``)."""
         projection = self.output_projection
-        return RecurrentInterface(
+        return ModelSpec(
             layout=self.state_layout, embed_dim=self.embed_tokens.embedding_dim,
             label_dim=projection.in_features if projection is not None else self.embed_tokens.embedding_dim,
             adaptive_softmax=self.adaptive_softmax is not None)
@@ -229,9 +223,9 @@ class DNILSTMDecoder(FairseqIncrementalDecoder):
     def zero_state(self, batch_size: int) -> State:
         return self.state_layout.zeros(batch_size, self.embed_tokens.weight)
 
-    def initial_state(self, batch_size: int, state_key: Optional[str], reset_state: bool) -> State:
-        """The state a window starts from: the carried one (in the parameters' dtype and device,
-        e.g. after .half() or .cuda()), or zeros when there is none to carry."""
+    def carried_or_zeros(self, batch_size: int, state_key: Optional[str], reset_state: bool) -> State:
+        """The state a window of ``state_key``'s streams starts from: the carried one (in the parameters'
+        dtype and device, e.g. after .half() or .cuda()), or zeros when there is none to carry."""
         weight = self.embed_tokens.weight
         carried = self.carried.get(state_key, batch_size, reset_state, device=weight.device, dtype=weight.dtype)
         return self.zero_state(batch_size) if carried is None else carried
@@ -264,28 +258,30 @@ class DNILSTMDecoder(FairseqIncrementalDecoder):
         state_key: Optional[str] = None,
         reset_state: bool = False,
         incremental_state: Optional[Dict[str, Dict[str, Optional[torch.Tensor]]]] = None,
-        initial_state: Optional[State] = None,
+        start_state: Optional[State] = None,
     ):
+        carries_itself = start_state is None and incremental_state is None
         if incremental_state is not None:
             cached = self.get_incremental_state(incremental_state, "lstm_state")
             if cached is not None:
                 src_tokens = src_tokens[:, -1:]
-                initial_state = self.state_from_cache(cached)
-        if initial_state is None:
-            initial_state = self.initial_state(src_tokens.size(0), state_key, reset_state)
+                start_state = self.state_from_cache(cached)
+        if start_state is None:
+            start_state = self.carried_or_zeros(src_tokens.size(0), state_key, reset_state)
 
         x = embedding_dropout(self.embed_tokens, src_tokens, self.embed_dropout, self.training)
-        raw_output, final_state = self.run_lstm(self.dropout_in(x), initial_state)
+        raw_output, final_state = self.run_lstm(self.dropout_in(x), start_state)
         dropped_output = self.dropout_out(raw_output)
         x = dropped_output if self.project_out is None else self.project_out(dropped_output)
 
         if incremental_state is not None:
             self.set_incremental_state(incremental_state, "lstm_state", self.state_to_cache(final_state))
-        else:
+        elif carries_itself:  # it read its own carry (eval-lm, validation, a plain criterion): it writes it
             self.carried.set(state_key, src_tokens.size(0), final_state)
+        # (given a start state, the caller owns the carry: fairseq_dni.step.train_window writes it)
         # the un-detached states let a criterion reach the window's boundaries (DNI); the last
         # layer's outputs, its activation regularisers (AR/TAR)
-        return x, {"initial_state": initial_state, "final_state": final_state,
+        return x, {"start_state": start_state, "final_state": final_state,
                    "raw_output": raw_output, "dropped_output": dropped_output}
 
     def output_layer(self, features: torch.Tensor) -> torch.Tensor:
@@ -301,7 +297,7 @@ class DNILSTMDecoder(FairseqIncrementalDecoder):
         reset_state: bool = False,
         incremental_state=None,
         features_only: bool = False,
-        initial_state: Optional[State] = None,
+        start_state: Optional[State] = None,
         **unused,
     ):
         """One window over B streams.
@@ -311,17 +307,19 @@ class DNILSTMDecoder(FairseqIncrementalDecoder):
             state_key: the stream set it continues (the task passes the split); None: start from zeros
                 and carry nothing (a stock fairseq task).
             reset_state: start this stream set from zeros (the first window of a pass).
-            initial_state: start from this state instead (the DNI criterion passes a leaf).
+            start_state: start from this state instead, and leave the carry to the caller
+                (``fairseq_dni.step.train_window`` passes the carried state made a leaf, and writes
+                the final state back itself). Without it the model reads and writes its own carry.
 
         Returns:
             ``(x, extra)``: x is (B, T, V) logits, or (B, T, d) features with ``features_only`` or an
-            adaptive softmax; ``extra["initial_state"]`` and ``extra["final_state"]`` are the window's
+            adaptive softmax; ``extra["start_state"]`` and ``extra["final_state"]`` are the window's
             first and last LSTM states (laid out as ``self.state_layout`` says), not detached;
             ``extra["raw_output"]`` and ``extra["dropped_output"]`` are the last LSTM layer's outputs
             (B, T, width_L) before and after its output dropout (AWD-LSTM's ``raw_output`` /
             ``dropped_rnn_hs``, what AR and TAR regularise).
         """
-        x, extra = self.extract_features(src_tokens, state_key, reset_state, incremental_state, initial_state)
+        x, extra = self.extract_features(src_tokens, state_key, reset_state, incremental_state, start_state)
         if not features_only:
             x = self.output_layer(x)
         return x, extra

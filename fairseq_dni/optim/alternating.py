@@ -7,14 +7,15 @@ synthesizer (parameters tagged ``param_group = "synthesizer"`` by ``dni_cross_en
 with its own optimizer state and a constant ``--dni-lr``: the synthesizer keeps learning
 at the same pace in both modes and through learning-rate restarts.
 
-It is where the task finds the mode schedule (``real`` / ``synthetic`` as a pure function of the
-update number) that ``--lr-scheduler cosine_alternating`` attaches to it: fairseq hands the
-optimizer to both the scheduler and the task's ``train_step``, which sets the criterion's mode
-before every window (see ``DNILanguageModelingTask.train_step``). A change of
+It owns the mode (real or synthetic gradients) as it owns the LM's learning rate, and alternates
+them: before every window the task asks :meth:`AlternatingOptimizer.begin_window` once, with the
+:class:`Clock`; it answers the window's mode and sets the window's learning rate, both from the
+schedule it follows (``--lr-scheduler cosine_alternating`` attaches itself with :meth:`follow`, a
+pure function clock -> (learning rate, mode)), or, with no such schedule, ``--dni-mode`` and the
+learning rate fairseq's scheduler set. A change of
 ``--base-optimizer`` or ``--dni-optimizer`` between a checkpoint and the resuming run is refused
 with fairseq's own "Optimizer does not match" line. ``--clip-norm`` clips the language model's gradient only
-(the synthesizer's has its own ``--dni-clip-norm``); the norm fairseq logs as ``gnorm``
-is the language model's.
+(the synthesizer's is not clipped); the norm fairseq logs as ``gnorm`` is the language model's.
 
 fairseq wraps it as usual for ``--fp16`` / ``--bf16`` (with ``--fp16-no-flatten-grads``:
 a flat parameter vector would lose which parameters are the synthesizer's, and fairseq
@@ -24,7 +25,7 @@ is refused (torch optimizers would keep fp16 state).
 """
 
 from dataclasses import dataclass, field
-from typing import List
+from typing import List, Optional, Tuple
 
 import torch
 from fairseq import utils
@@ -35,6 +36,30 @@ from omegaconf import II
 from fairseq_dni.errors import DNIUserError
 
 BASE_OPTIMIZERS = ChoiceEnum(["adam", "adamw", "sgd", "nag"])
+MODES = ChoiceEnum(["synthetic", "real"])
+
+
+@dataclass(frozen=True)
+class Clock:
+    """Where training is, as the task sees it before a window: the update about to run (0-based)
+    and the epochs done (a float: epoch 3, window 50 of 200 is 2.25)."""
+    update: int
+    epoch: float
+
+
+class WindowSchedule:
+    """What :class:`AlternatingOptimizer` follows: a pure function of the clock (``cosine_alternating``)."""
+
+    mode_schedule: str  # --mode-schedule: alternate, real or synthetic
+
+    def lr_and_mode(self, clock: Clock) -> Tuple[float, str]:
+        """The LM's learning rate and the mode (``synthetic`` / ``real``) of the window about to run."""
+        raise NotImplementedError
+
+
+def mode_conflict(given: str, schedule: str) -> str:
+    return (f"--dni-mode {given} disagrees with --lr-scheduler cosine_alternating --mode-schedule {schedule}, "
+            f"which decides the mode: drop --dni-mode, or use --mode-schedule {given}")
 
 
 @dataclass
@@ -45,7 +70,12 @@ class AlternatingOptimizerConfig(FairseqDataclass):
                           "sgd, nag (SGD with Nesterov momentum)"})
     dni_optimizer: BASE_OPTIMIZERS = field(default="adam", metadata={"help": "the synthesizer's optimizer"})
     dni_lr: float = field(default=1e-4, metadata={"help": "the synthesizer's learning rate (constant)"})
-    dni_clip_norm: float = field(default=0.0, metadata={"help": "clip the synthesizer's gradient norm (0: off)"})
+    dni_mode: Optional[MODES] = field(
+        default=None,
+        metadata={"help": "synthetic: inject the synthesizer's gradient at every window's end; real: plain TBPTT "
+                          "(the synthesizer still learns). Default: synthetic, or whatever "
+                          "--lr-scheduler cosine_alternating's --mode-schedule decides (given both, they must agree)"},
+    )
     dni_weight_decay: float = field(
         default=0.0, metadata={"help": "the synthesizer's weight decay (the seed paper: 1.2e-6, with Adam)"})
     adam_betas: str = field(default="(0.9, 0.999)", metadata={"help": "betas for adam/adamw"})
@@ -160,13 +190,30 @@ class AlternatingOptimizer(FairseqOptimizer):
             build_torch_optimizer(cfg.dni_optimizer, synth, cfg.dni_lr, cfg, cfg.dni_weight_decay, fused=True)
             if synth else None,
         )
-        # set by --lr-scheduler cosine_alternating: an object with mode_at(update) -> "real"/"synthetic"
-        # and fixed_mode (the mode when it never switches, else None); read by the task
-        self.mode_schedule = None
+        self.schedule: Optional[WindowSchedule] = None  # see follow()
 
     @property
     def optimizer_config(self):
         return {"lr": self.cfg.lr[0], "weight_decay": self.cfg.weight_decay}
+
+    def follow(self, schedule: WindowSchedule):
+        """From now on the window's learning rate and mode are ``schedule``'s (called by
+        ``--lr-scheduler cosine_alternating`` when fairseq builds it, before anything runs). A
+        ``--dni-mode`` that its ``--mode-schedule`` contradicts is refused."""
+        given = self.cfg.dni_mode
+        if given is not None and str(schedule.mode_schedule) != str(given):
+            raise DNIUserError(mode_conflict(str(given), str(schedule.mode_schedule)))
+        self.schedule = schedule
+
+    def begin_window(self, clock: Clock) -> str:
+        """The mode of the window about to run at ``clock``; sets its learning rate. Following a schedule:
+        the schedule's rate and mode at ``clock`` (with the update clock fairseq's ``step_update`` set the
+        same rate after the last update); else ``--dni-mode`` (default synthetic), the rate unchanged."""
+        if self.schedule is None:
+            return str(self.cfg.dni_mode or "synthetic")
+        lr, mode = self.schedule.lr_and_mode(clock)
+        self.set_lr(lr)
+        return mode
 
     # the schedule drives the language model's learning rate only
     def get_lr(self):
@@ -186,8 +233,6 @@ class AlternatingOptimizer(FairseqOptimizer):
                 group["lr"] = self.cfg.dni_lr
 
     def clip_grad_norm(self, max_norm, aggregate_norm_fn=None):
-        if self.synthesizer_params and self.cfg.dni_clip_norm > 0:
-            utils.clip_grad_norm_(self.synthesizer_params, self.cfg.dni_clip_norm, aggregate_norm_fn)
         return utils.clip_grad_norm_(self.lm_params, max_norm, aggregate_norm_fn)
 
     @property

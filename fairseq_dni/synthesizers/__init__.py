@@ -21,21 +21,26 @@ import torch.nn as nn
 class Synthesizer(nn.Module):
     """Interface. Shapes: ``state`` (B, D) is the LSTM's flattened state of B streams
     (:meth:`fairseq_dni.carried_state.StateLayout.flatten`); ``condition`` (B, C) or None;
-    ``own_state`` whatever :meth:`initial_state` returns (None for a stateless synthesizer).
+    ``own_state`` whatever :meth:`initial_own_state` returns (None for a stateless synthesizer).
     The prediction is (B, D), in the units of the target it is regressed onto (the gradient of
     the summed future loss of each stream, see ``fairseq_dni/dni.py``)."""
 
     #: size C of the condition vector it takes (0: none)
     condition_dim: int = 0
+    #: standard deviation of the multiplicative input noise in training (--dni-input-noise; 0: none)
+    input_noise: float = 0.0
 
-    def initial_state(self, state: torch.Tensor) -> Any:
+    def initial_own_state(self, state: torch.Tensor) -> Any:
         """Its own state for fresh streams whose LSTM state is ``state`` (B, D) (None: it has none)."""
         return None
 
     def perturb(self, state: torch.Tensor) -> torch.Tensor:
-        """The input it is fed during training (e.g. with multiplicative noise); the identity here.
-        The criterion keeps what this returned so that the prediction it regresses later is the
-        one it injected."""
+        """The input it is fed during training: ``state`` (B, D) times noise drawn from N(1, input_noise)
+        per element (the seed paper's coordinate-wise synthesizer; none when 0 or in evaluation). The
+        criterion keeps what this returned so that the prediction it regresses later is the one it
+        injected."""
+        if self.training and self.input_noise > 0:
+            return state * torch.empty_like(state).normal_(1.0, self.input_noise)
         return state
 
     def forward(self, state: torch.Tensor, condition: Optional[torch.Tensor] = None,

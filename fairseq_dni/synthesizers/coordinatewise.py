@@ -110,7 +110,7 @@ class CoordinatewiseSynthesizer(Synthesizer):
         nn.init.zeros_(self.decoder.weight)
         nn.init.zeros_(self.decoder.bias)
 
-    def initial_state(self, state: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    def initial_own_state(self, state: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         rows = state.numel()
         zeros = state.new_zeros(self.layers, rows, self.hidden)
         if self.cell == "gru":
@@ -119,17 +119,12 @@ class CoordinatewiseSynthesizer(Synthesizer):
             return zeros, zeros.clone()
         return zeros, state.new_zeros(1, rows, 2)
 
-    def perturb(self, state: torch.Tensor) -> torch.Tensor:
-        if self.training and self.input_noise > 0:
-            return state * torch.empty_like(state).normal_(1.0, self.input_noise)
-        return state
-
     def forward(self, state: torch.Tensor, condition: Optional[torch.Tensor] = None,
                 own_state: Any = None) -> Tuple[torch.Tensor, Any]:
         if condition is not None:
             raise ValueError("the coordinate-wise synthesizer takes no condition")
         if own_state is None:
-            own_state = self.initial_state(state)
+            own_state = self.initial_own_state(state)
         batch, dim = state.shape
         flat = state.reshape(batch * dim, 1)  # (N, 1): every coordinate a batch element
         if self.cell == "qrnn":

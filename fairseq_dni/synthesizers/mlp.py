@@ -65,11 +65,6 @@ class MLPSynthesizer(Synthesizer):
         self.condition_dim = condition_dim
         self.input_noise = input_noise
 
-    def perturb(self, state: torch.Tensor) -> torch.Tensor:
-        if self.training and self.input_noise > 0:
-            return state * torch.empty_like(state).normal_(1.0, self.input_noise)
-        return state
-
     def forward(self, state: torch.Tensor, condition: Optional[torch.Tensor] = None,
                 own_state: Any = None) -> Tuple[torch.Tensor, Any]:
         x = self.normalize(state)

@@ -273,17 +273,12 @@ class ScanSynthesizer(Synthesizer):
     def extra_repr(self) -> str:
         return f"zoneout={self.zoneout}, input_noise={self.input_noise}, init={self.init}, per_stream={self.per_stream}"
 
-    def initial_state(self, state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def initial_own_state(self, state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Zero cell states and previous input (the paper's reset), a fresh zoneout seed (drawn from
         torch's global generator)."""
         sequences = state.size(0) if self.per_stream else 1
         zeros = state.new_zeros(self.layers, sequences, self.hidden)
         return zeros, state.new_zeros(sequences, self.hidden), seed_bytes().to(state.device, state.dtype)
-
-    def perturb(self, state: torch.Tensor) -> torch.Tensor:
-        if self.training and self.input_noise > 0:
-            return state * torch.empty_like(state).normal_(1.0, self.input_noise)
-        return state
 
     # ---- pieces -------------------------------------------------------------------------------
     def sequences(self, state: torch.Tensor) -> torch.Tensor:
@@ -355,7 +350,7 @@ class ScanSynthesizer(Synthesizer):
         if condition is not None:
             raise ValueError("the scan synthesizer takes no condition")
         if own_state is None:
-            own_state = self.initial_state(state)
+            own_state = self.initial_own_state(state)
         cells, previous_input, seed = own_state
         seq = self.sequences(state)                            # (L, S)
         steps, sequences = seq.shape

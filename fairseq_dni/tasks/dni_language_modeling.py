@@ -15,25 +15,19 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
-import torch
 from fairseq import utils
 from fairseq.data import Dictionary, data_utils, iterators
 from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
-from fairseq_dni.carried_state import carried_states, world_size
+from fairseq_dni.carried_state import carried_states
 from fairseq_dni.data.stream_windows import StreamWindows
 from fairseq_dni.data.token_stream import TokenStream, flat_tokens
 from fairseq_dni.errors import DNIDataNotFound, DNIUserError
-from fairseq_dni.models.dni_lstm_lm import DNILSTMDecoder, RecurrentInterface
-from fairseq_dni.optim.alternating import current_loss_scale, find_alternating
-from fairseq_dni.optim.lr_scheduler.cosine_alternating import Clock
-
-try:  # fairseq's AMP wrapper; the task only needs its type
-    from fairseq.optim.amp_optimizer import AMPOptimizer
-except ImportError:  # pragma: no cover
-    AMPOptimizer = ()
+from fairseq_dni.models.dni_lstm_lm import DNILSTMDecoder
+from fairseq_dni.optim.alternating import Clock, find_alternating
+from fairseq_dni.step import WindowTask, train_window
 
 logger = logging.getLogger(__name__)
 
@@ -117,13 +111,6 @@ class StreamBatchIterator(iterators.EpochBatchIterator):
         super().load_state_dict(state_dict)
 
 
-def unwrap(module):
-    """The module inside fairseq's distributed wrappers (which keep it as ``.module``)."""
-    while isinstance(getattr(module, "module", None), torch.nn.Module):
-        module = module.module
-    return module
-
-
 def unscored_ids(dictionary: Dictionary, symbols: str):
     """Dictionary ids of the comma-separated ``symbols`` (sorted); unknown ones are a user error."""
     names = [name for name in (symbols or "").split(",") if name]
@@ -134,13 +121,12 @@ def unscored_ids(dictionary: Dictionary, symbols: str):
 
 
 @register_task("dni_language_modeling", dataclass=DNILanguageModelingConfig)
-class DNILanguageModelingTask(FairseqTask):
+class DNILanguageModelingTask(FairseqTask, WindowTask):
     def __init__(self, cfg: DNILanguageModelingConfig, dictionary: Dictionary):
         super().__init__(cfg)
         self.dictionary = dictionary
-        # the model's recurrent state layout and sizes, for a DNI criterion (fairseq builds the
-        # criterion after the model, from the task); None until build_model, or for other models
-        self.recurrent: Optional[RecurrentInterface] = None
+        # self.model_spec (WindowTask): the model's state layout and sizes, for a DNI criterion (fairseq
+        # builds the criterion after the model, from the task); set by build_model
         self._update_windows = (None, [])  # (update number, its windows' lengths): --variable-window's lr scale
         self._update_start = (None, None, [])  # (update, its first window, carried values then): AMP retries
         self.unscored = unscored_ids(dictionary, cfg.unscored_symbols)
@@ -238,61 +224,29 @@ class DNILanguageModelingTask(FairseqTask):
                 f"--task dni_language_modeling feeds windows that continue a carried state, which only fairseq-dni's "
                 f"models read: use --arch dni_lstm_lm (or dni_lstm_lm_small, dni_lstm_lm_wikitext103, ...); for "
                 f"--arch {getattr(cfg, '_name', None) or 'this model'} use --task language_modeling")
-        self.recurrent = decoder.recurrent_interface()
+        self.model_spec = decoder.model_spec()
         return model
 
     def build_criterion(self, cfg, from_checkpoint=False):
-        if self.recurrent is not None and self.recurrent.adaptive_softmax and cfg._name not in ADAPTIVE_CRITERIA:
+        if self.model_spec is not None and self.model_spec.adaptive_softmax and cfg._name not in ADAPTIVE_CRITERIA:
             raise DNIUserError(
                 f"--criterion {cfg._name} cannot train an adaptive softmax (--adaptive-softmax-cutoff, or "
                 f"--arch dni_lstm_lm_wikitext103): use --criterion adaptive_loss, or dni_cross_entropy")
         return super().build_criterion(cfg, from_checkpoint)
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
-        """One truncated-BPTT window over this rank's B streams (one micro-batch).
-
-        The whole DNI step, in order (``--criterion dni_cross_entropy``; any other criterion does 2 and 3):
-
-        1. where training is (update, epochs done): ``cosine_alternating`` sets this window's learning
-           rate (epoch clock) and the criterion its mode (the schedule's, else ``--dni-mode``);
-        2. forward: the LM loss from the carried state s_{t-1} (made a leaf), + the synthesizer's
-           regression loss for the pair whose target arrived last window, + in synthetic mode
-           ``scale * <s_t, M(s_t)>``, which injects the synthetic gradient at the window's end;
-        3. backward (fairseq's optimizer wrapper: loss scaling, fp16/AMP);
-        4. the gradient left on s_{t-1}, unscaled, becomes the target of the prediction made at
-           s_{t-1}: the pending pair, regressed at the next window (``after_backward``);
-        5. s_t (the model's) and the synthesizer's carry (the criterion's) go to the next window;
-           with several ranks every rank's copy is gathered, for rank 0's checkpoint.
-        """
-        from fairseq_dni.criterions.dni_cross_entropy import DNICrossEntropyCriterion
-
+        """One truncated-BPTT window over this rank's B streams (one micro-batch): where training is
+        (update, epochs done) goes to ``--optimizer alternating``, which answers the window's mode and sets
+        its learning rate (``begin_window``); the window itself is ``fairseq_dni.step.train_window``."""
         self.rewind_if_retried(update_num, sample, model, criterion)
-        dni = unwrap(criterion)
-        dni = dni if isinstance(dni, DNICrossEntropyCriterion) else None
         alternating = find_alternating(optimizer)
-        clock = Clock(update=update_num, epoch=sample["epochs_done"])                   # 1
-        if alternating is not None and alternating.mode_schedule is not None:
-            alternating.mode_schedule.set_clock(clock)
-        if dni is not None:
-            dni.set_mode_for(alternating, clock)
+        mode = None if alternating is None else alternating.begin_window(Clock(update_num, sample["epochs_done"]))
         model.train()
         model.set_num_updates(update_num)
-        with torch.autograd.profiler.record_function("forward"):
-            with torch.autocast("cuda", enabled=isinstance(optimizer, AMPOptimizer)):
-                loss, sample_size, logging_output = criterion(model, sample)            # 2
-        if ignore_grad:
-            loss *= 0
         if self.cfg.variable_window:
             update, lengths = self._update_windows
             self._update_windows = (update_num, (lengths if update == update_num else []) + [sample["target"].size(1)])
-        with torch.autograd.profiler.record_function("backward"):
-            optimizer.backward(loss)                                                     # 3
-        if dni is not None:
-            dni.after_backward(loss_scale=current_loss_scale(optimizer), valid=not ignore_grad)  # 4
-        if world_size() > 1:
-            for carried in carried_states(model, criterion):                             # 5
-                carried.share_across_ranks()
-        return loss, sample_size, logging_output
+        return train_window(model, criterion, sample, optimizer, mode, ignore_grad)
 
     def rewind_if_retried(self, update_num, sample, model, criterion):
         """fairseq's ``--amp`` retries an update whose gradients overflowed by running its windows again

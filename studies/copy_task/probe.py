@@ -57,13 +57,13 @@ def boundary_pairs(model, dictionary, streams, rng, length=2, symbols=8, before=
                            for ls in lines])
     prev = torch.cat([torch.full((streams, 1), dictionary.eos()), tokens[:, :-1]], dim=1)
     cut = before * seq + 2  # the first window of the last sequence ends here
-    layout = model.decoder.recurrent_interface().layout
+    layout = model.decoder.model_spec().layout
     with torch.no_grad():
         _, extra = model(prev[:, :cut])
     from fairseq_dni.carried_state import tree_map
 
     start = tree_map(lambda t: t.detach().requires_grad_(True), extra["final_state"])
-    out, _ = model(prev[:, cut:cut + 2], initial_state=start)
+    out, _ = model(prev[:, cut:cut + 2], start_state=start)
     y0 = tokens[:, cut + 1]  # the window's targets: go (unscored), y0 (scored)
     loss = -torch.log_softmax(out[:, 1], -1).gather(-1, y0[:, None]).sum()
     from fairseq_dni.carried_state import tree_leaves, tree_replace_leaves
@@ -103,7 +103,7 @@ def probe(seed, streams):
         binned(noise(s_a).ravel(), g_a.ravel(), noise(s_b).ravel()).reshape(g_b.shape), g_b)
     per = np.stack([binned(s_a[:, j], g_a[:, j], s_b[:, j], bins=20) for j in range(s.shape[1])], axis=1)
     out["coordinate-wise, one function per coordinate"] = rel(per, g_b)
-    layout = model.decoder.recurrent_interface().layout
+    layout = model.decoder.model_spec().layout
     for kind, lr in (("mlp", 1e-4), ("coordinatewise", 1e-3)):
         out[f"{kind} synthesizer, Adam {lr:g}, 2000 steps"] = fit_synthesizer(kind, lr, layout, s_a, g_a, s_b, g_b)
     return out

@@ -18,11 +18,13 @@ import os
 import numpy as np
 import torch
 from fairseq.data import Dictionary, data_utils
+from omegaconf import OmegaConf
 
 from fairseq_dni.criterions.dni_cross_entropy import DNICrossEntropyConfig, DNICrossEntropyCriterion
 from fairseq_dni.data.stream_windows import StreamWindows
 from fairseq_dni.data.token_stream import flat_tokens
-from fairseq_dni.models.dni_lstm_lm import DNILSTMLanguageModel, DNILSTMLMConfig
+from fairseq_dni.models.dni_lstm_lm import DNILSTMLMConfig
+from fairseq_dni.step import Backward, train_window
 from fairseq_dni.synthesizers.mlp import SliceNorm
 from fairseq_dni.tasks.dni_language_modeling import DNILanguageModelingConfig, DNILanguageModelingTask
 from studies.common import REPO
@@ -55,12 +57,11 @@ def main():
     indexed = data_utils.load_indexed_dataset(os.path.join(args.data_bin, "train"), dictionary)
     tokens = flat_tokens(indexed)  # a view into indexed's memory map: keep indexed alive
     task = DNILanguageModelingTask(DNILanguageModelingConfig(), dictionary)
-    model = DNILSTMLanguageModel.build_model(
-        DNILSTMLMConfig(decoder_embed_dim=200, decoder_hidden_size=200, decoder_layers=2, dropout=0.0), task).train()
-    task.recurrent = model.decoder.recurrent_interface()
-    normed = SliceNorm(task.recurrent.layout.slices)  # the MLP synthesizer's own input normalisation
+    model = task.build_model(OmegaConf.structured(DNILSTMLMConfig(  # the task learns the model's spec
+        _name="dni_lstm_lm", decoder_embed_dim=200, decoder_hidden_size=200, decoder_layers=2, dropout=0.0))).train()
+    normed = SliceNorm(task.model_spec.layout.slices)  # the MLP synthesizer's own input normalisation
     criterion = DNICrossEntropyCriterion(task, DNICrossEntropyConfig(
-        dni_mode="real", sentence_avg=False, dni_condition_on_next_input=True)).train()
+        sentence_avg=False, dni_condition_on_next_input=True)).train()
     optimizer = torch.optim.Adam(list(model.parameters()) + list(criterion.parameters()), lr=1e-3)
     windows = StreamWindows(tokens, 20, 35, dictionary.pad(), dictionary.eos(), state_key="train")
 
@@ -68,9 +69,7 @@ def main():
     for i in range(args.windows):
         sample = windows.collater([windows[i]])
         optimizer.zero_grad()
-        loss, sample_size, _ = criterion(model, sample)
-        loss.backward()
-        criterion.after_backward(1.0)
+        loss, sample_size, _ = train_window(model, criterion, sample, Backward(), mode="real")
         for p in list(model.parameters()) + list(criterion.parameters()):
             if p.grad is not None:
                 p.grad /= sample_size  # what fairseq's trainer does

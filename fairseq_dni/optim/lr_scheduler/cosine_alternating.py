@@ -14,9 +14,10 @@ The mode is a pure function of the update number (Shang & Zhang, arXiv 1902.1063
 ``synthetic`` keep one mode throughout. Nothing about the schedule needs saving: resuming
 at update ``u`` recomputes the learning rate and the mode of ``u``.
 
-Who decides the mode: this schedule, whenever it is used with ``--optimizer alternating`` (it
-attaches itself to that optimizer, where the task reads it before every window). The
-criterion's ``--dni-mode`` is the mode when no schedule decides; given together with this
+Who decides the mode: ``--optimizer alternating``, which follows this schedule (the schedule calls
+its ``follow`` when fairseq builds it; before every window the task asks the optimizer's
+``begin_window(clock)``, which reads :meth:`CosineAlternatingSchedule.lr_and_mode`). The
+optimizer's ``--dni-mode`` is the mode when no schedule decides; given together with this
 schedule, it must agree with it (``--mode-schedule real`` with ``--dni-mode real``), or training
 stops at once with a one-line error.
 
@@ -33,12 +34,11 @@ from fairseq.optim.lr_scheduler import FairseqLRScheduler, register_lr_scheduler
 from omegaconf import II
 
 from fairseq_dni.errors import DNIUserError
-from fairseq_dni.optim.alternating import find_alternating
+from fairseq_dni.optim.alternating import MODES, Clock, WindowSchedule, find_alternating
 
 logger = logging.getLogger(__name__)
 
 MODE_SCHEDULES = ChoiceEnum(["alternate", "real", "synthetic"])
-MODES = ChoiceEnum(["synthetic", "real"])
 
 
 Periods = Union[int, Sequence[int]]
@@ -92,17 +92,6 @@ def cycle_of(position, period: Periods, t_mult: int, warmup: int = 0):
     return i, warmup + start, length
 
 
-def restart_updates(limit: int, period: Periods, t_mult: int, warmup: int = 0) -> List[int]:
-    """Every position < limit at which a new cycle (a warm restart) begins, excluding 0."""
-    out, position = [], 0
-    while True:
-        i, start, length = cycle_of(position, period, t_mult, warmup)
-        position = start + length
-        if position >= limit:
-            return out
-        out.append(position)
-
-
 def learning_rate(update, max_lr: float, min_lr: float, period: Periods, t_mult: int, warmup: int = 0,
                   warmup_init_lr: float = 0.0, lr_shrink: float = 1.0) -> float:
     """SGDR (Loshchilov & Hutter 2017, eq. 5): ``min + (peak_i - min) (1 + cos(pi x)) / 2`` with ``x``
@@ -127,14 +116,6 @@ def mode_at(update, period: Periods, t_mult: int, warmup: int = 0, mode_schedule
     i, _, _ = cycle_of(update, period, t_mult, warmup)
     other = "real" if first_mode == "synthetic" else "synthetic"
     return first_mode if (i // restarts_per_switch) % 2 == 0 else other
-
-
-@dataclass(frozen=True)
-class Clock:
-    """Where training is, as the task sees it before a window: the update about to run (0-based)
-    and the epochs done (a float: epoch 3, window 50 of 200 is 2.25)."""
-    update: int
-    epoch: float
 
 
 @dataclass
@@ -176,11 +157,12 @@ class CosineAlternatingConfig(FairseqDataclass):
 
 
 @register_lr_scheduler("cosine_alternating", dataclass=CosineAlternatingConfig)
-class CosineAlternatingSchedule(FairseqLRScheduler):
-    """Learning rate and mode as pure functions of where training is. Clock: updates
-    (``--lr-period-updates``; fairseq's ``step_update`` sets the learning rate after every update),
-    or epochs (``--lr-period-epochs``; the task calls :meth:`set_clock` before every window with the
-    fraction of epochs done, so cycles stay whole epochs when epochs differ in length)."""
+class CosineAlternatingSchedule(FairseqLRScheduler, WindowSchedule):
+    """Learning rate and mode as pure functions of where training is (:meth:`lr_and_mode`). Clock:
+    updates (``--lr-period-updates``; fairseq's ``step_update`` also sets the learning rate after every
+    update, for any optimizer), or epochs (``--lr-period-epochs``; ``--optimizer alternating`` sets it
+    before every window from the fraction of epochs done, so cycles stay whole epochs when epochs differ
+    in length)."""
 
     def __init__(self, cfg: CosineAlternatingConfig, optimizer):
         super().__init__(cfg, optimizer)
@@ -200,22 +182,25 @@ class CosineAlternatingSchedule(FairseqLRScheduler):
             self.period = 1000 if cfg.lr_period_updates is None else cfg.lr_period_updates
         check_schedule(self.period, cfg.t_mult, cfg.warmup_updates, cfg.lr_shrink,
                        cfg.restarts_per_switch, str(cfg.mode_schedule), str(cfg.first_mode), unit)
+        self.mode_schedule = str(cfg.mode_schedule)
+        alternating = find_alternating(optimizer)
+        if alternating is not None:
+            alternating.follow(self)  # first: a --dni-mode it contradicts is the mistake to name
         self.max_lr = cfg.lr[0]
         if self.max_lr < cfg.min_lr:
             raise DNIUserError(f"--lr ({self.max_lr}) must be >= --min-lr ({cfg.min_lr})")
         self.warmup_init_lr = cfg.min_lr if cfg.warmup_init_lr < 0 else cfg.warmup_init_lr
         self.real_first = self.check_units(cfg)
-        alternating = find_alternating(optimizer)
-        if alternating is not None:
-            alternating.mode_schedule = self  # the task reads it there before every window
-        elif self.counts_epochs:
+        if alternating is None and self.counts_epochs:
             raise DNIUserError("--lr-period-epochs needs --optimizer alternating (with --base-optimizer adam|adamw|"
-                               "sgd|nag): the task hands the epoch clock to the schedule through it")
-        elif str(cfg.mode_schedule) != "real":
+                               "sgd|nag): it sets the learning rate of every window from the epoch clock")
+        if alternating is None and str(cfg.mode_schedule) != "real":
             logger.info("cosine_alternating: --optimizer %s trains no synthesizer, so --mode-schedule has no "
                         "effect (warm restarts only)", optimizer.__class__.__name__)
-        self.clock = Clock(0, 0.0)
-        self.set_clock(self.clock) if self.counts_epochs else self.step_update(0)
+        if self.counts_epochs:
+            self.optimizer.set_lr(self.lr_at(0.0))
+        else:
+            self.step_update(0)
 
     def check_units(self, cfg) -> int:
         """The real-first phase in the clock's unit; refuses settings that cannot do what they say."""
@@ -250,17 +235,14 @@ class CosineAlternatingSchedule(FairseqLRScheduler):
         return learning_rate(position, self.max_lr, c.min_lr, self.period, c.t_mult,
                              0 if self.counts_epochs else c.warmup_updates, self.warmup_init_lr, c.lr_shrink)
 
-    def mode_at(self, clock: Clock) -> str:
-        """The mode of the window about to run."""
+    def lr_and_mode(self, clock: Clock):
+        """The learning rate and the mode of the window about to run at ``clock`` (read by
+        ``--optimizer alternating``'s ``begin_window``)."""
         c = self.cfg
-        return mode_at(self.position(clock), self.period, c.t_mult, 0 if self.counts_epochs else c.warmup_updates,
-                       str(c.mode_schedule), str(c.first_mode), c.restarts_per_switch, self.real_first)
-
-    def set_clock(self, clock: Clock):
-        """Called by the task before every window. With the epoch clock, sets this window's learning rate."""
-        self.clock = clock
-        if self.counts_epochs:
-            self.optimizer.set_lr(self.lr_at(clock.epoch))
+        position = self.position(clock)
+        return self.lr_at(position), mode_at(
+            position, self.period, c.t_mult, 0 if self.counts_epochs else c.warmup_updates, self.mode_schedule,
+            str(c.first_mode), c.restarts_per_switch, self.real_first)
 
     def step(self, epoch, val_loss=None):
         super().step(epoch, val_loss)
@@ -268,7 +250,7 @@ class CosineAlternatingSchedule(FairseqLRScheduler):
 
     def step_update(self, num_updates):
         """Update clock: the learning rate of the update about to run (``num_updates`` are done).
-        Epoch clock: unchanged (the task sets it before every window)."""
+        Epoch clock: unchanged (``--optimizer alternating`` sets it before every window)."""
         if self.counts_epochs:
             return self.optimizer.get_lr()
         lr = self.lr_at(num_updates)

@@ -1,4 +1,5 @@
-"""--optimizer alternating under fairseq's fp16 / bf16 / AMP wrappers (CPU stand-ins).
+"""--optimizer alternating: its two parts, under fairseq's fp16 / bf16 / AMP wrappers (CPU stand-ins), and
+what it refuses (another base optimizer on resume; a stock optimizer with dni_cross_entropy).
 
 The wrappers are built the way fairseq's trainer builds them; only the parts that need CUDA
 (flat fp16 master weights, fp16 kernels) cannot run here.
@@ -11,8 +12,15 @@ from fairseq.optim.amp_optimizer import AMPOptimizer
 from fairseq.optim.fp16_optimizer import FP16Optimizer, MemoryEfficientFP16Optimizer
 
 import fairseq_dni  # noqa: F401  (registers --optimizer alternating)
-from fairseq_dni.optim.alternating import AlternatingOptimizer, current_loss_scale, find_alternating, optimizer_kind
-from fairseq_dni.optim.lr_scheduler.cosine_alternating import Clock, CosineAlternatingSchedule
+from helpers import alternating_args, fairseq, run_alternating, train_args, train_inner
+from fairseq_dni.optim.alternating import (
+    AlternatingOptimizer,
+    Clock,
+    current_loss_scale,
+    find_alternating,
+    optimizer_kind,
+)
+from fairseq_dni.optim.lr_scheduler.cosine_alternating import CosineAlternatingSchedule
 
 
 def config(*extra):
@@ -61,7 +69,7 @@ def test_fp16_wrapper_without_flattening_keeps_the_synthesizer_apart():
     # the schedule, built on the wrapper as fairseq builds it, attaches itself to the inner optimizer
     schedule = CosineAlternatingSchedule(config("--lr-scheduler", "cosine_alternating", "--first-mode", "real",
                                                 "--lr-period-updates", "4").lr_scheduler, wrapped)
-    assert inner.mode_schedule is schedule and inner.mode_schedule.mode_at(Clock(0, 0.0)) == "real"
+    assert inner.schedule is schedule and inner.begin_window(Clock(0, 0.0)) == "real"
     wrapped.zero_grad()  # fairseq's trainer starts every step here (sets the 1/scale factor)
     loss = (sum(p.float().sum() for p in lm) + 3 * synth[0].float().sum())
     wrapped.backward(loss)  # scaled by 64 inside
@@ -129,3 +137,58 @@ def test_every_base_optimizer_change_is_refused_on_load():
                                                  rf"\(--reset-optimizer\). The checkpoint's --base-optimizer is "
                                                  f"{saved}, this run's is {current}"):
                 states[current].load_state_dict(states[saved].state_dict())
+
+
+@pytest.mark.parametrize("before,after", [("adam", "sgd"), ("sgd", "nag")])  # a KeyError; silently plain SGD
+def test_resuming_with_another_base_optimizer_says_reset_the_optimizer(tiny_data, tmp_path, before, after):
+    """fairseq compares only the optimizer's class (here always 'alternating'); we compare the base
+    optimizers, and say it as fairseq does, in one line, before any update."""
+    short = ("--lr-period-updates", "3", "--warmup-updates", "0")  # a cycle that fits the 3 updates
+    run_alternating(tiny_data, tmp_path, "--max-update", "3", "--base-optimizer", before, *short)
+    out = fairseq("fairseq-train", *alternating_args(tiny_data, tmp_path, "--max-update", "6",
+                                                     "--base-optimizer", after, *short), check=False)
+    assert ("fairseq-dni: error: Optimizer does not match; please reset the optimizer (--reset-optimizer). "
+            f"The checkpoint's --base-optimizer is {before}, this run's is {after}") in out
+    assert "Traceback" not in out
+    if before == "adam":  # the way out fairseq names works (it also restarts the update count)
+        resumed = fairseq("fairseq-train", *alternating_args(tiny_data, tmp_path, "--max-update", "6",
+                                                             "--base-optimizer", after, "--reset-optimizer", *short))
+        assert "Loaded checkpoint" in resumed and len(train_inner(resumed)) == 6
+
+
+def test_a_stock_optimizer_with_the_dni_criterion_is_refused_in_one_line(tiny_data, tmp_path):
+    """With --optimizer adam the synthesizer's gradient would enter the LM's clipped norm (and its
+    optimizer): refused before the first update, nothing written."""
+    out = fairseq("fairseq-train", *train_args(tiny_data, tmp_path, "--criterion", "dni_cross_entropy",
+                                               "--clip-norm", "0.05", "--max-update", "3"),
+                  check=False)
+    assert "fairseq-dni: error: --criterion dni_cross_entropy trains its synthesizer with its own optimizer" in out
+    assert "Traceback" not in out and not list(tmp_path.glob("*.pt"))
+
+
+def test_the_optimizer_answers_each_windows_mode_and_sets_its_learning_rate():
+    """begin_window is the one place the task reads the mode: --dni-mode when no schedule decides (the rate
+    left alone), else the schedule's mode and rate at the clock (here the epoch clock, restated by hand:
+    cycles of 2 epochs, synthetic first, cosine from 0.5 to 0)."""
+    import math
+
+    from fairseq_dni.errors import DNIUserError
+
+    lm, synth = params()
+    fixed = AlternatingOptimizer(config("--dni-mode", "real").optimizer, lm + synth)
+    assert fixed.begin_window(Clock(7, 1.5)) == "real" and fixed.get_lr() == 0.5
+    assert AlternatingOptimizer(config().optimizer, lm + synth).begin_window(Clock(0, 0.0)) == "synthetic"
+
+    cfg = config("--lr-scheduler", "cosine_alternating", "--lr-period-epochs", "2", "--max-epoch", "6")
+    opt = AlternatingOptimizer(cfg.optimizer, lm + synth)
+    schedule = CosineAlternatingSchedule(cfg.lr_scheduler, opt)
+    assert opt.schedule is schedule
+    for epoch, mode in ((0.0, "synthetic"), (0.5, "synthetic"), (1.75, "synthetic"), (2.0, "real"), (3.5, "real"),
+                        (4.25, "synthetic")):
+        assert opt.begin_window(Clock(update=123, epoch=epoch)) == mode
+        assert opt.get_lr() == pytest.approx(0.25 * (1 + math.cos(math.pi * (epoch % 2) / 2)), abs=1e-15)
+
+    conflict = config("--dni-mode", "real", "--lr-scheduler", "cosine_alternating", "--lr-period-updates", "4")
+    with pytest.raises(DNIUserError, match="--dni-mode real disagrees with --lr-scheduler cosine_alternating "
+                                           "--mode-schedule alternate"):
+        CosineAlternatingSchedule(conflict.lr_scheduler, AlternatingOptimizer(conflict.optimizer, lm + synth))
