@@ -12,7 +12,7 @@ resumable position, checkpoints, logging, distributed training) is fairseq's own
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -28,7 +28,14 @@ from fairseq_dni.data.token_stream import TokenStream, flat_tokens
 from fairseq_dni.errors import DNIDataNotFound, DNIUserError
 from fairseq_dni.models.dni_lstm_lm import DNILSTMDecoder, RecurrentInterface
 from fairseq_dni.optim.alternating import current_loss_scale, find_alternating
-from fairseq_dni.optim.lr_scheduler.cosine_alternating import Clock
+from fairseq_dni.optim.lr_scheduler.cosine_alternating import Clock, check_first_cycle_fits
+from fairseq_dni.run_checks import (
+    check_split_files,
+    generation_refusal,
+    given,
+    refuse_window_dependent_eval_options,
+    warn_if_update_count_restarted,
+)
 
 try:  # fairseq's AMP wrapper; the task only needs its type
     from fairseq.optim.amp_optimizer import AMPOptimizer
@@ -70,6 +77,14 @@ class DNILanguageModelingConfig(FairseqDataclass):
     batch_size: Optional[int] = II("dataset.batch_size")
     batch_size_valid: Optional[int] = II("dataset.batch_size_valid")
     seed: int = II("common.seed")
+    # what the task checks against the rest of the run (run_checks.py, the schedule's first cycle);
+    # null outside the tool that has them (e.g. no eval_lm options under fairseq-train)
+    schedule: Any = "${oc.select:lr_scheduler,null}"
+    optimization: Any = "${oc.select:optimization,null}"
+    post_process: Optional[str] = "${oc.select:common_eval.post_process,null}"
+    output_word_stats: Optional[bool] = "${oc.select:eval_lm.output_word_stats,null}"
+    checkpoint_path: Optional[str] = "${oc.select:common_eval.path,null}"
+    user_dir: Optional[str] = "${oc.select:common.user_dir,null}"
 
 
 ADAPTIVE_CRITERIA = ("adaptive_loss", "dni_cross_entropy", "lm_cross_entropy")
@@ -144,6 +159,7 @@ class DNILanguageModelingTask(FairseqTask):
         self._update_windows = (None, [])  # (update number, its windows' lengths): --variable-window's lr scale
         self._update_start = (None, None, [])  # (update, its first window, carried values then): AMP retries
         self.unscored = unscored_ids(dictionary, cfg.unscored_symbols)
+        self._said_update_count_restarted = False
 
     @classmethod
     def setup_task(cls, cfg: DNILanguageModelingConfig, **kwargs):
@@ -164,6 +180,7 @@ class DNILanguageModelingTask(FairseqTask):
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         paths = utils.split_paths(self.cfg.data)
         split_path = os.path.join(paths[(epoch - 1) % len(paths)], split)
+        check_split_files(split, split_path, combine)
         indexed = data_utils.load_indexed_dataset(split_path, self.dictionary, combine=combine)
         if indexed is None:
             raise DNIDataNotFound(f"dni_language_modeling: split '{split}' not found at {split_path}.bin/.idx")
@@ -212,6 +229,8 @@ class DNILanguageModelingTask(FairseqTask):
             epoch=epoch,
             unscored=self.unscored,
         )
+        if dataset.split == "train":
+            self.check_first_cycle_fits(len(windows))
         logger.info(
             "%s: rank %d/%d reads streams [%d, %d) of %d, %d windows of %s tokens",
             dataset.split, shard_id, num_shards, shard_id * streams, (shard_id + 1) * streams,
@@ -267,6 +286,8 @@ class DNILanguageModelingTask(FairseqTask):
         from fairseq_dni.criterions.dni_cross_entropy import DNICrossEntropyCriterion
 
         self.rewind_if_retried(update_num, sample, model, criterion)
+        self._said_update_count_restarted = warn_if_update_count_restarted(
+            update_num, sample["epochs_done"], self._said_update_count_restarted)
         dni = unwrap(criterion)
         dni = dni if isinstance(dni, DNICrossEntropyCriterion) else None
         alternating = find_alternating(optimizer)
@@ -341,10 +362,26 @@ class DNILanguageModelingTask(FairseqTask):
                 "dni_language_modeling scores with the LSTM state carried across windows; "
                 "--context-window does not apply (leave it at 0)"
             )
+        refuse_window_dependent_eval_options(given(self.cfg.post_process), bool(given(self.cfg.output_word_stats)),
+                                             dataset.tokens, self.dictionary, dataset.split)
         return self.get_batch_iterator(
             dataset, max_sentences=batch_size, num_shards=num_shards, shard_id=shard_id,
             num_workers=num_workers, data_buffer_size=data_buffer_size,
         ).next_epoch_itr(shuffle=False)
+
+    def check_first_cycle_fits(self, windows_per_epoch: int):
+        """``cosine_alternating``'s first cycle against the run in the other unit (updates per epoch known
+        now): see ``cosine_alternating.check_first_cycle_fits``."""
+        run = given(self.cfg.optimization)
+        if run is None:
+            return
+        update_freq = int(run.update_freq[0]) if run.update_freq else 1
+        check_first_cycle_fits(given(self.cfg.schedule), run.max_update, run.max_epoch,
+                               -(-windows_per_epoch // update_freq), update_freq)
+
+    def build_generator(self, models, args, **unused):
+        """Refused in one line (fairseq-generate, fairseq-interactive): see ``run_checks.generation_refusal``."""
+        raise DNIUserError(generation_refusal(self.cfg.data, given(self.cfg.checkpoint_path), given(self.cfg.user_dir)))
 
     def max_positions(self):
         return None
