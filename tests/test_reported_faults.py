@@ -132,10 +132,10 @@ def test_an_empty_split_is_one_line_naming_the_split_and_its_file(subword, data,
 
 
 def test_a_checkpoint_scored_on_another_dictionary_is_one_line(tiny_checkpoint, data):
-    """A model trained with a 56-type dictionary scored on 28-type data: torch's 'size mismatch for
+    """A model trained with a 56-type dictionary scored on 32-type data: torch's 'size mismatch for
     decoder.embed_tokens.weight' traceback before; now one line saying what to do."""
     line = one_line_error(eval_lm(data, tiny_checkpoint, check=False))
-    assert "this checkpoint's model has a vocabulary of 56 types, but the data's dict.txt has 28" in line
+    assert "this checkpoint's model has a vocabulary of 56 types, but the data's dict.txt has 32" in line
 
 
 # ---- 4. a first cycle longer than the run, in the other unit -----------------------------------------------
@@ -196,7 +196,7 @@ def test_reset_optimizer_says_in_one_line_what_restarts(data, tmp_path):
     """fairseq restores the update count only with the optimizer: with --reset-optimizer it restarts at 0
     (and with it an update-counted schedule, the mode, --max-update) while data and weights continue.
     Said once, in one line; a plain resume says nothing."""
-    args = ["--lr-scheduler", "cosine_alternating", "--lr-period-updates", "10", "--decoder-layers", "1"]
+    args = ["--lr-scheduler", "cosine_alternating", "--lr-period-updates", "3", "--decoder-layers", "1"]
     fairseq("fairseq-train", *train_args(data, tmp_path, *args, "--max-update", "15"))
     out = fairseq("fairseq-train", *train_args(data, tmp_path, *args, "--max-update", "20"))
     assert "update count restarted" not in out and len(train_inner(out)) == 5

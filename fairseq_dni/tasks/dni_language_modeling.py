@@ -82,7 +82,7 @@ class DNILanguageModelingConfig(FairseqDataclass):
     schedule: Any = "${oc.select:lr_scheduler,null}"
     optimization: Any = "${oc.select:optimization,null}"
     post_process: Optional[str] = "${oc.select:common_eval.post_process,null}"
-    output_word_stats: Optional[bool] = "${oc.select:eval_lm.output_word_stats,null}"
+    output_word_stats: Any = "${oc.select:eval_lm.output_word_stats,null}"  # Any: fairseq would read a bool field's text as True
     checkpoint_path: Optional[str] = "${oc.select:common_eval.path,null}"
     user_dir: Optional[str] = "${oc.select:common.user_dir,null}"
 
