@@ -8,6 +8,8 @@ import logging
 import os
 from typing import Optional
 
+import numpy as np
+
 from fairseq_dni.errors import DNIUserError
 
 logger = logging.getLogger(__name__)
@@ -53,35 +55,40 @@ def word_level_options(post_process: Optional[str], output_word_stats: bool):
     ``--batch-size`` here: fairseq merges a word's subword pieces (``--post-process``/``--remove-bpe``)
     and pairs a word with the next (``--output-word-stats``) only within a row of a batch, and this
     task's rows are windows of streams, so a word cut by a window boundary would count twice."""
-    given = []
+    options = []
     if post_process is not None:
-        given.append(f"--post-process {post_process!r}")
+        options.append(f"--post-process {post_process!r}")
     if output_word_stats:
-        given.append("--output-word-stats")
-    return given
+        options.append("--output-word-stats")
+    return options
 
 
 def refuse_window_dependent_eval_options(post_process, output_word_stats, tokens, dictionary, split: str):
     """One line instead of a number that depends on the window (see :func:`word_level_options`), saying
     what works: fairseq's word-level loss is the summed token log-probability over the number of words,
-    so it is the token-level loss x tokens / words, which this line gives for ``split`` (a word: a run of
-    pieces ending in one that does not end in ``@@``; ``</s>`` counts as a word, as in fairseq).
-    ``tokens``: the split's token ids (1-D). Called by the task's ``eval_lm_dataloader``."""
-    given = word_level_options(post_process, output_word_stats)
-    if not given:
+    so it is the token-level loss x tokens / words, which this line gives for ``split``. Words: pieces not
+    ending in ``@@`` (subword-nmt), else pieces starting with ``\u2581`` (sentencepiece) plus the ``</s>``
+    ending each line, else tokens; ``</s>`` counts as a word, as in fairseq. ``tokens``: the split's token
+    ids (1-D). Called by the task's ``eval_lm_dataloader``."""
+    options = word_level_options(post_process, output_word_stats)
+    if not options:
         return
+    ids = np.asarray(tokens)
     continuation = [i for i in range(len(dictionary)) if dictionary[i].endswith("@@")]
-    import numpy as np
-
-    n_tokens = int(len(tokens))
-    n_words = n_tokens - int(np.isin(np.asarray(tokens), continuation).sum()) if continuation else n_tokens
-    words = (f"for '@@ ' pieces, the word-level loss of {split} is the token-level loss x {n_tokens}/{n_words} "
-             f"(tokens/words), its perplexity 2 ** that" if continuation else
-             f"{split} has no '@@' pieces, so its word-level loss is its token-level loss")
+    word_start = [i for i in range(len(dictionary)) if dictionary[i].startswith("\u2581")]
+    if continuation:
+        scheme, n_words = "'@@ ' pieces", len(ids) - int(np.isin(ids, continuation).sum())
+    elif word_start:
+        scheme, n_words = "sentencepiece pieces", int(np.isin(ids, word_start + [dictionary.eos()]).sum())
+    else:
+        scheme, n_words = None, len(ids)
+    words = (f"for {scheme}, the word-level loss of {split} is the token-level loss x {len(ids)}/{n_words} "
+             f"(tokens/words), its perplexity 2 ** that" if scheme else
+             f"{split} has no subword pieces ('@@' or sentencepiece's), so its word-level loss is its token-level loss")
     raise DNIUserError(
-        f"fairseq-eval-lm {' and '.join(given)}: fairseq joins a word's pieces (and a word with the next) only within "
-        f"a row, and dni_language_modeling's rows are windows of streams, so the number would depend on "
-        f"--tokens-per-sample and --batch-size; drop it: {words}")
+        f"fairseq-eval-lm {' and '.join(options)}: fairseq joins a word's pieces (and a word with the next) "
+        f"only within a row, and dni_language_modeling's rows are windows of streams, so the number would depend "
+        f"on --tokens-per-sample and --batch-size; drop it: {words}")
 
 
 def generation_refusal(tool_data: Optional[str], checkpoint: Optional[str], user_dir: Optional[str]) -> str:

@@ -160,6 +160,7 @@ class DNILanguageModelingTask(FairseqTask):
         self._update_start = (None, None, [])  # (update, its first window, carried values then): AMP retries
         self.unscored = unscored_ids(dictionary, cfg.unscored_symbols)
         self._said_update_count_restarted = False
+        self._train_windows: Optional[int] = None
 
     @classmethod
     def setup_task(cls, cfg: DNILanguageModelingConfig, **kwargs):
@@ -229,8 +230,8 @@ class DNILanguageModelingTask(FairseqTask):
             epoch=epoch,
             unscored=self.unscored,
         )
-        if dataset.split == "train":
-            self.check_first_cycle_fits(len(windows))
+        if dataset.split == "train" and self._train_windows is None:
+            self._train_windows = len(windows)  # per rank, of this run's first epoch: begin_epoch's check
         logger.info(
             "%s: rank %d/%d reads streams [%d, %d) of %d, %d windows of %s tokens",
             dataset.split, shard_id, num_shards, shard_id * streams, (shard_id + 1) * streams,
@@ -349,6 +350,7 @@ class DNILanguageModelingTask(FairseqTask):
         # only training calls this; --max-tokens alone cannot say how many streams to cut
         if self.cfg.batch_size is None:
             raise DNIUserError("dni_language_modeling needs --batch-size (streams per rank); --max-tokens alone is not enough")
+        self.check_first_cycle_fits()
 
     def eval_lm_dataloader(self, dataset, max_tokens=36000, batch_size=None, max_positions=None,
                            num_shards=1, shard_id=0, num_workers=1, data_buffer_size=10,
@@ -369,11 +371,12 @@ class DNILanguageModelingTask(FairseqTask):
             num_workers=num_workers, data_buffer_size=data_buffer_size,
         ).next_epoch_itr(shuffle=False)
 
-    def check_first_cycle_fits(self, windows_per_epoch: int):
-        """``cosine_alternating``'s first cycle against the run in the other unit (updates per epoch known
-        now): see ``cosine_alternating.check_first_cycle_fits``."""
-        run = given(self.cfg.optimization)
-        if run is None:
+    def check_first_cycle_fits(self):
+        """``cosine_alternating``'s first cycle against the run in the other unit, now that the updates
+        per epoch are known (see ``cosine_alternating.check_first_cycle_fits``). Called by
+        :meth:`begin_epoch`, before any update and after the scheduler's own checks."""
+        run, windows_per_epoch = given(self.cfg.optimization), self._train_windows
+        if run is None or windows_per_epoch is None:
             return
         update_freq = int(run.update_freq[0]) if run.update_freq else 1
         check_first_cycle_fits(given(self.cfg.schedule), run.max_update, run.max_epoch,
