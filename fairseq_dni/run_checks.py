@@ -46,7 +46,7 @@ def check_vocabulary(embedding_rows: Optional[int], dictionary_size: int):
     if embedding_rows is not None and embedding_rows != dictionary_size:
         raise DNIUserError(
             f"this checkpoint's model has a vocabulary of {embedding_rows} types, but the data's dict.txt "
-            f"has {dictionary_size}: score it on data binarized with the dictionary it was trained with "
+            f"has {dictionary_size}: use it with data binarized with the dictionary it was trained with "
             f"(fairseq-preprocess --only-source --srcdict THAT/dict.txt ...)")
 
 
