@@ -35,6 +35,7 @@ window's end, the pending regression pair) is a :class:`DNICarry` kept in a
 :class:`~fairseq_dni.carried_state.CarriedState`, checkpointed and shared across ranks with it.
 """
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -50,6 +51,8 @@ from fairseq_dni.dni import bootstrapped_target, cosine_similarity, synthesizer_
 from fairseq_dni.errors import DNIUserError
 from fairseq_dni.step import MODES, Window, WindowCriterion, WindowTask
 from fairseq_dni.synthesizers import build_synthesizer
+
+logger = logging.getLogger(__name__)
 
 SYNTHESIZERS = ChoiceEnum(["mlp", "coordinatewise", "scan"])
 CELLS = ChoiceEnum(["gru", "lstm", "qrnn"])
@@ -338,6 +341,25 @@ class DNICrossEntropyCriterion(LMCrossEntropyCriterion, WindowCriterion):
         """The pair awaiting regression for stream set ``key`` (None: none)."""
         carry = self.carried.peek(key)
         return None if carry is None else carry.pending
+
+    # ---- checkpoints ---------------------------------------------------------------------
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """fairseq's loader, except for a checkpoint without a synthesizer (see :meth:`has_synthesizer`)."""
+        if not self.has_synthesizer(state_dict):
+            return None
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    @staticmethod
+    def has_synthesizer(state_dict) -> bool:
+        """Whether a checkpoint's criterion state holds a synthesizer. One trained with another criterion
+        (plain TBPTT, ``--criterion cross_entropy``: the paper's real-gradient first phase) has none (fairseq
+        saves no criterion state, or another criterion's): its LM is loaded and this synthesizer starts
+        afresh, logged; the reverse (a DNI checkpoint continued with plain TBPTT) is fairseq's own."""
+        if any(name.startswith("synthesizer.") for name in (state_dict or {})):
+            return True
+        logger.info("fairseq-dni: the checkpoint has no synthesizer (trained with another criterion, e.g. "
+                    "--criterion cross_entropy): its LM is loaded and the synthesizer starts afresh")
+        return False
 
     # ---- logging -------------------------------------------------------------------------
     @staticmethod

@@ -39,6 +39,7 @@ from fairseq.modules import AdaptiveSoftmax
 from fairseq_dni.carried_state import CarriedState, ModelSpec, StateLayout
 from fairseq_dni.errors import DNIUserError
 from fairseq_dni.modules import LockedDropout, WeightDropLSTM, check_rate, embedding_dropout
+from fairseq_dni.run_checks import check_vocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +126,12 @@ class DNILSTMLanguageModel(FairseqLanguageModel):
         loaded = hub_utils.from_pretrained(model_name_or_path, checkpoint_file, data_name_or_path, **kwargs)
         tok, sub = build_text_pipeline(tokenizer, bpe, sentencepiece_model)
         return DNILMHubInterface(loaded["args"], loaded["task"], loaded["models"], tokenizer=tok, bpe=sub)
+
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        """fairseq's, after refusing in one line weights trained with another dictionary (run_checks.py)."""
+        embedding = state_dict.get("decoder.embed_tokens.weight")
+        check_vocabulary(None if embedding is None else int(embedding.size(0)), len(self.decoder.dictionary))
+        return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
 
 
 def check_rates(cfg: DNILSTMLMConfig):

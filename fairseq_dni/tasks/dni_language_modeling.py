@@ -12,7 +12,7 @@ resumable position, checkpoints, logging, distributed training) is fairseq's own
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 from fairseq import utils
@@ -27,6 +27,14 @@ from fairseq_dni.data.token_stream import TokenStream, flat_tokens
 from fairseq_dni.errors import DNIDataNotFound, DNIUserError
 from fairseq_dni.models.dni_lstm_lm import DNILSTMDecoder
 from fairseq_dni.optim.alternating import Clock, find_alternating
+from fairseq_dni.optim.lr_scheduler.cosine_alternating import check_first_cycle_fits
+from fairseq_dni.run_checks import (
+    check_split_files,
+    generation_refusal,
+    given,
+    refuse_window_dependent_eval_options,
+    warn_if_update_count_restarted,
+)
 from fairseq_dni.step import WindowTask, train_window
 
 logger = logging.getLogger(__name__)
@@ -64,6 +72,14 @@ class DNILanguageModelingConfig(FairseqDataclass):
     batch_size: Optional[int] = II("dataset.batch_size")
     batch_size_valid: Optional[int] = II("dataset.batch_size_valid")
     seed: int = II("common.seed")
+    # what the task checks against the rest of the run (run_checks.py, the schedule's first cycle);
+    # null outside the tool that has them (e.g. no eval_lm options under fairseq-train)
+    schedule: Any = "${oc.select:lr_scheduler,null}"
+    optimization: Any = "${oc.select:optimization,null}"
+    post_process: Optional[str] = "${oc.select:common_eval.post_process,null}"
+    output_word_stats: Any = "${oc.select:eval_lm.output_word_stats,null}"  # Any: fairseq would read a bool field's text as True
+    checkpoint_path: Optional[str] = "${oc.select:common_eval.path,null}"
+    user_dir: Optional[str] = "${oc.select:common.user_dir,null}"
 
 
 ADAPTIVE_CRITERIA = ("adaptive_loss", "dni_cross_entropy", "lm_cross_entropy")
@@ -130,6 +146,8 @@ class DNILanguageModelingTask(FairseqTask, WindowTask):
         self._update_windows = (None, [])  # (update number, its windows' lengths): --variable-window's lr scale
         self._update_start = (None, None, [])  # (update, its first window, carried values then): AMP retries
         self.unscored = unscored_ids(dictionary, cfg.unscored_symbols)
+        self._said_update_count_restarted = False
+        self._train_windows: Optional[int] = None
 
     @classmethod
     def setup_task(cls, cfg: DNILanguageModelingConfig, **kwargs):
@@ -150,6 +168,7 @@ class DNILanguageModelingTask(FairseqTask, WindowTask):
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         paths = utils.split_paths(self.cfg.data)
         split_path = os.path.join(paths[(epoch - 1) % len(paths)], split)
+        check_split_files(split, split_path, combine)
         indexed = data_utils.load_indexed_dataset(split_path, self.dictionary, combine=combine)
         if indexed is None:
             raise DNIDataNotFound(f"dni_language_modeling: split '{split}' not found at {split_path}.bin/.idx")
@@ -198,6 +217,8 @@ class DNILanguageModelingTask(FairseqTask, WindowTask):
             epoch=epoch,
             unscored=self.unscored,
         )
+        if dataset.split == "train" and self._train_windows is None:
+            self._train_windows = len(windows)  # per rank, of this run's first epoch: begin_epoch's check
         logger.info(
             "%s: rank %d/%d reads streams [%d, %d) of %d, %d windows of %s tokens",
             dataset.split, shard_id, num_shards, shard_id * streams, (shard_id + 1) * streams,
@@ -239,6 +260,8 @@ class DNILanguageModelingTask(FairseqTask, WindowTask):
         (update, epochs done) goes to ``--optimizer alternating``, which answers the window's mode and sets
         its learning rate (``begin_window``); the window itself is ``fairseq_dni.step.train_window``."""
         self.rewind_if_retried(update_num, sample, model, criterion)
+        self._said_update_count_restarted = warn_if_update_count_restarted(
+            update_num, sample["epochs_done"], self._said_update_count_restarted)
         alternating = find_alternating(optimizer)
         mode = None if alternating is None else alternating.begin_window(Clock(update_num, sample["epochs_done"]))
         model.train()
@@ -282,6 +305,7 @@ class DNILanguageModelingTask(FairseqTask, WindowTask):
         # only training calls this; --max-tokens alone cannot say how many streams to cut
         if self.cfg.batch_size is None:
             raise DNIUserError("dni_language_modeling needs --batch-size (streams per rank); --max-tokens alone is not enough")
+        self.check_first_cycle_fits()
 
     def eval_lm_dataloader(self, dataset, max_tokens=36000, batch_size=None, max_positions=None,
                            num_shards=1, shard_id=0, num_workers=1, data_buffer_size=10,
@@ -295,10 +319,27 @@ class DNILanguageModelingTask(FairseqTask, WindowTask):
                 "dni_language_modeling scores with the LSTM state carried across windows; "
                 "--context-window does not apply (leave it at 0)"
             )
+        refuse_window_dependent_eval_options(given(self.cfg.post_process), bool(given(self.cfg.output_word_stats)),
+                                             dataset.tokens, self.dictionary, dataset.split)
         return self.get_batch_iterator(
             dataset, max_sentences=batch_size, num_shards=num_shards, shard_id=shard_id,
             num_workers=num_workers, data_buffer_size=data_buffer_size,
         ).next_epoch_itr(shuffle=False)
+
+    def check_first_cycle_fits(self):
+        """``cosine_alternating``'s first cycle against the run in the other unit, now that the updates
+        per epoch are known (see ``cosine_alternating.check_first_cycle_fits``). Called by
+        :meth:`begin_epoch`, before any update and after the scheduler's own checks."""
+        run, windows_per_epoch = given(self.cfg.optimization), self._train_windows
+        if run is None or windows_per_epoch is None:
+            return
+        update_freq = int(run.update_freq[0]) if run.update_freq else 1
+        check_first_cycle_fits(given(self.cfg.schedule), run.max_update, run.max_epoch,
+                               -(-windows_per_epoch // update_freq), update_freq)
+
+    def build_generator(self, models, args, **unused):
+        """Refused in one line (fairseq-generate, fairseq-interactive): see ``run_checks.generation_refusal``."""
+        raise DNIUserError(generation_refusal(self.cfg.data, given(self.cfg.checkpoint_path), given(self.cfg.user_dir)))
 
     def max_positions(self):
         return None

@@ -68,6 +68,41 @@ def check_schedule(period: Periods, t_mult: int, warmup: int, lr_shrink: float, 
         raise DNIUserError(f"--first-mode must be synthetic or real, got {first_mode!r}")
 
 
+def check_first_cycle_fits(schedule, max_update: int, max_epoch: int, updates_per_epoch: int, update_freq: int = 1):
+    """Refuse a first cycle (or real first phase) that the run ends before, whichever unit ``--max-*``
+    uses: the scheduler's own check compares only the clock's unit (``--lr-period-updates`` with
+    ``--max-update``), before the epoch length is known. ``schedule``: cosine_alternating's config
+    (anything else: nothing to check); ``updates_per_epoch``: ceil(windows per epoch and rank /
+    ``--update-freq``), from the task once it has cut the training streams (with ``--variable-window``,
+    epoch 1's). Raises DNIUserError."""
+    if schedule is None or getattr(schedule, "_name", None) != "cosine_alternating" or updates_per_epoch < 1:
+        return
+    epochs = schedule.lr_period_epochs is not None
+    unit = "epochs" if epochs else "updates"
+    if epochs:
+        first = int(str(schedule.lr_period_epochs).split(",")[0])
+        real_first = schedule.real_first_epochs
+    else:
+        first = (1000 if schedule.lr_period_updates is None else schedule.lr_period_updates) + schedule.warmup_updates
+        real_first = schedule.real_first_updates
+    limits = []  # (the run's length in the schedule's unit, what says so)
+    if max_update and max_update > 0:
+        limits.append((max_update / updates_per_epoch if epochs else max_update, f"--max-update {max_update}"))
+    if max_epoch and max_epoch > 0:
+        limits.append((max_epoch if epochs else max_epoch * updates_per_epoch, f"--max-epoch {max_epoch}"))
+    if not limits:
+        return
+    length, flag = min(limits)
+    run = (f"{flag}: {length:.4g} {unit} of {updates_per_epoch} updates per epoch"
+           f"{f' with --update-freq {update_freq}' if update_freq != 1 else ''}")
+    if first > length:
+        raise DNIUserError(f"the first cosine cycle ({first} {unit}) is longer than the run ({run}): the learning "
+                           f"rate would never anneal, restart or switch mode; shorten --lr-period-{unit}")
+    if real_first and real_first >= length:
+        raise DNIUserError(f"--real-first-{unit} {real_first} covers the whole run ({run}): no synthetic gradient "
+                           f"would ever be used")
+
+
 def cycle_of(position, period: Periods, t_mult: int, warmup: int = 0):
     """(cycle index, start of the cycle, cycle length) for a 0-based position (an update number,
     or epochs done as a float).
