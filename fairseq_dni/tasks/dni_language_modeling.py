@@ -29,6 +29,7 @@ from fairseq_dni.errors import DNIDataNotFound, DNIUserError
 from fairseq_dni.models.dni_lstm_lm import DNILSTMDecoder, RecurrentInterface
 from fairseq_dni.optim.alternating import current_loss_scale, find_alternating
 from fairseq_dni.optim.lr_scheduler.cosine_alternating import Clock
+from fairseq_dni.snapshots import keep_cycle_end
 
 try:  # fairseq's AMP wrapper; the task only needs its type
     from fairseq.optim.amp_optimizer import AMPOptimizer
@@ -345,6 +346,10 @@ class DNILanguageModelingTask(FairseqTask):
             dataset, max_sentences=batch_size, num_shards=num_shards, shard_id=shard_id,
             num_workers=num_workers, data_buffer_size=data_buffer_size,
         ).next_epoch_itr(shuffle=False)
+
+    def post_save(self, cp_path, num_updates):
+        """fairseq's hook after every checkpoint it writes: --keep-cycle-ends keeps a copy at a cycle's end."""
+        keep_cycle_end(cp_path)
 
     def max_positions(self):
         return None

@@ -170,9 +170,17 @@ class CosineAlternatingConfig(FairseqDataclass):
         default=0,
         metadata={"help": "with --lr-period-epochs: the first N epochs use real gradients whatever the mode schedule "
                           "says (the seed paper's --whenswitch 2 is 1)"})
+    keep_cycle_ends: bool = field(
+        default=False,
+        metadata={"help": "also keep the checkpoint written at the end of every cosine cycle as "
+                          "checkpoint_cycle{N}_{mode}.pt (snapshots; needs a save at every cycle end: "
+                          "fairseq_dni/snapshots.py)"})
     lr: List[float] = II("optimization.lr")
     max_update: int = II("optimization.max_update")
     max_epoch: int = II("optimization.max_epoch")
+    save_interval_updates: int = II("checkpoint.save_interval_updates")
+    save_interval: int = II("checkpoint.save_interval")
+    no_save: bool = II("checkpoint.no_save")
 
 
 @register_lr_scheduler("cosine_alternating", dataclass=CosineAlternatingConfig)
@@ -205,6 +213,9 @@ class CosineAlternatingSchedule(FairseqLRScheduler):
             raise DNIUserError(f"--lr ({self.max_lr}) must be >= --min-lr ({cfg.min_lr})")
         self.warmup_init_lr = cfg.min_lr if cfg.warmup_init_lr < 0 else cfg.warmup_init_lr
         self.real_first = self.check_units(cfg)
+        if cfg.keep_cycle_ends:
+            from fairseq_dni.snapshots import check_saves  # snapshots reads this module's functions
+            check_saves(cfg)
         alternating = find_alternating(optimizer)
         if alternating is not None:
             alternating.mode_schedule = self  # the task reads it there before every window
