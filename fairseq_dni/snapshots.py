@@ -55,9 +55,10 @@ def cycle_end(cfg, position) -> Optional[Tuple[int, str]]:
     if position <= 0 or position != int(position):
         return None
     position = int(position)
-    if cycle_of(position, period, cfg.t_mult, warmup)[1] != position:
+    cycle = cycle_of(position - 1, period, cfg.t_mult, warmup)[0]
+    if cycle_of(position, period, cfg.t_mult, warmup)[0] == cycle:
         return None
-    cycle = cycle_of(position - 1, period, cfg.t_mult, warmup)[0] + 1
+    cycle += 1
     mode = mode_at(position - 1, period, cfg.t_mult, warmup, str(cfg.mode_schedule), str(cfg.first_mode),
                    cfg.restarts_per_switch, real_first)
     return cycle, mode

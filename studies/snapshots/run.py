@@ -45,7 +45,7 @@ COMMON = ["--user-dir", os.path.join(REPO, "fairseq_dni"), "--task", "dni_langua
           "--lr", "20", "--clip-norm", "0.25", "--lr-scheduler", "cosine_alternating", "--lr-period-updates",
           str(PERIOD), "--t-mult", "1", "--min-lr", "0", "--max-update", str(CYCLES * PERIOD),
           "--save-interval-updates", str(PERIOD), "--keep-interval-updates", "1", "--keep-cycle-ends",
-          "--no-epoch-checkpoints", "--seed", "1", "--cpu", "--num-workers", "0", "--log-format", "json",
+          "--no-epoch-checkpoints", "--disable-validation", "--seed", "1", "--cpu", "--num-workers", "0", "--log-format", "json",
           "--log-interval", "50", "--no-progress-bar"]
 ARM_FLAGS = {
     "alternating": ["--criterion", "dni_cross_entropy", "--dni-scale", "0.1", "--dni-condition-on-next-target",
