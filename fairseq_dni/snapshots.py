@@ -71,12 +71,13 @@ def check_saves(cfg):
     if cfg.no_save:
         raise DNIUserError("--keep-cycle-ends copies the checkpoints fairseq writes at cycle ends; --no-save writes none")
     if counts_epochs:
-        ends = restart_updates(cfg.max_epoch + 1, period, cfg.t_mult) if cfg.max_epoch else []
-        unsaved = [e for e in ends if e % cfg.save_interval]
-        if unsaved or (not cfg.max_epoch and cfg.save_interval != 1):
+        if not cfg.max_epoch and cfg.save_interval != 1:
+            raise DNIUserError("--keep-cycle-ends with cycles in epochs and no --max-epoch needs --save-interval 1")
+        unsaved = [e for e in restart_updates(cfg.max_epoch + 1, period, cfg.t_mult) if e % cfg.save_interval]
+        if unsaved:
             raise DNIUserError(f"--keep-cycle-ends: fairseq saves every {cfg.save_interval} epochs (--save-interval), "
-                               f"so no checkpoint is written at the cycle end after epoch "
-                               f"{(unsaved or ['?'])[0]}: use --save-interval 1")
+                               f"so no checkpoint is written at the cycle end after epoch {unsaved[0]}: use "
+                               f"--save-interval 1")
         return
     step = cfg.save_interval_updates
     lengths = cycle_lengths(period)

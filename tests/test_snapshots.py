@@ -7,12 +7,16 @@
   ends (update clock; epoch clock), survive --keep-interval-updates, and nothing else is kept.
 """
 import filecmp
+import pathlib
+import shutil
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from helpers import fairseq, train_args
+from helpers import REPO, fairseq, train_args
 from fairseq_dni.errors import DNIUserError
 from fairseq_dni.snapshots import check_saves, cycle_end
 
@@ -94,3 +98,13 @@ def test_epoch_clock_keeps_the_epoch_checkpoints_that_end_cycles(tiny_data, tmp_
     assert kept == ["checkpoint_cycle1_synthetic.pt", "checkpoint_cycle2_real.pt"]
     assert filecmp.cmp(tmp_path / "checkpoint1.pt", tmp_path / "checkpoint_cycle1_synthetic.pt", shallow=False)
     assert filecmp.cmp(tmp_path / "checkpoint3.pt", tmp_path / "checkpoint_cycle2_real.pt", shallow=False)
+
+
+def test_the_snapshot_study_report_is_what_its_committed_logs_give(tmp_path):
+    """studies/snapshots: results.csv and the README's results block, rewritten from the committed logs."""
+    source = pathlib.Path(REPO, "studies", "snapshots")
+    study = tmp_path / "snapshots"
+    shutil.copytree(source, study)
+    subprocess.run([sys.executable, str(study / "run.py"), "--report"], check=True, stdout=subprocess.DEVNULL)
+    for name in ("results.csv", "README.md"):
+        assert (study / name).read_text() == (source / name).read_text(), f"studies/snapshots/{name} is stale"
