@@ -12,12 +12,13 @@ Each run keeps its 6 cycle-end snapshots (``--keep-cycle-ends``). Then, per arm:
 * linear CKA and SVCCA per layer between neighbouring snapshots (cycle k-1 against cycle k, over PTB's
   validation text, state carried: ``python -m fairseq_dni.representations``); in the alternating arm
   cycles 3 and 5 were trained with synthetic gradients, 2, 4 and 6 with real ones;
-* PTB test perplexity of the last snapshot alone and of ensembles of the last 2 and last 3
-  (``python -m fairseq_dni.eval_lm --path a:b[:c]``, 10 streams, 35-token windows).
+* PTB test perplexity of each of the last three snapshots alone and of the ensembles of the last 2 and
+  last 3 (``python -m fairseq_dni.eval_lm --path a:b[:c]``, 10 streams, 35-token windows).
 
 Usage (from the repository root; about 15 minutes of one core, niced)::
 
     python studies/snapshots/run.py --text-dir ../shared/data/ptb     # train, score, compare, report
+    python studies/snapshots/run.py --score-only                      # score and compare the kept snapshots again
     python studies/snapshots/run.py --report                          # the report again, from the committed logs
 
 Writes logs/ (fairseq's own logs and the two tools' outputs, committed), results.csv, snapshots.png and the
@@ -54,7 +55,7 @@ ARM_FLAGS = {
 }
 EVAL = ["--user-dir", os.path.join(REPO, "fairseq_dni"), "--task", "dni_language_modeling", "--gen-subset", "test",
         "--batch-size", "10", "--tokens-per-sample", "35", "--cpu", "--num-workers", "0"]
-ENSEMBLES = (1, 2, 3)  # the last k snapshots
+SCORED = ((4,), (5,), (6,), (5, 6), (4, 5, 6))  # the last three snapshots alone, then the last two and three together
 
 
 def mode_of(arm, cycle):
@@ -80,7 +81,7 @@ def run(cmd, log, append=False):
         sys.exit(f"failed ({code}): see {log}")
 
 
-def study(text_dir, work):
+def study(text_dir, work, train=True):
     os.makedirs(LOGS, exist_ok=True)
     os.makedirs(work, exist_ok=True)
     data = os.path.join(work, "data-bin")
@@ -89,11 +90,12 @@ def study(text_dir, work):
              "--validpref", f"{text_dir}/ptb.valid.txt", "--testpref", f"{text_dir}/ptb.test.txt",
              "--destdir", data, "--workers", "1"], os.path.join(work, "preprocess.log"))
     for arm in ARMS:
-        run([os.path.join(BIN, "fairseq-train"), data, *COMMON, *ARM_FLAGS[arm], "--save-dir", os.path.join(work, arm)],
-            os.path.join(LOGS, f"{arm}.train.log"))
+        if train:
+            run([os.path.join(BIN, "fairseq-train"), data, *COMMON, *ARM_FLAGS[arm], "--save-dir",
+                 os.path.join(work, arm)], os.path.join(LOGS, f"{arm}.train.log"))
         log = os.path.join(LOGS, f"{arm}.eval.log")
-        for i, k in enumerate(ENSEMBLES):
-            paths = ":".join(snapshot(work, arm, c) for c in range(CYCLES - k + 1, CYCLES + 1))
+        for i, cycles in enumerate(SCORED):
+            paths = ":".join(snapshot(work, arm, c) for c in cycles)
             run([sys.executable, "-m", "fairseq_dni.eval_lm", data, *EVAL, "--path", paths], log, append=i > 0)
         log = os.path.join(LOGS, f"{arm}.representations.log")
         for cycle in range(2, CYCLES + 1):
@@ -103,13 +105,13 @@ def study(text_dir, work):
 
 # ---- the report, from the logs alone -----------------------------------------------------------------
 def read_eval(arm):
-    """{k: test perplexity of the ensemble of the last k snapshots}, from fairseq's eval-lm log lines."""
+    """{(cycles of the members): test perplexity}, from fairseq's eval-lm log lines."""
     text = open(os.path.join(LOGS, f"{arm}.eval.log")).read()
     runs = re.split(r"^# ", text, flags=re.M)[1:]
     out = {}
     for block in runs:
         members = re.search(r"--path (\S+)", block).group(1).split(":")
-        out[len(members)] = float(re.search(r"Loss \(base 2\): [0-9.]+, Perplexity: ([0-9.]+)", block).group(1))
+        out[tuple(int(re.search(r"cycle(\d+)_", m).group(1)) for m in members)] = float(re.search(r"Loss \(base 2\): [0-9.]+, Perplexity: ([0-9.]+)", block).group(1))
     return out
 
 
@@ -139,12 +141,26 @@ def mean(values):
     return sum(values) / len(values)
 
 
-def best_ensemble(ppl):
-    best = {arm: round(min(ppl[arm].values()), 2) for arm in ARMS}
-    if len(set(best.values())) == 1:
-        return f"the two arms' best ensembles are equal ({best[ARMS[0]]:.2f})"
-    arm = min(ARMS, key=best.get)
-    return f"the best ensemble overall is {arm}'s ({best[arm]:.2f})"
+def name(members):
+    return f"cycle {members[0]} alone" if len(members) == 1 else f"ensemble of cycles {members[0]}-{members[-1]}"
+
+
+def ensemble_verdict(ppl, best, gain):
+    last = (CYCLES,)
+    said = {arm: f"{arm}: cycle {CYCLES} alone {ppl[arm][last]:.2f}, its best ensemble ({name(best[arm])[12:]}) "
+                 f"{ppl[arm][best[arm]]:.2f}" for arm in ARMS}
+    if all(g <= 0 for g in gain.values()):
+        behind = {arm: ppl[arm][(CYCLES - 1,)] - ppl[arm][last] for arm in ARMS}
+        return (f"No: in neither arm does an ensemble beat the last snapshot ({said['alternating']}; {said['bptt']}). "
+                f"The earlier snapshots are still much worse (cycle {CYCLES - 1} alone is "
+                f"{behind['alternating']:.2f} and {behind['bptt']:.2f} above cycle {CYCLES}): after 0.83 epoch these "
+                f"runs are far from converged, so averaging in an earlier snapshot costs more than its difference "
+                f"brings (Huang et al. ensemble snapshots taken near convergence). Across arms, the alternating "
+                f"run's last snapshot is {abs(ppl['bptt'][last] - ppl['alternating'][last]):.2f} "
+                f"{'below' if ppl['alternating'][last] < ppl['bptt'][last] else 'above'} BPTT's (one seed).")
+    better = max(ARMS, key=gain.get)
+    return (f"Ensembling gains {gain['alternating']:.2f} for the alternating arm and {gain['bptt']:.2f} for BPTT "
+            f"({said['alternating']}; {said['bptt']}): {better} gains more (one seed).")
 
 
 def report():
@@ -157,10 +173,11 @@ def report():
             rows.append({"arm": arm, "pair": f"{cycle - 1}-{cycle}", "cycle_mode": mode_of(arm, cycle),
                          "layer": layer, "cka": cka, "svcca": sv})
     with open(os.path.join(HERE, "results.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["arm", "pair", "cycle_mode", "layer", "cka", "svcca", "k", "test_ppl"])
+        writer = csv.DictWriter(f, fieldnames=["arm", "pair", "cycle_mode", "layer", "cka", "svcca", "members", "test_ppl"])
         writer.writeheader()
         writer.writerows(rows)
-        writer.writerows({"arm": arm, "k": k, "test_ppl": p} for arm in ARMS for k, p in sorted(ppl[arm].items()))
+        writer.writerows({"arm": arm, "members": "+".join(map(str, members)), "test_ppl": ppl[arm][members]}
+                         for arm in ARMS for members in SCORED)
 
     def cka(arm, cycle, layer):
         return next(c for k, l, c, _ in reps[arm] if k == cycle and l == layer)
@@ -173,9 +190,9 @@ def report():
                      + " | ".join(f"{cka('alternating', cycle, l):.4f} / {cka('bptt', cycle, l):.4f}" for l in layers)
                      + " |")
     table_cka = "\n".join(lines)
-    lines = ["| arm | last snapshot (cycle 6) | ensemble of cycles 5-6 | ensemble of cycles 4-6 |", "|---|---|---|---|"]
+    lines = ["| arm | " + " | ".join(name(m) for m in SCORED) + " |", "|---|" + "---|" * len(SCORED)]
     for arm in ARMS:
-        lines.append(f"| {arm} | " + " | ".join(f"{ppl[arm][k]:.2f}" for k in ENSEMBLES) + " |")
+        lines.append(f"| {arm} | " + " | ".join(f"{ppl[arm][m]:.2f}" for m in SCORED) + " |")
     table_ppl = "\n".join(lines)
 
     # neighbours' CKA: the alternating arm minus bptt at the same pair, split by how cycle k was trained
@@ -186,7 +203,9 @@ def report():
     synthetic = [r for r in inner if float(r["dni_synthetic"]) == 1.0 and "dni_pred_norm" in r]
     ratio = mean(float(r["dni_pred_norm"]) / float(r["dni_target_norm"]) for r in synthetic)
     cos = mean(float(r["dni_cos"]) for r in synthetic)
-    gain = {arm: ppl[arm][1] - min(ppl[arm][k] for k in ENSEMBLES[1:]) for arm in ARMS}
+    last, ensembles = (CYCLES,), [m for m in SCORED if len(m) > 1]
+    best = {arm: min(ensembles, key=lambda m: ppl[arm][m]) for arm in ARMS}
+    gain = {arm: ppl[arm][last] - ppl[arm][best[arm]] for arm in ARMS}  # > 0: the ensemble is better
     verdict = [
         f"* **Do synthetic cycles move the representations more?** "
         + ("Yes, in this run: " if moved_more else "No, not beyond what the real cycles differ by: ")
@@ -196,17 +215,12 @@ def report():
         f"{abs(gap['real']):.4f} ({'less' if gap['real'] < 0 else 'more'} alike), the size of a difference "
         f"that no synthetic gradient caused. One seed.",
         f"* **How much the synthesizer contributes:** in synthetic updates its prediction's norm is "
-        f"{ratio:.2f} of the true gradient's (mean over the logged intervals), injected at --dni-scale 0.1, so "
-        f"the injected gradient is about {100 * 0.1 * ratio:.1f}% of the true gradient's norm, at cosine "
-        f"{cos:.3f} with it. A synthetic cycle is thus close to truncated BPTT with 10-token windows"
+        f"{ratio:.2f} of the true gradient's at the window boundary (the gradient full BPTT would carry back "
+        f"from the future tokens; mean over the logged intervals), injected at --dni-scale 0.1, so the injected "
+        f"gradient is about {100 * 0.1 * ratio:.1f}% of that norm, at cosine {cos:.3f} with it (a real cycle "
+        f"injects nothing). A synthetic cycle is thus close to truncated BPTT with 10-token windows"
         + (": too small a push to make its snapshots differ from real-trained ones." if not moved_more else "."),
-        f"* **Does it buy a better ensemble?** Ensembling the last snapshots lowers test perplexity by "
-        f"{gain['alternating']:.2f} (alternating: {ppl['alternating'][1]:.2f} to "
-        f"{min(ppl['alternating'][k] for k in ENSEMBLES[1:]):.2f}) against {gain['bptt']:.2f} for BPTT "
-        f"({ppl['bptt'][1]:.2f} to {min(ppl['bptt'][k] for k in ENSEMBLES[1:]):.2f}): "
-        + ("the alternating arm gains more" if gain["alternating"] > gain["bptt"] else
-           "the alternating arm gains no more than BPTT")
-        + "; " + best_ensemble(ppl) + ".",
+        "* **Does it buy a better ensemble?** " + ensemble_verdict(ppl, best, gain),
     ]
     plot(reps, layers, ppl)
     block = "\n\n".join(["Neighbouring snapshots' linear CKA per layer (PTB validation text, state carried; 1 = "
@@ -235,14 +249,15 @@ def plot(reps, layers, ppl):
             points = sorted((c, v) for c, l, v, _ in reps[arm] if l == layer)
             left.plot([c for c, _ in points], [v for _, v in points], style, color=colour, marker="o",
                       label=f"{arm}, layer {layer}")
-        right.plot(list(ENSEMBLES), [ppl[arm][k] for k in ENSEMBLES], color=colour, marker="o", label=arm)
+        right.plot(range(len(SCORED)), [ppl[arm][m] for m in SCORED], color=colour, marker="o", label=arm)
     for cycle in range(2, CYCLES + 1):
         if mode_of("alternating", cycle) == "synthetic":
             left.axvspan(cycle - 0.5, cycle + 0.5, color="tab:red", alpha=0.08, lw=0)
     left.set(xlabel="cycle k (shaded: synthetic in the alternating arm)", ylabel="linear CKA, snapshot k-1 vs k",
-             title="neighbouring snapshots")
-    right.set(xlabel="ensemble of the last k snapshots", ylabel="PTB test perplexity", xticks=list(ENSEMBLES),
-              title="snapshot ensembles")
+             title="neighbouring snapshots", xticks=list(range(2, CYCLES + 1)))
+    right.set(ylabel="PTB test perplexity", title="snapshots and their ensembles")
+    right.set_xticks(range(len(SCORED)), ["+".join(map(str, m)) for m in SCORED])
+    right.set_xlabel("cycles scored (alone, or averaged)")
     left.legend(fontsize=7)
     right.legend(fontsize=7)
     fig.tight_layout()
@@ -256,11 +271,13 @@ def main():
     parser.add_argument("--work", default=os.path.join(REPO, "runs", "snapshots"),
                         help="binarized data and checkpoints (not committed)")
     parser.add_argument("--report", action="store_true", help="only rewrite the report from the committed logs")
+    parser.add_argument("--score-only", action="store_true",
+                        help="score and compare the snapshots already in --work (no training), then report")
     args = parser.parse_args()
     if not args.report:
         if not os.path.isfile(os.path.join(args.text_dir, "ptb.train.txt")):
             sys.exit(f"no ptb.train.txt in {args.text_dir}: give --text-dir")
-        study(os.path.abspath(args.text_dir), os.path.abspath(args.work))
+        study(os.path.abspath(args.text_dir), os.path.abspath(args.work), train=not args.score_only)
     report()
 
 
