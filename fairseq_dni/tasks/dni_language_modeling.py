@@ -35,6 +35,7 @@ from fairseq_dni.run_checks import (
     refuse_window_dependent_eval_options,
     warn_if_update_count_restarted,
 )
+from fairseq_dni.snapshots import keep_cycle_end
 from fairseq_dni.step import WindowTask, train_window
 
 logger = logging.getLogger(__name__)
@@ -340,6 +341,12 @@ class DNILanguageModelingTask(FairseqTask, WindowTask):
     def build_generator(self, models, args, **unused):
         """Refused in one line (fairseq-generate, fairseq-interactive): see ``run_checks.generation_refusal``."""
         raise DNIUserError(generation_refusal(self.cfg.data, given(self.cfg.checkpoint_path), given(self.cfg.user_dir)))
+
+    def post_save(self, cp_path, num_updates):
+        """fairseq's hook after every checkpoint it writes: --keep-cycle-ends keeps a copy at a cycle's end."""
+        schedule = given(self.cfg.schedule)
+        if schedule is not None and schedule.get("keep_cycle_ends"):
+            keep_cycle_end(cp_path)
 
     def max_positions(self):
         return None

@@ -127,6 +127,18 @@ def cycle_of(position, period: Periods, t_mult: int, warmup: int = 0):
     return i, warmup + start, length
 
 
+def restart_updates(limit: int, period: Periods, t_mult: int, warmup: int = 0) -> List[int]:
+    """Every position < limit at which a new cycle (a warm restart) begins, excluding 0 (used by
+    ``--keep-cycle-ends`` to check that every cycle end gets a checkpoint)."""
+    out, position = [], 0
+    while True:
+        i, start, length = cycle_of(position, period, t_mult, warmup)
+        position = start + length
+        if position >= limit:
+            return out
+        out.append(position)
+
+
 def learning_rate(update, max_lr: float, min_lr: float, period: Periods, t_mult: int, warmup: int = 0,
                   warmup_init_lr: float = 0.0, lr_shrink: float = 1.0) -> float:
     """SGDR (Loshchilov & Hutter 2017, eq. 5): ``min + (peak_i - min) (1 + cos(pi x)) / 2`` with ``x``
@@ -186,9 +198,17 @@ class CosineAlternatingConfig(FairseqDataclass):
         default=0,
         metadata={"help": "with --lr-period-epochs: the first N epochs use real gradients whatever the mode schedule "
                           "says (the seed paper's --whenswitch 2 is 1)"})
+    keep_cycle_ends: bool = field(
+        default=False,
+        metadata={"help": "also keep the checkpoint written at the end of every cosine cycle as "
+                          "checkpoint_cycle{N}_{mode}.pt (snapshots; needs a save at every cycle end: "
+                          "fairseq_dni/snapshots.py)"})
     lr: List[float] = II("optimization.lr")
     max_update: int = II("optimization.max_update")
     max_epoch: int = II("optimization.max_epoch")
+    save_interval_updates: int = II("checkpoint.save_interval_updates")
+    save_interval: int = II("checkpoint.save_interval")
+    no_save: bool = II("checkpoint.no_save")
 
 
 @register_lr_scheduler("cosine_alternating", dataclass=CosineAlternatingConfig)
@@ -226,6 +246,9 @@ class CosineAlternatingSchedule(FairseqLRScheduler, WindowSchedule):
             raise DNIUserError(f"--lr ({self.max_lr}) must be >= --min-lr ({cfg.min_lr})")
         self.warmup_init_lr = cfg.min_lr if cfg.warmup_init_lr < 0 else cfg.warmup_init_lr
         self.real_first = self.check_units(cfg)
+        if cfg.keep_cycle_ends:
+            from fairseq_dni.snapshots import check_saves  # snapshots reads this module's functions
+            check_saves(cfg)
         if alternating is None and self.counts_epochs:
             raise DNIUserError("--lr-period-epochs needs --optimizer alternating (with --base-optimizer adam|adamw|"
                                "sgd|nag): it sets the learning rate of every window from the epoch clock")
