@@ -17,9 +17,9 @@ Each run keeps its 6 cycle-end snapshots (``--keep-cycle-ends``). Then, per arm:
 
 Usage (from the repository root; about 15 minutes of one core, niced)::
 
-    python studies/snapshots/run.py --text-dir ../shared/data/ptb     # train, score, compare, report
-    python studies/snapshots/run.py --score-only                      # score and compare the kept snapshots again
-    python studies/snapshots/run.py --report                          # the report again, from the committed logs
+    python -m studies.snapshots --text-dir ../shared/data/ptb     # train, score, compare, report
+    python -m studies.snapshots --score-only                      # score and compare the kept snapshots again
+    python -m studies.snapshots --report-only                     # the report again, from the committed logs
 
 Writes logs/ (fairseq's own logs and the two tools' outputs, committed), results.csv, snapshots.png and the
 results block of README.md. Work files (binarized data, checkpoints) go to runs/snapshots/ (not committed).
@@ -31,6 +31,8 @@ import os
 import re
 import subprocess
 import sys
+
+from studies.common import binarize
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -84,11 +86,7 @@ def run(cmd, log, append=False):
 def study(text_dir, work, train=True):
     os.makedirs(LOGS, exist_ok=True)
     os.makedirs(work, exist_ok=True)
-    data = os.path.join(work, "data-bin")
-    if not os.path.isfile(os.path.join(data, "test.bin")):
-        run([os.path.join(BIN, "fairseq-preprocess"), "--only-source", "--trainpref", f"{text_dir}/ptb.train.txt",
-             "--validpref", f"{text_dir}/ptb.valid.txt", "--testpref", f"{text_dir}/ptb.test.txt",
-             "--destdir", data, "--workers", "1"], os.path.join(work, "preprocess.log"))
+    data = binarize(text_dir, os.path.join(work, "data-bin"), corpus="PTB", prog="studies.snapshots", workers=1)
     for arm in ARMS:
         if train:
             run([os.path.join(BIN, "fairseq-train"), data, *COMMON, *ARM_FLAGS[arm], "--save-dir",
@@ -230,7 +228,7 @@ def report():
                          "perplexity](snapshots.png)"])
     page = os.path.join(HERE, "README.md")
     text = open(page).read()
-    start, end = "<!-- results: written by run.py --report -->", "<!-- /results -->"
+    start, end = "<!-- results: written by run.py --report-only -->", "<!-- /results -->"
     text = text[:text.index(start) + len(start)] + "\n" + block + "\n" + text[text.index(end):]
     with open(page, "w") as f:
         f.write(text)
@@ -270,13 +268,11 @@ def main():
                         help="folder with ptb.train.txt, ptb.valid.txt, ptb.test.txt (Mikolov's PTB)")
     parser.add_argument("--work", default=os.path.join(REPO, "runs", "snapshots"),
                         help="binarized data and checkpoints (not committed)")
-    parser.add_argument("--report", action="store_true", help="only rewrite the report from the committed logs")
+    parser.add_argument("--report-only", action="store_true", help="only rewrite the report from the committed logs")
     parser.add_argument("--score-only", action="store_true",
                         help="score and compare the snapshots already in --work (no training), then report")
     args = parser.parse_args()
-    if not args.report:
-        if not os.path.isfile(os.path.join(args.text_dir, "ptb.train.txt")):
-            sys.exit(f"no ptb.train.txt in {args.text_dir}: give --text-dir")
+    if not args.report_only:
         study(os.path.abspath(args.text_dir), os.path.abspath(args.work), train=not args.score_only)
     report()
 

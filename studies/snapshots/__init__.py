@@ -1,0 +1,1 @@
+"""snapshots: run.py is the driver (python -m studies.snapshots); README.md is its page."""

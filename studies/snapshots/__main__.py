@@ -1,0 +1,3 @@
+from studies.snapshots.run import main
+
+main()
