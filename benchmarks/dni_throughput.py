@@ -29,7 +29,7 @@ coordinate-wise synthesizer carries across windows for ``dni_lstm_lm_wikitext103
     python -m benchmarks.dni_throughput --data-bin runs/ptb-bin --repeats 0 --interleaved-updates 80 --compiled
     python -m benchmarks.dni_throughput --data-bin runs/ptb-bin --hidden 650 --embed-dim 650 --repeats 0 \
         --interleaved-updates 40 --out benchmarks/results/dni_throughput_650
-    python benchmarks/dni_throughput.py --data-bin runs/ptb-bin --repeats 0 --interleaved-updates 120 \
+    python -m benchmarks.dni_throughput --data-bin runs/ptb-bin --repeats 0 --interleaved-updates 120 \
         --arms synthetic synthetic-coordinatewise-qrnn synthetic-scan --out benchmarks/results/dni_throughput_scan
 
 (``runs/ptb-bin``: PTB binarized by ``python -m studies.paper_grid``, or any fairseq-preprocess'ed corpus.)

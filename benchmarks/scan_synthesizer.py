@@ -18,8 +18,8 @@ first window, inputs and model built (CPU: reused buffers, saved tensors, gradie
 included), or the peak allocated CUDA memory above the memory held then (CUDA). Writes
 OUT.csv and OUT.md::
 
-    python benchmarks/scan_synthesizer.py                       # CPU, results/scan_synthesizer.*
-    python benchmarks/scan_synthesizer.py --device cuda --out benchmarks/results/scan_synthesizer_cuda
+    python -m benchmarks.scan_synthesizer                       # CPU, results/scan_synthesizer.*
+    python -m benchmarks.scan_synthesizer --device cuda --out benchmarks/results/scan_synthesizer_cuda
 """
 import argparse
 import csv
@@ -47,7 +47,6 @@ def peak_resident() -> int:
 
 def one(spec):
     """Time one row in this process; returns {ms, peak_mib}."""
-    sys.path.insert(0, REPO)
     import torch
 
     torch.manual_seed(0)
@@ -133,8 +132,8 @@ def main():
     results = []
     for row in rows:
         spec = dict(row, device=args.device, repeats=args.repeats, warmup=3)
-        out = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], env=env, check=True,
-                             capture_output=True, text=True).stdout
+        out = subprocess.run([sys.executable, "-m", "benchmarks.scan_synthesizer", "--one", json.dumps(spec)],
+                             env=env, cwd=REPO, check=True, capture_output=True, text=True).stdout
         measured = json.loads(out.strip().splitlines()[-1])
         results.append({**row, "device": args.device, **measured})
         print(results[-1], flush=True)
