@@ -49,6 +49,10 @@ class Synthesizer(nn.Module):
         raise NotImplementedError
 
 
+READS_SCALARS = {"coordinatewise": "coordinate-wise synthesizer sees one state coordinate at a time",
+                 "scan": "scan synthesizer reads the state's scalars one by one"}
+
+
 def build_synthesizer(kind: str, layout, *, hidden: Optional[int] = None, layers: Optional[int] = None,
                       condition_dim: int = 0, input_norm: bool = True, cell: Optional[str] = None,
                       input_noise: Optional[float] = None, init: Optional[str] = None,
@@ -73,23 +77,6 @@ def build_synthesizer(kind: str, layout, *, hidden: Optional[int] = None, layers
         for flag, given in (("--dni-synthesizer-init", init is not None), ("--dni-scan-per-stream", per_stream)):
             if given:
                 raise ValueError(f"{flag} applies to --dni-synthesizer scan only, not {kind}")
-    if kind == "scan":
-        if cell is not None:
-            raise ValueError("--dni-synthesizer-cell applies to --dni-synthesizer coordinatewise only; "
-                             "scan is the paper's QRNN")
-        hidden = 50 if hidden is None else hidden
-        if hidden < 1:
-            raise ValueError(f"--dni-synthesizer-hidden must be >= 1, got {hidden}")
-        if condition_dim:
-            raise ValueError("the scan synthesizer reads the state's scalars one by one and takes no condition: "
-                             "drop --dni-condition-on-next-input/--dni-condition-on-next-target, "
-                             "or use --dni-synthesizer mlp")
-        init = "zero" if init is None else init
-        if init not in INITS:
-            raise ValueError(f"unknown --dni-synthesizer-init {init!r}; choose one of {', '.join(INITS)}")
-        return ScanSynthesizer(layout.layer_sizes, hidden=hidden, layers=layers or 1,
-                               input_noise=0.5 if input_noise is None else input_noise, init=init,
-                               per_stream=per_stream)
     if kind == "mlp":
         if cell is not None:
             raise ValueError("--dni-synthesizer-cell applies to --dni-synthesizer coordinatewise only, not mlp")
@@ -99,17 +86,25 @@ def build_synthesizer(kind: str, layout, *, hidden: Optional[int] = None, layers
         return MLPSynthesizer(layout.dim, hidden_dim=hidden or layout.dim, num_layers=layers or 2,
                               condition_dim=condition_dim, slices=layout.slices if input_norm else (),
                               input_noise=input_noise or 0.0)
-    if kind == "coordinatewise":
+    if kind in ("coordinatewise", "scan"):  # the seed paper's: one small recurrent network over scalars
         hidden = 50 if hidden is None else hidden
         if hidden < 1:
             raise ValueError(f"--dni-synthesizer-hidden must be >= 1, got {hidden}")
         if condition_dim:
-            raise ValueError("the coordinate-wise synthesizer sees one state coordinate at a time and takes no "
-                             "condition: drop --dni-condition-on-next-input/--dni-condition-on-next-target, "
-                             "or use --dni-synthesizer mlp")
+            raise ValueError(f"the {READS_SCALARS[kind]} and takes no condition: drop --dni-condition-on-next-input/"
+                             "--dni-condition-on-next-target, or use --dni-synthesizer mlp")
+        input_noise = 0.5 if input_noise is None else input_noise
+        if kind == "scan":
+            if cell is not None:
+                raise ValueError("--dni-synthesizer-cell applies to --dni-synthesizer coordinatewise only; "
+                                 "scan is the paper's QRNN")
+            init = "zero" if init is None else init
+            if init not in INITS:
+                raise ValueError(f"unknown --dni-synthesizer-init {init!r}; choose one of {', '.join(INITS)}")
+            return ScanSynthesizer(layout.layer_sizes, hidden=hidden, layers=layers or 1, input_noise=input_noise,
+                                   init=init, per_stream=per_stream)
         cell = "gru" if cell is None else cell
         if cell not in CELLS:
             raise ValueError(f"unknown --dni-synthesizer-cell {cell!r}; choose one of {', '.join(CELLS)}")
-        return CoordinatewiseSynthesizer(hidden=hidden, layers=layers or 1, cell=cell,
-                                         input_noise=0.5 if input_noise is None else input_noise)
+        return CoordinatewiseSynthesizer(hidden=hidden, layers=layers or 1, cell=cell, input_noise=input_noise)
     raise ValueError(f"unknown synthesizer {kind!r}; choose mlp, coordinatewise or scan")
