@@ -235,8 +235,9 @@ def main():
                commit=commit.stdout.strip() or "unknown (no .git)", python=sys.version.split()[0], fairseq=fairseq.__version__)
     open(runs_log := os.path.join(a.results, "runs.log"), "w").close()
     # can a forked child use CUDA? (this process never initialised it)
-    spawn = not a.cpu and run_child("probe", [], os.path.join(a.work, "probe.log"), 120, spawn=False)[0] != 0
-    print(f"[gpu_check] runs are {'fresh processes: a forked child could not use CUDA' if spawn else 'forked'}")
+    # on the CPU fresh processes: a child forked after torch's CPU thread pools started can crash at exit
+    spawn = a.cpu or run_child("probe", [], os.path.join(a.work, "probe.log"), 120, spawn=False)[0] != 0
+    print(f"[gpu_check] runs are {'fresh processes' if spawn else 'forked'}")
     t0, text, data = time.time(), os.path.join(a.work, "text"), os.path.join(a.work, "data-bin")
     make_corpus(text, types=300 if a.tiny else 10_000, tokens=20_000 if a.tiny else 400_000)
     status = run_child("preprocess", ["--only-source", "--destdir", data, "--workers", str(min(8, os.cpu_count())),

@@ -219,7 +219,9 @@ def test_generate_and_interactive_say_to_sample_with_the_hub_and_the_command_wor
     assert one_line_error(proc.stdout) == line
     command = re.search(r"sample with the hub, which continues the carried state from a prompt: (.*) \(tokenizer",
                         line).group(1).replace("PROMPT WORDS", "w1 w2")
+    # as pasted in a shell where the environment is active (its python first on PATH), from elsewhere
+    path = os.pathsep.join([BIN, os.environ.get("PATH", "")])
     sampled = subprocess.run(["bash", "-c", command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             cwd="/", env=dict(os.environ, PYTHONPATH=""), timeout=300)
+                             cwd="/", env=dict(os.environ, PYTHONPATH="", PATH=path), timeout=300)
     assert sampled.returncode == 0, sampled.stdout[-3000:]
     assert sampled.stdout.strip().splitlines()[-1].startswith("w1 w2")
