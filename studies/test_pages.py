@@ -15,7 +15,7 @@ import pytest
 from studies.common import REPO
 
 STUDIES = Path(REPO, "studies")
-COPY_TASK_GRID = ["--windows", "2,3,4,5", "--lengths", "T,2T", "--arms", "bptt,dni,dni-cw-paper,ceiling",
+COPY_TASK_GRID = ["--windows", "2,3,4,5", "--lengths", "T,2T", "--arms", "bptt,dni,dni-cw-paper,dni-scan,ceiling",
                   "--updates", "10000"]   # the grid its page's "table" command names
 DNI_STABILITY_ARMS = "real,synthetic,real-coordinatewise-gru,synthetic-coordinatewise-gru,synthetic-coordinatewise-lstm"
 

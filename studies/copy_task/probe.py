@@ -14,9 +14,15 @@ predicts zero). Then fit, on half the streams, and score on the other half, as
   own history; ``... with input noise``: the same fed s_j times N(1, 0.5), as it is in training;
 * ``coordinate-wise, one function per coordinate``: an upper bound for a synthesizer that could
   tell the coordinates apart (the coordinate-wise one could only through its own history);
-* ``mlp synthesizer`` / ``coordinatewise synthesizer``: the synthesizers themselves
-  (``fairseq_dni.synthesizers``, their defaults), trained on these fixed pairs with Adam for 2,000
-  steps of 32 streams (input noise as in training; the coordinate-wise one from a fresh own state).
+* ``causal scan, linear``: g_k as a ridge regression on s_0..s_k, the state's coordinates up to k in
+  the seed paper's order (h, then c): the best linear function of what a causal scan over one
+  stream's state has read when it predicts coordinate k (the scan synthesizer also reads the
+  previous streams, which hold nothing about this one);
+* ``mlp synthesizer`` / ``coordinatewise synthesizer`` / ``scan synthesizer``: the synthesizers
+  themselves (``fairseq_dni.synthesizers``, their defaults; the scan one with the paper's
+  initialisation, as the copy task's ``dni-scan`` arm), trained on these fixed pairs with Adam for
+  2,000 steps of 32 streams (input noise as in training; the coordinate-wise and scan ones from a
+  fresh own state at every step and at scoring).
 
     python -m studies.copy_task.probe [--streams 4096] [--seeds 1,2,3]
 """
@@ -104,16 +110,27 @@ def probe(seed, streams):
     per = np.stack([binned(s_a[:, j], g_a[:, j], s_b[:, j], bins=20) for j in range(s.shape[1])], axis=1)
     out["coordinate-wise, one function per coordinate"] = rel(per, g_b)
     layout = model.decoder.model_spec().layout
-    for kind, lr in (("mlp", 1e-4), ("coordinatewise", 1e-3)):
-        out[f"{kind} synthesizer, Adam {lr:g}, 2000 steps"] = fit_synthesizer(kind, lr, layout, s_a, g_a, s_b, g_b)
+    from fairseq_dni.synthesizers.scan import paper_order
+
+    order = paper_order(layout.layer_sizes).numpy()
+    causal = np.zeros_like(g_b)
+    for k in range(s.shape[1]):  # coordinate k (paper's order) from coordinates 0..k of its own stream
+        seen = order[:k + 1]
+        xa_k, xb_k = np.c_[s_a[:, seen], np.ones(half)], np.c_[s_b[:, seen], np.ones(streams - half)]
+        w_k = np.linalg.solve(xa_k.T @ xa_k + 1e-3 * np.eye(xa_k.shape[1]), xa_k.T @ g_a[:, order[k]])
+        causal[:, order[k]] = xb_k @ w_k
+    out["causal scan, linear (g_k on s_0..s_k, paper's order)"] = rel(causal, g_b)
+    for kind, lr, init in (("mlp", 1e-4, None), ("coordinatewise", 1e-3, None), ("scan", 1e-3, "paper")):
+        out[f"{kind} synthesizer, Adam {lr:g}, 2000 steps"] = fit_synthesizer(kind, lr, layout, s_a, g_a, s_b, g_b,
+                                                                               init=init)
     return out
 
 
-def fit_synthesizer(kind, lr, layout, s_a, g_a, s_b, g_b, steps=2000, batch=32):
+def fit_synthesizer(kind, lr, layout, s_a, g_a, s_b, g_b, steps=2000, batch=32, init=None):
     from fairseq_dni.synthesizers import build_synthesizer
 
     torch.manual_seed(0)
-    synthesizer = build_synthesizer(kind, layout)
+    synthesizer = build_synthesizer(kind, layout, init=init)
     optimizer = torch.optim.Adam(synthesizer.parameters(), lr=lr)
     s_a, g_a = torch.tensor(s_a, dtype=torch.float32), torch.tensor(g_a, dtype=torch.float32)
     for _ in range(steps):

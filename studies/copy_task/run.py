@@ -96,8 +96,14 @@ ARMS = {
     "dni-cw": ["--dni-mode", "synthetic", "--dni-synthesizer", "coordinatewise", "--dni-synthesizer-cell", "gru"],
     "dni-cw-paper": ["--dni-mode", "synthetic", "--dni-synthesizer", "coordinatewise", "--dni-synthesizer-cell", "gru",
                      "--dni-lr", "1e-3", "--dni-weight-decay", "1.2e-6"],
+    # the seed paper's QRNN synthesizer as its code runs it (--sgtype QRNN: one scan across all B x D scalars
+    # of the state, hidden 50, input noise N(1, 0.5), decoder U(-0.1, 0.1) as the paper initialises it;
+    # docs/synthesizers.md), at the paper's Adam lr 1e-3 and weight decay 1.2e-6 as dni-cw-paper
+    "dni-scan": ["--dni-mode", "synthetic", "--dni-synthesizer", "scan", "--dni-synthesizer-init", "paper",
+                 "--dni-lr", "1e-3", "--dni-weight-decay", "1.2e-6"],
 }
-LABELS = {"dni": "DNI, MLP", "dni-cw": "DNI, coordinate-wise GRU", "dni-cw-paper": "DNI, coordinate-wise GRU (paper's lr)"}
+LABELS = {"dni": "DNI, MLP", "dni-cw": "DNI, coordinate-wise GRU", "dni-cw-paper": "DNI, coordinate-wise GRU (paper's lr)",
+          "dni-scan": "DNI, QRNN scan (paper's)"}
 # fairseq's default normalisation: each window's gradient is divided by its number of scored tokens,
 # and by 1 in windows with none (the input phase of every stream at once, since the streams are
 # aligned): there the injected synthetic gradient weighs B times more than in a scored window. That
