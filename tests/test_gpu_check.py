@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -86,8 +87,9 @@ def test_tokens_per_s_and_modes_read_back_from_the_logs(tiny):
     for r in rows:
         if r["status"] != "ok":
             continue
-        inner = [json.loads(line.split("| train_inner | ")[1]) for line in sections[(r["config"], r["precision"])]
-                 if "| train_inner | " in line]
+        # fairseq's format ("... | train_inner | {...}") or logging's default in a fresh process ("INFO:train_inner:{...}")
+        inner = [json.loads(m.group(1)) for line in sections[(r["config"], r["precision"])]
+                 for m in [re.search(r"train_inner(?: \| |:)(\{.*\})", line)] if m]
         assert len(inner) == 4  # --log-interval 1: the first is the warm-up, left out
         wpb, wps = [float(x["wpb"]) for x in inner[1:]], [float(x["wps"]) for x in inner[1:]]
         assert float(r["tokens_per_s"]) == pytest.approx(sum(wpb) / sum(b / s for b, s in zip(wpb, wps)), abs=0.06)
