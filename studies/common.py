@@ -436,6 +436,19 @@ def reading(out):
         return ["## Reading", "", f.read().strip(), ""]
 
 
+def replace_block(page, marker, text):
+    """Rewrite the block of ``page`` between ``<!-- marker -->`` and ``<!-- /marker -->`` with ``text``;
+    the prose around it is the page's own. Nothing happens when ``page`` does not exist."""
+    if not os.path.exists(page):
+        return
+    with open(page) as f:
+        doc = f.read()
+    doc = re.sub(rf"(<!-- {marker} -->\n).*?(<!-- /{marker} -->)", lambda m: m.group(1) + text + m.group(2), doc,
+                 flags=re.S)
+    with open(page, "w") as f:
+        f.write(doc)
+
+
 def write_page(out, title, command, summary, md):
     """The study's page, ``OUT/README.md``: ``title``, how it is made (``command``), the computed
     ``summary`` verdict, then the lines ``md`` (its sections, tables and plots)."""

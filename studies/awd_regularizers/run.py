@@ -19,7 +19,6 @@ from the logs.
 import argparse
 import csv
 import os
-import re
 import subprocess
 import sys
 
@@ -119,14 +118,7 @@ def report(logs, out):
     table = "\n".join(lines) + "\n"
     with open(os.path.join(out, "regularizers.md"), "w") as f:
         f.write(table)
-    page = os.path.join(out, "README.md")
-    if os.path.exists(page):  # the block between the markers is regenerated, the prose is not
-        with open(page) as f:
-            doc = f.read()
-        doc = re.sub(r"(<!-- table -->\n).*?(<!-- /table -->)", lambda m: m.group(1) + table + m.group(2), doc,
-                     flags=re.S)
-        with open(page, "w") as f:
-            f.write(doc)
+    common.replace_block(os.path.join(out, "README.md"), "table", table)
     print(table)
 
 

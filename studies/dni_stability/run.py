@@ -16,7 +16,6 @@ them is read from the fairseq logs.
 import argparse
 import csv
 import os
-import re
 import subprocess
 
 from studies import common
@@ -138,14 +137,7 @@ def main():
     summary = "\n".join(lines) + "\n"
     with open(os.path.join(args.out, "summary.md"), "w") as f:
         f.write(summary)
-    page = os.path.join(args.out, "README.md")
-    if os.path.exists(page):  # the block between the markers is regenerated, the prose is not
-        with open(page) as f:
-            doc = f.read()
-        doc = re.sub(r"(<!-- summary -->\n).*?(<!-- /summary -->)", lambda m: m.group(1) + summary + m.group(2), doc,
-                     flags=re.S)
-        with open(page, "w") as f:
-            f.write(doc)
+    common.replace_block(os.path.join(args.out, "README.md"), "summary", summary)
     print(summary)
 
     try:
