@@ -48,8 +48,9 @@ import sys
 from studies import common
 from studies.common import REPO, Run, spread
 
-ARMS = ["bptt-one-cycle", "bptt-restarts", "dni-restarts", "alternating-restarts", "alternating-restarts-mlp"]
-WIKITEXT2_ARMS = ["bptt-one-cycle", "bptt-restarts", "alternating-restarts"]
+ARMS = ["bptt-one-cycle", "bptt-restarts", "dni-restarts", "alternating-restarts", "alternating-restarts-mlp",
+        "dni-restarts-scan", "alternating-restarts-scan"]
+WIKITEXT2_ARMS = ["bptt-one-cycle", "bptt-restarts", "alternating-restarts", "alternating-restarts-scan"]
 EPOCHS = 4
 PERIODS = {"one-cycle": "4", "restarts": "1,1,2"}   # epochs per cosine cycle
 PAPER_PERIODS = {"one-cycle": "160,160", "restarts": "5,5,10,20,40,80,160"}   # the paper's (alternate_sg README)
@@ -64,12 +65,15 @@ OUT = os.path.dirname(os.path.abspath(__file__))
 SEEDS = {"ptb": [1, 2], "wikitext2": [1]}   # the grid as planned (its size in the tables' headings)
 CORPUS_NAMES = {"ptb": "PTB", "wikitext2": "WikiText-2"}
 BASELINES = ["bptt-one-cycle", "bptt-restarts", "dni-restarts"]
-ALTERNATING = ["alternating-restarts", "alternating-restarts-mlp"]
+ALTERNATING = ["alternating-restarts", "alternating-restarts-mlp", "alternating-restarts-scan"]
 
 # the paper's synthesizer (--use_sg --sgtype QRNN --sg_hidden_num 50 --sg_nlayers 1, its own Adam 1e-3
 # with weight decay 1.2e-6, synthetic gradient x 0.1, input noise N(1, 0.5) by default)
 COORDINATEWISE = ["--dni-synthesizer", "coordinatewise", "--dni-synthesizer-cell", "qrnn",
                   "--dni-synthesizer-hidden", "50", "--dni-synthesizer-layers", "1"]
+# the paper's synthesizer as its code computes it: one scan across the flattened state, the paper's init
+SCAN = ["--dni-synthesizer", "scan", "--dni-synthesizer-hidden", "50", "--dni-synthesizer-layers", "1",
+        "--dni-synthesizer-init", "paper"]
 MLP = ["--dni-synthesizer", "mlp"]   # Jaderberg et al.'s, its defaults; everything else as above
 DNI = ["--criterion", "dni_cross_entropy", "--dni-scale", "0.1", "--dni-lr", "0.001", "--dni-weight-decay", "1.2e-6"]
 
@@ -88,9 +92,9 @@ def arm_flags(arm, corpus):
     schedule = ["--lr-scheduler", "cosine_alternating", "--min-lr", "0", "--lr-period-epochs", PERIODS[cycle]]
     if arm.startswith("bptt"):
         return ["--criterion", "lm_cross_entropy", *schedule]
-    if arm == "dni-restarts":
-        return [*DNI, *COORDINATEWISE, *schedule, "--mode-schedule", "synthetic", "--real-first-epochs", "1"]
-    synth = MLP if arm.endswith("-mlp") else COORDINATEWISE
+    synth = MLP if arm.endswith("-mlp") else SCAN if arm.endswith("-scan") else COORDINATEWISE
+    if arm.startswith("dni-restarts"):
+        return [*DNI, *synth, *schedule, "--mode-schedule", "synthetic", "--real-first-epochs", "1"]
     return [*DNI, *synth, *schedule, *alternate(corpus)]
 
 
@@ -190,7 +194,8 @@ FIELDS = ["corpus", "arm", "seed", "test_ppl_last", "test_ppl_best", "final_vali
           "best_epoch", "updates", "epochs", "synthetic_epochs", "dni_cos_first", "dni_cos_last",
           "dni_pred_over_target", "train_wall_s"]
 COLORS = {"bptt-one-cycle": "tab:gray", "bptt-restarts": "tab:blue", "dni-restarts": "tab:red",
-          "alternating-restarts": "tab:green", "alternating-restarts-mlp": "tab:orange"}
+          "alternating-restarts": "tab:green", "alternating-restarts-mlp": "tab:orange",
+          "dni-restarts-scan": "tab:purple", "alternating-restarts-scan": "tab:olive"}
 
 
 def cell(values, fmt):
