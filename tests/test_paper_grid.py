@@ -37,11 +37,11 @@ def write_fake_run(log_dir, corpus, arm, seed, rng):
     name = f"{corpus}-{arm}-s{seed}"
     args = paper_grid.train_args(corpus, arm, seed, "/data/bin")
     dni = not arm.startswith("bptt")
-    modes = {"dni-restarts": [0, 1, 1, 1]}.get(arm, [0, 1, 0, 0] if dni else [0, 0, 0, 0])
+    modes = [0, 1, 1, 1] if arm.startswith("dni-restarts") else [0, 1, 0, 0] if dni else [0, 0, 0, 0]
     lines = ["# OMP_NUM_THREADS=1 fairseq-train /data/bin " + " ".join(args) + f" --save-dir /work/{name}\n",
              "2026-11-30 18:00:00 | INFO | fairseq_cli.train | num. shared model params: 1,234,567 "
              "(num. trained: 1,234,567)\n"]
-    end_valids, cos, update = [], [], 0
+    end_valids, cos, update, epoch_cos = [], [], 0, []
     last_valid = None
     for epoch in range(1, 5):
         for half in range(2):
@@ -60,8 +60,9 @@ def write_fake_run(log_dir, corpus, arm, seed, rng):
                 end_valids.append((loss, ppl, epoch))
         epoch_record = {"epoch": epoch, "train_loss": 7.2, "train_num_updates": update}
         if dni:
+            epoch_cos.append(round(rng.uniform(-0.05, 0.3), 4))
             epoch_record["train_dni_synthetic"] = modes[epoch - 1]
-            epoch_record.update(train_dni_pred_norm=0.25 * epoch, train_dni_target_norm=2.0)
+            epoch_record.update(train_dni_pred_norm=0.25 * epoch, train_dni_target_norm=2.0, train_dni_cos=epoch_cos[-1])
         lines.append(record("train", epoch_record))
     wall = rng.randint(100, 999)
     lines.append(f"# exit 0 after {wall} s\n")
@@ -73,35 +74,65 @@ def write_fake_run(log_dir, corpus, arm, seed, rng):
             f"# OMP_NUM_THREADS=1 fairseq-eval-lm /data/bin --path /work/{name}/checkpoint_{label}.pt\n"
             f"INFO:fairseq_cli.eval_lm:Loss (base 2): 7.1234, Perplexity: {tests[label]}\n# exit 0 after 4 s\n")
     best = min(end_valids)  # checkpoint_best.pt: the best epoch-end validation (by loss, as fairseq)
+    # per cosine cycle (1, 1, 2 epochs; every fake epoch has the same updates, so cycle 3 is the plain mean of
+    # epochs 3 and 4): mode, cosine, and the ratio of the mean norms (0.25 e / 2 per epoch e)
+    cycles = [] if not dni else [
+        dict(cycle="1", epochs="1", mode="synthetic" if modes[0] else "real", dni_cos=epoch_cos[0], ratio=0.125),
+        dict(cycle="2", epochs="2", mode="synthetic" if modes[1] else "real", dni_cos=epoch_cos[1], ratio=0.25),
+        dict(cycle="3", epochs="3-4", mode="synthetic" if modes[2] else "real",
+             dni_cos=(epoch_cos[2] + epoch_cos[3]) / 2, ratio=(0.75 + 1.0) / 2 / 2.0)]
     return dict(corpus=corpus, arm=arm, seed=str(seed), test_ppl_last=tests["last"], test_ppl_best=tests["best"],
                 final_valid_ppl=last_valid, best_valid_ppl=best[1], best_epoch=str(best[2]), updates=str(update),
                 epochs="4", synthetic_epochs=" ".join(str(e) for e, m in enumerate(modes, 1) if m),
                 dni_cos_first=cos[0] if cos else "", dni_cos_last=cos[-1] if cos else "",
-                dni_pred_over_target=0.5 if dni else "", train_wall_s=str(wall))
+                dni_pred_over_target=0.5 if dni else "", train_wall_s=str(wall)), cycles
 
 
 def test_report_prints_the_numbers_in_the_logs(tmp_path, no_data):
     log_dir = tmp_path / "paper" / "logs"
     log_dir.mkdir(parents=True)
     rng = random.Random(0)
-    want = [write_fake_run(log_dir, corpus, arm, seed, rng) for corpus, seeds in paper_grid.SEEDS.items()
-            for arm in paper_grid.planned_arms(corpus) for seed in seeds]
+    written = [write_fake_run(log_dir, corpus, arm, seed, rng) for corpus, seeds in paper_grid.SEEDS.items()
+               for arm in paper_grid.planned_arms(corpus) for seed in seeds]
+    want = [w for w, _ in written]
     (log_dir / "ptb-dni-restarts-s3.train.log.tmp").write_text("# an unfinished run: not reported\n")
     paper_grid.report(str(log_dir), str(tmp_path / "paper"))
 
     with open(tmp_path / "paper" / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == len(want) == 13
+    assert len(rows) == len(want) == 18
     for row, expected in zip(rows, want):
         assert list(row) == paper_grid.FIELDS
         for key, v in expected.items():
             assert (float(row[key]) == v) if isinstance(v, float) else (row[key] == v), (row["arm"], key)
     table = (tmp_path / "paper" / "table.md").read_text()
-    assert "### PTB (10 of 10 runs)" in table and "### WikiText-2 (3 of 3 runs)" in table
+    assert "### PTB (14 of 14 runs)" in table and "### WikiText-2 (4 of 4 runs)" in table
     for r in want:
         assert f"{r['test_ppl_last']:.2f}" in table
-    assert table.count("Alternating-restarts beat every baseline") + table.count(
-        "Alternating-restarts did not beat every baseline") == 4   # last and best checkpoint, two corpora
+    for arm in ("Alternating-restarts", "Alternating-restarts-scan"):   # last and best checkpoint, two corpora
+        assert table.count(f"{arm} beat every baseline") + table.count(f"{arm} did not beat every baseline") == 4
+    # the scan arms against their coordinate-wise twins: PTB's two arms, WikiText-2's one, last and best
+    assert table.count("**Scan against coordinate-wise: ") == 6
+    # one row per DNI run and cycle, its numbers the epoch records'; the table has their means over seeds
+    with open(tmp_path / "paper" / "cycles.csv") as f:
+        got = list(csv.DictReader(f))
+    expected = [dict(corpus=w["corpus"], arm=w["arm"], seed=w["seed"], **c) for w, cs in written for c in cs]
+    assert len(got) == len(expected) == 3 * (5 * 2 + 2)   # 3 cycles of PTB's 5 DNI arms x 2 seeds, WikiText-2's 2
+    for row, c in zip(got, expected):
+        assert (row["corpus"], row["arm"], row["seed"], row["cycle"], row["epochs"], row["mode"]) == (
+            c["corpus"], c["arm"], c["seed"], c["cycle"], c["epochs"], c["mode"])
+        assert float(row["dni_cos"]) == pytest.approx(c["dni_cos"], abs=6e-5)   # the CSV's 4 decimals
+        assert float(row["dni_pred_over_target"]) == pytest.approx(c["ratio"], abs=6e-5)
+    cycle_rows = {tuple(cells[:5]): cells[5:] for cells in
+                  ([x.strip() for x in line.strip("|").split("|")] for line in table.splitlines())
+                  if len(cells) == 7 and cells[0] != "arm" and not cells[0].startswith("---")}
+    for arm in ("dni-restarts-scan", "alternating-restarts-mlp"):
+        cs = [c for w, cc in written for c in cc if w["corpus"] == "ptb" and w["arm"] == arm]
+        for k in ("1", "2", "3"):
+            seeds = [c for c in cs if c["cycle"] == k]
+            cos, ratio = cycle_rows[(arm, "2", k, seeds[0]["epochs"], seeds[0]["mode"])]
+            assert float(cos) == pytest.approx(sum(c["dni_cos"] for c in seeds) / 2, abs=6e-5), (arm, k)
+            assert float(ratio) == pytest.approx(sum(c["ratio"] for c in seeds) / 2, abs=6e-5), (arm, k)
     for corpus in paper_grid.SEEDS:
         assert (tmp_path / "paper" / f"valid_{corpus}.png").stat().st_size > 0
     text = (tmp_path / "paper" / "README.md").read_text()
@@ -190,6 +221,8 @@ PAPER = {  # our arm -> the seed paper's arm as the restated training loop's arg
     "dni-restarts": dict(restart_base=[5], whenswitch=(2,)),    # dni-restart5
     "alternating-restarts": dict(restart_base=[5], mixture=True),   # alternating-restart5 (PTB)
     "alternating-restarts-mlp": dict(restart_base=[5], mixture=True),
+    "dni-restarts-scan": dict(restart_base=[5], whenswitch=(2,)),
+    "alternating-restarts-scan": dict(restart_base=[5], mixture=True),
 }
 
 
@@ -253,7 +286,7 @@ def test_report_only_regenerates_the_committed_page_byte_for_byte(tmp_path):
     here = Path(paper_grid.__file__).parent
     (tmp_path / "notes.md").write_bytes((here / "notes.md").read_bytes())   # the hand-written reading
     paper_grid.report(str(here / "logs"), str(tmp_path))
-    for name in ("README.md", "table.md", "results.csv"):
+    for name in ("README.md", "table.md", "results.csv", "cycles.csv"):
         assert (tmp_path / name).read_bytes() == (here / name).read_bytes(), f"{here / name} is stale"
 
 
@@ -295,6 +328,51 @@ def test_summary_of_a_one_seed_corpus_in_progress():
         "lowest mean test perplexity among the arms with every seed run so far: alternating-restarts "
         "(one seed: no spread)")
     arms["bptt-restarts"] = run(149.0)
+    arms["alternating-restarts-scan"] = run(148.0)
     assert paper_grid.summary({"wikitext2": arms}) == (
         "WikiText-2 (1 seed): alternating-restarts was not lower than every baseline (one seed: no spread); "
-        "lowest mean test perplexity: bptt-restarts, tied with alternating-restarts (one seed: no spread)")
+        "alternating-restarts-scan was lower than every baseline (one seed: no spread); "
+        "alternating-restarts-scan was lower than alternating-restarts (one seed: no spread); "
+        "lowest mean test perplexity: alternating-restarts-scan (one seed: no spread)")
+
+
+def test_the_synthesizer_per_cycle_from_the_epoch_records():
+    """Cycles of 1, 1, 2 epochs: one epoch record each, or two weighted by their updates; the norm ratio is
+    the ratio of the cycle's mean norms; a cycle the run did not finish is left out; BPTT runs have none."""
+    def epoch(end, synthetic, cos, pred, target):
+        return dict(train_num_updates=str(end), train_dni_synthetic=str(synthetic), train_dni_cos=str(cos),
+                    train_dni_pred_norm=str(pred), train_dni_target_norm=str(target))
+
+    epochs = [epoch(100, 0, 0.1, 1.0, 4.0), epoch(250, 1, 0.2, 2.0, 5.0), epoch(300, 0.2, 0.3, 3.0, 6.0),
+              epoch(450, 0.9, 0.5, 1.0, 2.0)]   # 100, 150, 50 and 150 updates
+    got = paper_grid.cycle_means(epochs, [1, 1, 2])
+    assert [(c["cycle"], c["epochs"], c["mode"]) for c in got] == [
+        (1, "1", "real"), (2, "2", "synthetic"), (3, "3-4", "real then synthetic")]
+    assert [c["dni_cos"] for c in got] == pytest.approx([0.1, 0.2, (50 * 0.3 + 150 * 0.5) / 200])
+    pred, target = (50 * 3.0 + 150 * 1.0) / 200, (50 * 6.0 + 150 * 2.0) / 200
+    assert [c["dni_pred_over_target"] for c in got] == pytest.approx([0.25, 0.4, pred / target])
+    assert got[2]["dni_pred_norm"] == pytest.approx(pred) and got[2]["dni_target_norm"] == pytest.approx(target)
+    assert [c["cycle"] for c in paper_grid.cycle_means(epochs[:3], [1, 1, 2])] == [1, 2]   # cycle 3 unfinished
+    assert paper_grid.cycle_means([dict(train_num_updates="100")], [4]) == []
+
+
+def test_planned_runs_without_logs_count_as_missing(tmp_path, no_data):
+    """Before the scan arms' logs land: the headings count them as missing, their verdicts say so, and the
+    summary's lowest arm is among those run so far."""
+    log_dir = tmp_path / "paper" / "logs"
+    log_dir.mkdir(parents=True)
+    rng = random.Random(1)
+    for corpus, seeds in paper_grid.SEEDS.items():
+        for arm in paper_grid.planned_arms(corpus):
+            if not arm.endswith("-scan"):
+                for seed in seeds:
+                    write_fake_run(log_dir, corpus, arm, seed, rng)
+    paper_grid.report(str(log_dir), str(tmp_path / "paper"))
+    table = (tmp_path / "paper" / "table.md").read_text()
+    assert "### PTB (10 of 14 runs)" in table and "### WikiText-2 (3 of 4 runs)" in table
+    assert table.count("(alternating-restarts-scan: planned, no logs yet)") == 2
+    assert "(scan against coordinate-wise: dni-restarts-scan planned, no logs yet)" in table
+    assert "| dni-restarts-scan |" not in table and "| dni-restarts | 2 | 3 | 3-4 | synthetic |" in table
+    text = (tmp_path / "paper" / "README.md").read_text()
+    assert "lowest mean test perplexity among the arms with every seed run so far" in text
+    assert "alternating-restarts-scan" not in text.split("**Verdict**")[1].split("\n")[0]

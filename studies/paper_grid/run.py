@@ -1,14 +1,17 @@
 """Does alternation beat BPTT *as the seed paper ran it*? The paper grid, scaled to this machine.
 
 Shang & Zhang (arXiv 1902.10630; code ``parap1uie-s/alternate_sg``) train AWD-LSTM with Adam 1e-3,
-bptt 200 with AWD's variable windows, the paper's clip, its coordinate-wise QRNN synthesizer and
+bptt 200 with AWD's variable windows, the paper's clip, its QRNN synthesizer (``--sgtype QRNN``) and
 SGDR restarts counted in epochs: cycles of 5, 5, 10, 20, ... epochs against one long cycle, the
 first epoch real (``--whenswitch 2``) where the paper does so. Scaled down in proportion to a CPU:
 ``dni_awd_lstm_lm_small`` (3 layers 256/256/128, tied 128-d embedding), 4 epochs, cycles of
 1, 1, 2 epochs (the paper's 5, 5, 10 divided by 5) against one 4-epoch cycle, windows of 70 (AWD-LSTM's
 own --bptt; the study's page, 'Window', says why not the paper's 200), the rate annealing
 within epochs (the paper holds it for a whole epoch: over 5-epoch cycles that still anneals, over
-1-epoch cycles it would not). Arms:
+1-epoch cycles it would not). Two synthesizers stand for the paper's (docs/synthesizers.md): ``scan``,
+its ``--sgtype QRNN`` as its code computes it (one QRNN scan across the flattened state of all
+streams, the paper's initialisation), and ``coordinatewise`` with the QRNN cell (one sequence per
+coordinate: what its code computes with ``--sgtype GRU/LSTM``, here with a QRNN cell). Arms:
 
   bptt-one-cycle            real gradients, one 4-epoch cosine cycle (no synthesizer)
   bptt-restarts             real gradients, cycles 1, 1, 2 (no synthesizer)
@@ -18,6 +21,8 @@ within epochs (the paper holds it for a whole epoch: over 5-epoch cycles that st
                             (PTB: real first, as the paper's --mixture; WikiText-2: epoch 1 real and
                             the first cycle's rest synthetic, as its --mixture --whenswitch 2)
   alternating-restarts-mlp  the same with Jaderberg et al.'s MLP synthesizer
+  dni-restarts-scan         dni-restarts with the scan synthesizer (the paper's --sgtype QRNN)
+  alternating-restarts-scan alternating-restarts with the scan synthesizer
 
 Every run ends at the bottom of its last cycle (epoch 4). Each run is a stock ``fairseq-train``
 followed by ``fairseq-eval-lm`` on the test split (one stream of 200-token windows, as the paper
@@ -28,15 +33,18 @@ commits each run's logs as it finishes, and runs whose logs exist are skipped.
 The report (after running, or alone with ``--report-only``) reads those logs only and writes, in
 studies/paper_grid: results.csv (one row per run: test perplexity of the last and of the
 best-validation checkpoint, final and best epoch-end validation, updates, epochs, the epochs that ran
-synthetic, the synthesizer's cosine first and last, train wall time), table.md (per corpus: each
-arm's mean ± half-range over seeds and a computed verdict: does each alternating arm beat
-bptt-one-cycle, bptt-restarts and dni-restarts by more than the seed spread?), valid_<corpus>.png
-(validation perplexity against epochs, warm restarts dotted, each arm's synthetic epochs shaded, all
-read from the logs) and README.md, the study's page (``studies.common.write_page``). With no finished run
-it says "not run yet".
+synthetic, the synthesizer's cosine first and last, train wall time), cycles.csv (one row per DNI run
+and cosine cycle: its mode, the synthesizer's cosine with its target and its prediction's and target's
+norms, from fairseq's epoch records), table.md (per corpus: each arm's mean ± half-range over seeds,
+the per-cycle table and computed verdicts: does each alternating arm beat both BPTT arms and the DNI
+arm with its synthesizer by more than the seed spread, and does scan differ from coordinate-wise?),
+valid_<corpus>.png (validation perplexity against epochs, warm restarts dotted, each arm's synthetic
+epochs shaded, all read from the logs) and README.md, the study's page (``studies.common.write_page``).
+A planned run without logs counts as missing in the tables' headings. With no finished run it says
+"not run yet".
 
     python -m studies.paper_grid --corpus ptb --seeds 1,2 --commit
-    python -m studies.paper_grid --corpus wikitext2 --seeds 1 --commit   # bptt-one-cycle, bptt-restarts, alternating-restarts
+    python -m studies.paper_grid --corpus wikitext2 --seeds 1 --commit   # bptt-one-cycle, bptt-restarts, alternating-restarts(-scan)
     python -m studies.paper_grid --report-only
 """
 
@@ -64,8 +72,14 @@ EVAL_WINDOW = 200   # the paper scores the test set as one stream of 200-token w
 OUT = os.path.dirname(os.path.abspath(__file__))
 SEEDS = {"ptb": [1, 2], "wikitext2": [1]}   # the grid as planned (its size in the tables' headings)
 CORPUS_NAMES = {"ptb": "PTB", "wikitext2": "WikiText-2"}
-BASELINES = ["bptt-one-cycle", "bptt-restarts", "dni-restarts"]
 ALTERNATING = ["alternating-restarts", "alternating-restarts-mlp", "alternating-restarts-scan"]
+# what each alternating arm must beat (by more than the seed spread): both BPTT schedules and DNI with its
+# synthesizer (the MLP arm has no DNI twin: the coordinate-wise one)
+BASELINES = {"alternating-restarts": ["bptt-one-cycle", "bptt-restarts", "dni-restarts"],
+             "alternating-restarts-mlp": ["bptt-one-cycle", "bptt-restarts", "dni-restarts"],
+             "alternating-restarts-scan": ["bptt-one-cycle", "bptt-restarts", "dni-restarts-scan"]}
+# each scan arm and the coordinate-wise arm it re-runs (everything else equal)
+COORDINATEWISE_TWIN = {"dni-restarts-scan": "dni-restarts", "alternating-restarts-scan": "alternating-restarts"}
 
 # the paper's synthesizer (--use_sg --sgtype QRNN --sg_hidden_num 50 --sg_nlayers 1, its own Adam 1e-3
 # with weight decay 1.2e-6, synthetic gradient x 0.1, input noise N(1, 0.5) by default)
@@ -136,6 +150,48 @@ def epoch_x(valid, ends):
     return xs
 
 
+def epoch_mode(record):
+    """An epoch record's mode: synthetic when most of its updates were (the epoch mean of the 0/1 flag
+    ``dni_synthetic``); real without the flag (BPTT arms have no synthesizer)."""
+    return "synthetic" if float(record.get("train_dni_synthetic", 0)) > 0.5 else "real"
+
+
+def cycle_means(epochs, periods):
+    """The synthesizer per cosine cycle: one dict per cycle whose epochs all finished, with ``cycle``
+    (1-based), ``epochs`` ("1", "3-4"), ``mode`` ("real", "synthetic", or "real then synthetic" for a
+    mixed cycle), ``dni_cos`` (its cosine with the target), ``dni_pred_norm``, ``dni_target_norm`` and
+    ``dni_pred_over_target`` (their ratio: of the means, not a mean of ratios).
+
+    ``epochs``: fairseq's epoch records (the train log's 'train' records, one per finished epoch), each
+    the epoch's mean over its regressions (``reduce_metrics``' weights); ``periods``: epochs per cycle
+    (the run's --lr-period-epochs). A cycle of several epochs is their mean weighted by each epoch's
+    updates (``train_num_updates`` differences): fairseq's own weight is the regressions, one per update
+    but the first one or two of each epoch, so the two differ by under 0.3% of an epoch's weight at
+    this grid's 680-1,540 updates per epoch. [] for a run without a synthesizer (no ``train_dni_cos``)."""
+    if not epochs or "train_dni_cos" not in epochs[0]:
+        return []
+    ends = [int(r["train_num_updates"]) for r in epochs]
+    updates = [end - start for start, end in zip([0] + ends, ends)]
+    out, first = [], 0
+    for k, period in enumerate(periods, start=1):
+        span = range(first, first + period)
+        first += period
+        if span.stop > len(epochs):
+            break
+        weight = sum(updates[e] for e in span)
+
+        def mean(key):
+            return sum(float(epochs[e][f"train_{key}"]) * updates[e] for e in span) / weight
+
+        modes = [epoch_mode(epochs[e]) for e in span]
+        mode = " then ".join(m for i, m in enumerate(modes) if i == 0 or m != modes[i - 1])
+        pred, target = mean("dni_pred_norm"), mean("dni_target_norm")
+        out.append(dict(cycle=k, epochs=str(span.start + 1) if period == 1 else f"{span.start + 1}-{span.stop}",
+                        mode=mode, dni_cos=mean("dni_cos"), dni_pred_norm=pred, dni_target_norm=target,
+                        dni_pred_over_target=pred / target if target > 0 else float("nan")))
+    return out
+
+
 def parse_run(log_dir, name):
     """One run's numbers, every one read from its three logs."""
     path = os.path.join(log_dir, f"{name}.train.log")
@@ -149,7 +205,7 @@ def parse_run(log_dir, name):
     best = min(at_end, key=lambda r: float(r["valid_loss"])) if at_end else None
     # the mode of each epoch: the fraction of its updates that were synthetic (DNI arms log it; BPTT arms
     # have no synthesizer and log none: real)
-    modes = ["synthetic" if float(r.get("train_dni_synthetic", 0)) > 0.5 else "real" for r in epochs]
+    modes = [epoch_mode(r) for r in epochs]
     cos = [float(r["dni_cos"]) for r in rows["train_inner"] if "dni_cos" in r]
     # how much the synthesizer predicts: its output's norm over the true gradient's, last epoch's means
     last = epochs[-1] if epochs else {}
@@ -170,6 +226,7 @@ def parse_run(log_dir, name):
         synthetic_epochs=" ".join(str(e) for e, m in enumerate(modes, start=1) if m == "synthetic"),
         dni_cos_first=cos[0] if cos else float("nan"), dni_cos_last=cos[-1] if cos else float("nan"),
         dni_pred_over_target=pred_over_target, train_wall_s=common.train_wall(path),
+        cycles=cycle_means(epochs, periods),
         curve=(epoch_x(valid, ends), [float(r["valid_ppl"]) for r in valid]), modes=modes, restarts=restarts,
         params=params.group(1) if params else None, command=common.command_of(path),
         eval_command=common.command_of(os.path.join(log_dir, f"{name}.eval-best.log")))
@@ -193,6 +250,8 @@ def collect(log_dir):
 FIELDS = ["corpus", "arm", "seed", "test_ppl_last", "test_ppl_best", "final_valid_ppl", "best_valid_ppl",
           "best_epoch", "updates", "epochs", "synthetic_epochs", "dni_cos_first", "dni_cos_last",
           "dni_pred_over_target", "train_wall_s"]
+CYCLE_FIELDS = ["corpus", "arm", "seed", "cycle", "epochs", "mode", "dni_cos", "dni_pred_norm", "dni_target_norm",
+                "dni_pred_over_target"]
 COLORS = {"bptt-one-cycle": "tab:gray", "bptt-restarts": "tab:blue", "dni-restarts": "tab:red",
           "alternating-restarts": "tab:green", "alternating-restarts-mlp": "tab:orange",
           "dni-restarts-scan": "tab:purple", "alternating-restarts-scan": "tab:olive"}
@@ -204,7 +263,7 @@ def cell(values, fmt):
 
 
 def corpus_table(corpus, arms):
-    """The table and verdicts of one corpus (arms: arm -> its runs)."""
+    """The tables and verdicts of one corpus (arms: arm -> its runs)."""
     done = sum(len(rs) for rs in arms.values())
     planned = len(planned_arms(corpus)) * len(SEEDS[corpus])
     lines = [f"### {CORPUS_NAMES[corpus]} ({done} of {planned} runs)", "",
@@ -230,11 +289,56 @@ def corpus_table(corpus, arms):
                      f"{cell([r['train_wall_s'] for r in rs], '.0f')} |")
     lines.append("")
     for arm in [a for a in ALTERNATING if a in arms or a in planned_arms(corpus)]:
-        lines += [common.verdict(arms, arm, BASELINES, "test_ppl_last", "Last checkpoint: "), ""]
-        if arm in arms:
-            lines += [common.verdict(arms, arm, BASELINES, "test_ppl_best",
-                                          "Best-validation checkpoint (the paper's choice): "), ""]
-    return lines
+        if arm not in arms:
+            lines += [f"({arm}: planned, no logs yet)", ""]
+            continue
+        lines += [common.verdict(arms, arm, BASELINES[arm], "test_ppl_last", "Last checkpoint: "), "",
+                  common.verdict(arms, arm, BASELINES[arm], "test_ppl_best",
+                                 "Best-validation checkpoint (the paper's choice): "), ""]
+    for scan in [a for a in COORDINATEWISE_TWIN if a in planned_arms(corpus)]:
+        lines += [scan_verdict(arms, scan, "test_ppl_last", "Last checkpoint: "), ""]
+        if scan in arms and COORDINATEWISE_TWIN[scan] in arms:
+            lines += [scan_verdict(arms, scan, "test_ppl_best", "Best-validation checkpoint: "), ""]
+    return lines + cycle_table(corpus, arms)
+
+
+def scan_verdict(arms, scan, key, lead=""):
+    """One computed sentence: does the scan arm ``scan`` differ from its coordinate-wise twin by more than
+    the seed spread (``common.comparisons``, either way)?"""
+    twin = COORDINATEWISE_TWIN[scan]
+    if scan not in arms or twin not in arms:
+        return f"(scan against coordinate-wise: {scan if scan not in arms else twin} planned, no logs yet)"
+    [(kind, phrase)] = common.comparisons(arms, scan, [twin], key)
+    head = {"better": f"{scan} differed from {twin}", "worse": f"{scan} differed from {twin}",
+            "within": f"{scan} did not differ from {twin}"}.get(kind)
+    head = (f"{head} by more than the seed spread" if head else
+            f"{scan} against {twin}, {'no seed in common yet' if kind == 'no seed' else 'one seed: no spread to judge by'}")
+    return f"{lead}**Scan against coordinate-wise: {head}**: {phrase}."
+
+
+def cycle_table(corpus, arms):
+    """The synthesizer per cosine cycle (``cycle_means``) of every DNI arm of one corpus, mean over seeds."""
+    rows = []
+    for arm in [a for a in ARMS if a in arms]:
+        cycles = {}
+        for r in arms[arm]:
+            for c in r["cycles"]:
+                cycles.setdefault(c["cycle"], []).append(c)
+        for k, cs in sorted(cycles.items()):
+            rows.append(f"| {arm} | {len(cs)} | {k} | {' / '.join(sorted({c['epochs'] for c in cs}))} | "
+                        f"{' / '.join(sorted({c['mode'] for c in cs}))} | "
+                        f"{cell([c['dni_cos'] for c in cs], '.4f')} | "
+                        f"{cell([c['dni_pred_over_target'] for c in cs], '.4f')} |")
+    if not rows:
+        return []
+    return [f"#### {CORPUS_NAMES[corpus]}: the synthesizer per cosine cycle", "",
+            "From each run's epoch records (fairseq's mean over the epoch's regressions, about one per update; "
+            "[`cycles.csv`](cycles.csv) has every run's); a cycle of several epochs is their mean weighted by "
+            "each epoch's updates. cos: the synthesizer's prediction against its target (the gradient that reached "
+            "the state one window later); ‖prediction‖ / ‖target‖: the ratio of the cycle's mean norms. Each "
+            "column is the mean over seeds.", "",
+            "| arm | seeds | cycle | epochs | mode | cos | ‖prediction‖ / ‖target‖ |",
+            "|---|---|---|---|---|---|---|", *rows, ""]
 
 
 def summary(groups):
@@ -245,16 +349,25 @@ def summary(groups):
     for corpus, arms in groups.items():
         seeds = max(len(rs) for rs in arms.values())
         complete = sum(len(rs) for rs in arms.values()) == len(planned_arms(corpus)) * len(SEEDS[corpus])
-        present = "" if complete else " present"
         said = []
         for arm in [a for a in ALTERNATING if a in arms]:
-            beat = common.compare(arms, arm, BASELINES, "test_ppl_last")[0]
-            kinds = [kind for kind, _ in common.comparisons(arms, arm, BASELINES, "test_ppl_last")]
+            missing = [b for b in BASELINES[arm] if b in planned_arms(corpus) and b not in arms]
+            present = " present" if missing else ""
+            beat = common.compare(arms, arm, BASELINES[arm], "test_ppl_last")[0]
+            kinds = [kind for kind, _ in common.comparisons(arms, arm, BASELINES[arm], "test_ppl_last")]
             lower = bool(kinds) and all(kind == "lower" for kind in kinds)
             said.append(f"{arm} {'beat' if beat else 'did not beat'} every baseline{present} by more than the seed "
                         "spread" if seeds > 1 else
                         f"{arm} {'was' if lower else 'was not'} lower than every baseline{present} (one seed: no "
                         "spread)")
+        for scan, twin in COORDINATEWISE_TWIN.items():
+            if scan in arms and twin in arms:
+                [(kind, _)] = common.comparisons(arms, scan, [twin], "test_ppl_last")
+                said.append(f"{scan} {'did not differ' if kind == 'within' else 'differed'} from {twin} by more "
+                            "than the seed spread" if kind in ("better", "worse", "within") else
+                            f"{scan} was {'equal to' if kind == 'equal' else kind + ' than'} {twin} (one seed: "
+                            "no spread)" if kind in ("lower", "higher", "equal") else
+                            f"{scan} has no seed in common with {twin} yet")
         best, margin = common.lowest({a: arms[a] for a in ARMS if a in arms}, "test_ppl_last")
         parts.append(f"{CORPUS_NAMES[corpus]} ({seeds} seed{'s' if seeds > 1 else ''}): "
                      + ("; ".join(said) or "no alternating arm yet")
@@ -287,7 +400,8 @@ def plot(corpus, arms, path):
                                 ylim=(0.9, 3.0), xlim=(0, max(end, 1)), legend_loc="upper right")
 
 def report(log_dir, out):
-    """results.csv, table.md, valid_<corpus>.png and the page (README.md) in ``out``, from the logs in ``log_dir``."""
+    """results.csv, cycles.csv, table.md, valid_<corpus>.png and the page (README.md) in ``out``, from the logs in
+    ``log_dir``."""
     runs = collect(log_dir)
     os.makedirs(out, exist_ok=True)
     groups = {}
@@ -296,6 +410,11 @@ def report(log_dir, out):
     lines = []
     if runs:
         common.write_csv(os.path.join(out, "results.csv"), FIELDS, runs)
+        # the norms at the 5 decimals fairseq's records give them (write_csv's 4 would cut a small one short)
+        common.write_csv(os.path.join(out, "cycles.csv"), CYCLE_FIELDS,
+                         [dict(corpus=r["corpus"], arm=r["arm"], seed=r["seed"],
+                               **{k: f"{v:.5f}" if k in ("dni_pred_norm", "dni_target_norm") else v for k, v in c.items()})
+                          for r in runs for c in r["cycles"]])
         for corpus, arms in groups.items():
             lines += corpus_table(corpus, arms)
             plot(corpus, arms, os.path.join(out, f"valid_{corpus}.png"))
@@ -321,10 +440,11 @@ def write_study(lines, runs, groups, out):
     scale = "; ".join(f"{CORPUS_NAMES[c]} {p} parameters" for c, p in params.items())
     paper_cycles = PAPER_PERIODS["restarts"].split(",")
     md = [f"The seed paper's method (Shang & Zhang, arXiv 1902.10630; code `parap1uie-s/alternate_sg`) run the "
-          f"paper's way, scaled down to this machine: AWD-LSTM small, Adam, coordinate-wise QRNN synthesizer, "
-          "epoch-counted cycles 1, 1, 2. Logs: [`logs`](logs) (one `.train.log`, one "
-          f"`.eval-last.log` and one `.eval-best.log` per run; the first line of each is the exact command); "
-          "[`results.csv`](results.csv) has one row per run.", "",
+          "paper's way, scaled down to this machine: AWD-LSTM small, Adam, the paper's QRNN synthesizer as its code "
+          "computes it (`scan`) beside the coordinate-wise one, epoch-counted cycles 1, 1, 2. Logs: [`logs`](logs) "
+          "(one `.train.log`, one `.eval-last.log` and one `.eval-best.log` per run; the first line of each is the "
+          "exact command); [`results.csv`](results.csv) has one row per run, [`cycles.csv`](cycles.csv) one per DNI "
+          "run and cosine cycle.", "",
           "**Setting.** The paper trains a QRNN of 4 layers of 1550 units (AWD-LSTM's QRNN setting; "
           "`recipes/paper` trains AWD-LSTM's LSTM, 3 x 1150, instead, since this project trains LSTMs) for "
           f"{sum(int(p) for p in paper_cycles)} epochs with Adam 1e-3, windows of {EVAL_WINDOW} tokens with AWD-LSTM's "
@@ -353,19 +473,34 @@ def write_study(lines, runs, groups, out):
           "README; "
           f"[recipes/README.md]({recipes}) "
           "maps every flag of its `main.py` to ours):", "",
-          "| arm | the paper's | mode |", "|---|---|---|",
+          "| arm | the paper's | synthesizer | mode |", "|---|---|---|---|",
           "| bptt-one-cycle | none: its `bptt` arm (no `--use_sg`) with one cosine over the run instead of a constant "
-          "rate | real |",
-          "| bptt-restarts | none: `bptt` with the restarts of `--restart_base 5 --restart_lr` | real |",
-          "| dni-restarts | `dni-restart5`: `--use_sg --whenswitch 2 --restart_base 5 --restart_lr` | epoch 1 real "
-          "(`--whenswitch 2`), then synthetic |",
+          "rate | none | real |",
+          "| bptt-restarts | none: `bptt` with the restarts of `--restart_base 5 --restart_lr` | none | real |",
+          "| dni-restarts | `dni-restart5`: `--use_sg --whenswitch 2 --restart_base 5 --restart_lr` | coordinate-wise "
+          "| epoch 1 real (`--whenswitch 2`), then synthetic |",
           "| alternating-restarts | `alternating-restart5`: `--use_sg --mixture --restart_base 5 --restart_lr` "
-          "(WikiText-2: also `--whenswitch 2`) | flips at every restart; PTB starts real (`--mixture`), "
-          "WikiText-2 with epoch 1 real, then synthetic (`--mixture --whenswitch 2`) |",
+          "(WikiText-2: also `--whenswitch 2`) | coordinate-wise | flips at every restart; PTB starts real "
+          "(`--mixture`), WikiText-2 with epoch 1 real, then synthetic (`--mixture --whenswitch 2`) |",
           "| alternating-restarts-mlp | the same with Jaderberg et al.'s MLP synthesizer instead of `--sgtype QRNN` "
-          "(PTB only) | as above |", "",
-          "The synthesizer of the DNI arms is the paper's: coordinate-wise, a one-layer QRNN with 50 units "
-          "(`--sgtype QRNN --sg_hidden_num 50 --sg_nlayers 1`), its own Adam 1e-3, synthetic gradient x 0.1. "
+          "(PTB only) | MLP | as above |",
+          "| dni-restarts-scan | `dni-restart5` | scan (`--sgtype QRNN`) | as dni-restarts |",
+          "| alternating-restarts-scan | `alternating-restart5` (WikiText-2: also `--whenswitch 2`) | scan "
+          "(`--sgtype QRNN`) | as alternating-restarts |", "",
+          "**Synthesizers.** Every DNI arm of the paper's README runs `--sgtype QRNN --sg_hidden_num 50 --sg_nlayers 1` "
+          "with its own Adam 1e-3 (weight decay 1.2e-6) and the synthetic gradient x 0.1 "
+          f"(here `{' '.join(DNI[2:])}`). Its code reads the joined state of all streams, through torchqrnn's "
+          "time-major `QRNNLayer`, as **one sequence** of B x D scalars, so each prediction depends on every "
+          "coordinate before it, across layers, h and c, and streams: that is `scan` "
+          f"(`{' '.join(SCAN)}`: window 2, zoneout 0.1, the paper's U(-0.1, 0.1) initialisation; "
+          "[docs/synthesizers.md](../../docs/synthesizers.md)), the `-scan` arms. The coordinate-wise rows run "
+          f"`{' '.join(COORDINATEWISE)}`: every coordinate its own sequence, advanced one step per window, which is "
+          "what the paper's code computes with `--sgtype GRU/LSTM` (`batch_first`), here with a QRNN cell and no "
+          "zoneout; this grid ran it first, taking it for the paper's. Each alternating arm is judged against both "
+          "BPTT arms and the DNI arm with its own synthesizer (alternating-restarts-scan against dni-restarts-scan; "
+          "the MLP arm, which has no DNI twin, against dni-restarts), and each scan arm against its coordinate-wise "
+          "twin, by one rule: a difference counts when it exceeds the two arms' seed half-ranges together (one seed "
+          "gives no spread: only \"lower\" or \"higher\").", "",
           "Scaling the cycles by 5 maps our epoch e to the paper's epochs 5e-4 to 5e; the learning rate and the "
           "mode of each of our epochs are the paper's at the first of those (tests/test_paper_grid.py checks "
           "both against a restatement of the paper's training loop). By epoch that makes PTB's alternating arms "
@@ -378,15 +513,18 @@ def write_study(lines, runs, groups, out):
           "python -m studies.paper_grid --corpus wikitext2 --seeds 1 --commit   # " + ", ".join(WIKITEXT2_ARMS),
           "python -m studies.paper_grid --report-only   # tables, CSV, plots and this page from the logs",
           "```", ""]
+    shown = ["alternating-restarts-scan", "alternating-restarts"]   # the arm shown per corpus: the first present
     commands = {}
-    for r in runs:
-        if r["arm"] == "alternating-restarts" or r["corpus"] not in commands:
-            commands.setdefault(r["corpus"], {})[r["arm"] == "alternating-restarts"] = (r["command"], r["eval_command"])
+    for corpus in groups:
+        arm = next((a for a in shown if a in groups[corpus]), None)
+        r = groups[corpus][arm][-1] if arm else runs[[r["corpus"] for r in runs].index(corpus)]   # its last seed
+        commands[corpus] = (r["arm"], r["command"], r["eval_command"])
     if commands:
-        md += ["Commands of one run per corpus (the alternating-restarts arm where present):", ""]
-        for corpus, found in commands.items():
-            train, evaluate = found.get(True) or found[False]
-            md += [f"* {CORPUS_NAMES[corpus]}: `{train}`", f"  then `{evaluate}` (and the same with "
+        md += ["Commands of one run per corpus (alternating-restarts-scan where present, else "
+               "alternating-restarts):", ""]
+        for corpus in groups:
+            arm, train, evaluate = commands[corpus]
+            md += [f"* {CORPUS_NAMES[corpus]}, {arm}: `{train}`", f"  then `{evaluate}` (and the same with "
                    "`checkpoint_last.pt`)"]
         md.append("")
     md += ["## Results", ""]
@@ -404,7 +542,7 @@ def write_study(lines, runs, groups, out):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_grid_arguments(p, OUT, os.path.join(REPO, "runs", "paper_grid"))
-    p.add_argument("--arms", help="comma-separated (default: all five on PTB, "
+    p.add_argument("--arms", help=f"comma-separated (default: all {len(ARMS)} on PTB, "
                                   f"{', '.join(WIKITEXT2_ARMS)} on WikiText-2)")
     p.add_argument("--seeds", default="1,2", help="comma-separated seeds (the committed grid: 1,2 on PTB, 1 on "
                                                    "WikiText-2)")
