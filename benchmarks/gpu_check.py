@@ -51,7 +51,8 @@ paper-qrnn-lm      paper  fp32,amp            -     $TBPTT --arch dni_awd_qrnn_l
 GROUPS = {
     "TBPTT": "--criterion lm_cross_entropy --lr-scheduler fixed",
     "DNI": "--criterion dni_cross_entropy --dni-scale 0.1 --lr-scheduler cosine_alternating --lr-period-updates {updates}",
-    # the seed paper's synthesizer as recipes/paper/_arms.sh runs it (--sgtype QRNN --sg_hidden_num 50)
+    # the coordinate-wise QRNN synthesizer as recipes/paper/_arms.sh runs it with --synthesizer coordinatewise
+    # (the paper's --sgtype QRNN as its code computes it is the scan synthesizer: paper-dni-scan)
     "QRNN": "--dni-synthesizer coordinatewise --dni-synthesizer-cell qrnn --dni-synthesizer-hidden 50 "
             "--dni-synthesizer-layers 1 --dni-lr 0.001 --dni-weight-decay 1.2e-6",
     # synthetic for the first half of the run, then real (one cosine cycle each)

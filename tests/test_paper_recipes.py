@@ -7,7 +7,10 @@
   epoch; one of them runs the whole recipe (binarize, train, fairseq-eval-lm on the best checkpoint);
 * every arm's fairseq-train command and its Hydra twin give the same fairseq configuration, and
   fairseq-hydra-train runs a twin;
-* an unknown arm is one line.
+* the DNI arms run the paper's synthesizer as its code computes it (scan, the paper grid's flags);
+  ``--synthesizer coordinatewise`` changes the synthesizer's flags only (the paper grid's coordinate-wise
+  rows), and its Hydra twin is the YAML with the overrides the YAML names;
+* an unknown arm or synthesizer is one line.
 """
 import json
 import os
@@ -18,7 +21,10 @@ import sys
 
 import pytest
 
+from omegaconf import OmegaConf
+
 from helpers import REPO, fairseq, write_corpus
+from studies.paper_grid import run as paper_grid
 from test_recipes import assert_yaml_is_the_command, recipe_config, run_recipe
 from test_schedule import paper_epochs
 
@@ -149,6 +155,55 @@ def test_hydra_train_runs_a_paper_twin(ptb_out, tmp_path_factory):
                   "model.decoder_embed_dim=16", "model.decoder_hidden_size=32", "optimization.max_epoch=4",
                   "lr_scheduler.lr_period_epochs='1,1,2'")
     assert_papers_schedule(per_epoch(out, r"\[train\]\[INFO\] - (\{.*\})"), "alternating-restart5", "wikitext2")
+
+
+def split_synthesizer(argv):
+    """(the --dni-synthesizer* flags with their values, in order; the rest of the command)."""
+    synth, rest, i = [], [], 0
+    while i < len(argv):
+        if argv[i].startswith("--dni-synthesizer"):
+            synth += argv[i:i + 2]
+            i += 2
+        else:
+            rest.append(argv[i])
+            i += 1
+    return synth, rest
+
+
+def test_the_dni_arms_run_scan_and_coordinatewise_changes_the_synthesizer_only(paper_text, ptb_out):
+    """The paper's --sgtype QRNN as its code computes it by default, with the paper grid's flags; the
+    coordinate-wise option (the grid's other rows) differs in the synthesizer's flags and the run's name."""
+    for arm in [a for a in ARMS if a != "bptt"]:
+        scan, rest = split_synthesizer(dry_run("ptb", arm, paper_text["ptb"], ptb_out))
+        coordinatewise, other = split_synthesizer(dry_run("ptb", arm, paper_text["ptb"], ptb_out,
+                                                          "--synthesizer", "coordinatewise"))
+        assert scan == paper_grid.SCAN and coordinatewise == paper_grid.COORDINATEWISE, arm
+        save_dir = other.index("--save-dir") + 1
+        assert other[save_dir] == rest[save_dir] + "-coordinatewise"   # its own checkpoints and logs
+        assert other[:save_dir] + other[save_dir + 1:] == rest[:save_dir] + rest[save_dir + 1:], arm
+    bptt = dry_run("ptb", "bptt", paper_text["ptb"], ptb_out, "--synthesizer", "coordinatewise")
+    assert bptt == dry_run("ptb", "bptt", paper_text["ptb"], ptb_out)   # no synthesizer: the same run
+
+
+def test_the_coordinatewise_twin_is_the_yaml_with_its_overrides(paper_text, tmp_path):
+    """The overrides the DNI YAMLs name for --synthesizer coordinatewise give that command's configuration."""
+    cfg, argv = recipe_config("paper/ptb", paper_text["ptb"], str(tmp_path / "out"), "--arm", "dni-restart5",
+                              "--synthesizer", "coordinatewise")
+    yaml_path = os.path.join(REPO, "recipes", "paper", "config", "ptb_dni-restart5.yaml")
+    with open(yaml_path) as f:
+        named = re.search(r"coordinatewise is (criterion\.\S+) (criterion\.\S+)\n\s*# (criterion\.\S+)", f.read())
+    yaml = OmegaConf.merge(OmegaConf.load(yaml_path), OmegaConf.from_dotlist(list(named.groups())))
+    OmegaConf.save(yaml, tmp_path / "twin.yaml")
+    assert_yaml_is_the_command("ptb dni-restart5 coordinatewise", cfg, argv, str(tmp_path / "twin.yaml"))
+
+
+def test_an_unknown_synthesizer_is_one_line():
+    proc = subprocess.run(["bash", os.path.join(REPO, "recipes", "paper", "ptb.sh"), "--arm", "dni",
+                           "--synthesizer", "mlp"], env=dict(os.environ, DNI_PYTHON=sys.executable),
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip() == ("recipes/paper/ptb.sh: error: --synthesizer must be one of: scan coordinatewise "
+                                   "(got 'mlp')")
 
 
 def test_an_unknown_arm_is_one_line():

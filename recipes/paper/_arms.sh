@@ -4,24 +4,39 @@
 # paper's --clip and --dropouth); recipes/README.md maps every flag of the paper's main.py to ours.
 
 ARMS="bptt dni dni-restart160 dni-restart5 alternating-restart160 alternating-restart5"
+SYNTHESIZERS="scan coordinatewise"
 
-# paper_arm ARM: TRAIN_FLAGS (full size), SMOKE_FLAGS (--size smoke), RUN, EVAL_FLAGS, EVAL_CHECKPOINT
+# paper_arm ARM [SYNTHESIZER]: TRAIN_FLAGS (full size), SMOKE_FLAGS (--size smoke), RUN, EVAL_FLAGS,
+# EVAL_CHECKPOINT. SYNTHESIZER (default scan): one of $SYNTHESIZERS (docs/synthesizers.md).
 paper_arm() {
-  local arm="$1"
-  # the paper's settings that apply to an LSTM: 20 streams, bptt 200 (AWD-LSTM's variable windows,
-  # learning rate scaled by length), eval 10 streams, --dropouti 0.4 and --dropouth; its defaults
-  # --dropout 0.4 --dropoute 0.1 --alpha 2 --beta 1 --wdecay 1.2e-6; Adam 1e-3, 320 epochs, seed 42
+  local arm="$1" synthesizer="${2:-scan}"
+  # the base LM: AWD-LSTM, with the paper's --dropouti 0.4 and --dropouth (its --model QRNN would be a
+  # choice of this array, with the same size and dropout flags)
+  local lm=(--arch dni_awd_lstm_lm --decoder-dropout-in 0.4 --decoder-hidden-dropout "$DROPOUTH")
+  # the paper's settings that apply to it: 20 streams, bptt 200 (AWD-LSTM's variable windows, learning
+  # rate scaled by length), eval 10 streams; its defaults --dropout 0.4 --dropoute 0.1 --alpha 2
+  # --beta 1 --wdecay 1.2e-6; Adam 1e-3, 320 epochs, seed 42
   TRAIN_FLAGS=(
-    --task dni_language_modeling --arch dni_awd_lstm_lm --batch-size 20 --batch-size-valid 10
-    --tokens-per-sample 200 --variable-window --decoder-dropout-in 0.4 --decoder-hidden-dropout "$DROPOUTH"
+    --task dni_language_modeling "${lm[@]}" --batch-size 20 --batch-size-valid 10
+    --tokens-per-sample 200 --variable-window
     --alpha 2 --beta 1 --optimizer alternating --base-optimizer adam --lr 0.001 --weight-decay 1.2e-6
     --clip-norm "$CLIP" --max-epoch 320 --seed 42 --log-interval 200
   )
-  # the paper's synthesizer: --use_sg --sgtype QRNN --sg_hidden_num 50 --sg_nlayers 1, its own Adam
-  # 1e-3 with weight decay 1.2e-6, synthetic gradient x 0.1, input noise N(1, 0.5) (the default)
-  local dni=(--criterion dni_cross_entropy --dni-scale 0.1 --dni-synthesizer coordinatewise
-             --dni-synthesizer-cell qrnn --dni-synthesizer-hidden 50 --dni-synthesizer-layers 1
-             --dni-lr 0.001 --dni-weight-decay 1.2e-6)
+  # the paper's synthesizer, --use_sg --sgtype QRNN --sg_hidden_num 50 --sg_nlayers 1, as its code computes
+  # it: one QRNN scan across the flattened state of all streams, its U(-0.1, 0.1) initialisation (scan);
+  # or coordinate-wise, one sequence per coordinate, what its code computes with --sgtype GRU/LSTM (here with
+  # a QRNN cell, as the paper grid's coordinate-wise rows; -- --dni-synthesizer-cell gru|lstm for those)
+  local synth
+  case "$synthesizer" in
+    scan) synth=(--dni-synthesizer scan --dni-synthesizer-hidden 50 --dni-synthesizer-layers 1
+                 --dni-synthesizer-init paper) ;;
+    coordinatewise) synth=(--dni-synthesizer coordinatewise --dni-synthesizer-cell qrnn --dni-synthesizer-hidden 50
+                           --dni-synthesizer-layers 1) ;;
+    *) echo "recipes/paper/$CORPUS.sh: error: --synthesizer must be one of: $SYNTHESIZERS (got '${synthesizer}')" >&2
+       return 2 ;;
+  esac
+  # its own Adam 1e-3 with weight decay 1.2e-6, synthetic gradient x 0.1, input noise N(1, 0.5) (the default)
+  local dni=(--criterion dni_cross_entropy --dni-scale 0.1 "${synth[@]}" --dni-lr 0.001 --dni-weight-decay 1.2e-6)
   # SGDR per epoch as the paper's loop sets it (--restart_lr: one rate per epoch, cosine down to 0)
   local cosine=(--lr-scheduler cosine_alternating --lr-step-per-epoch --min-lr 0)
   # the paper's switch starts at real: --whenswitch 2 makes epoch 1 real; PTB's alternating arms
@@ -54,24 +69,30 @@ paper_arm() {
     *) echo "recipes/paper/$CORPUS.sh: error: --arm must be one of: $ARMS (got '${arm}')" >&2; return 2 ;;
   esac
   RUN="paper-$arm"
+  [ "$synthesizer" = scan ] || [ "$arm" = bptt ] || RUN="paper-$arm-$synthesizer"   # its own checkpoints and logs
   EVAL_FLAGS=(--batch-size 1 --tokens-per-sample 200)   # the paper scores the test set as one stream
   EVAL_CHECKPOINT=checkpoint_best.pt                      # with the best validation checkpoint
 }
 
-# paper_main --arm ARM [the corpus recipe's options]: the corpus recipe with ARM's flags
+# paper_main --arm ARM [--synthesizer SYNTHESIZER] [the corpus recipe's options]: the corpus recipe with
+# ARM's flags
 paper_main() {
-  local arm="" rest=()
+  local arm="" synthesizer=scan rest=()
   while [ $# -gt 0 ]; do
     case "$1" in
       --arm) arm="${2:-}"; shift 2 || shift ;;
+      --synthesizer) synthesizer="${2:-}"; shift 2 || shift ;;
+      --) rest+=("$@"); break ;;   # fairseq-train's extra flags, for the corpus recipe
       -h|--help)
-        echo "usage: bash recipes/paper/$CORPUS.sh --arm ARM [options of recipes/$CORPUS.sh]"
+        echo "usage: bash recipes/paper/$CORPUS.sh --arm ARM [--synthesizer SYNTHESIZER] [options of recipes/$CORPUS.sh]"
         echo "  ARM: $ARMS (the arms of the alternate_sg README; recipes/README.md)"
+        echo "  SYNTHESIZER: scan (default: the paper's --sgtype QRNN as its code computes it) or coordinatewise"
+        echo "               (what its code computes with --sgtype GRU/LSTM, here with a QRNN cell)"
         echo "  --size smoke here: a 16/32-wide AWD-LSTM, 4 epochs of 2000 lines (test perplexity about 4,600: expected)"
         usage; return 0 ;;
       *) rest+=("$1"); shift ;;
     esac
   done
-  paper_arm "$arm" || return $?
+  paper_arm "$arm" "$synthesizer" || return $?
   recipe_main "${rest[@]}"
 }

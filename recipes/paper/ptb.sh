@@ -3,8 +3,10 @@
 #   bash recipes/paper/ptb.sh --arm ARM                      # ARM: bptt dni dni-restart160 dni-restart5
 #                                                            #      alternating-restart160 alternating-restart5
 #   bash recipes/paper/ptb.sh --arm dni-restart5 --cpu --size smoke    # a tiny model, 4 epochs of 2000 lines
+#   --synthesizer scan (default: the paper's --sgtype QRNN as its code computes it) or coordinatewise
 # Everything else as recipes/ptb.sh (--data-dir, --out, --gpus, --fp16, --dry-run, -- EXTRA); outputs in
-# runs/recipes/ptb: checkpoints-SIZE-paper-ARM/, train-SIZE-paper-ARM.log, eval-SIZE-paper-ARM.log.
+# runs/recipes/ptb: checkpoints-SIZE-paper-ARM/, train-SIZE-paper-ARM.log, eval-SIZE-paper-ARM.log
+# (paper-ARM-coordinatewise with --synthesizer coordinatewise).
 # Hydra twins: fairseq-hydra-train --config-dir recipes/paper/config --config-name ptb_ARM task.data=DATA-BIN
 # PTB: the paper's --clip 0.2 --dropouth 0.3.
 source "$(dirname "${BASH_SOURCE[0]}")/../ptb.sh"   # the corpus and the shared steps (sourced: runs nothing)
