@@ -191,7 +191,8 @@ def test_the_coordinatewise_twin_is_the_yaml_with_its_overrides(paper_text, tmp_
                               "--synthesizer", "coordinatewise")
     yaml_path = os.path.join(REPO, "recipes", "paper", "config", "ptb_dni-restart5.yaml")
     with open(yaml_path) as f:
-        named = re.search(r"coordinatewise is (criterion\.\S+) (criterion\.\S+)\n\s*# (criterion\.\S+)", f.read())
+        named = re.search(r"coordinatewise is (criterion\.\S+) (criterion\.\S+)\n\s*# (criterion\.\S+)",
+                          f.read())
     yaml = OmegaConf.merge(OmegaConf.load(yaml_path), OmegaConf.from_dotlist(list(named.groups())))
     OmegaConf.save(yaml, tmp_path / "twin.yaml")
     assert_yaml_is_the_command("ptb dni-restart5 coordinatewise", cfg, argv, str(tmp_path / "twin.yaml"))

@@ -44,7 +44,7 @@ A planned run without logs counts as missing in the tables' headings. With no fi
 "not run yet".
 
     python -m studies.paper_grid --corpus ptb --seeds 1,2 --commit
-    python -m studies.paper_grid --corpus wikitext2 --seeds 1 --commit   # bptt-one-cycle, bptt-restarts, alternating-restarts(-scan)
+    python -m studies.paper_grid --corpus wikitext2 --seeds 1 --commit   # its four arms (WIKITEXT2_ARMS)
     python -m studies.paper_grid --report-only
 """
 
@@ -81,14 +81,16 @@ BASELINES = {"alternating-restarts": ["bptt-one-cycle", "bptt-restarts", "dni-re
 # each scan arm and the coordinate-wise arm it re-runs (everything else equal)
 COORDINATEWISE_TWIN = {"dni-restarts-scan": "dni-restarts", "alternating-restarts-scan": "alternating-restarts"}
 
-# the paper's synthesizer (--use_sg --sgtype QRNN --sg_hidden_num 50 --sg_nlayers 1, its own Adam 1e-3
-# with weight decay 1.2e-6, synthetic gradient x 0.1, input noise N(1, 0.5) by default)
+# the synthesizers, 50 units and 1 layer as the paper's --sgtype QRNN --sg_hidden_num 50 --sg_nlayers 1 (input
+# noise N(1, 0.5) by default): coordinate-wise with the QRNN cell, one sequence per coordinate (what its code
+# computes with --sgtype GRU/LSTM, here with that cell)
 COORDINATEWISE = ["--dni-synthesizer", "coordinatewise", "--dni-synthesizer-cell", "qrnn",
                   "--dni-synthesizer-hidden", "50", "--dni-synthesizer-layers", "1"]
 # the paper's synthesizer as its code computes it: one scan across the flattened state, the paper's init
 SCAN = ["--dni-synthesizer", "scan", "--dni-synthesizer-hidden", "50", "--dni-synthesizer-layers", "1",
         "--dni-synthesizer-init", "paper"]
 MLP = ["--dni-synthesizer", "mlp"]   # Jaderberg et al.'s, its defaults; everything else as above
+# every DNI arm: the paper's own Adam 1e-3 for the synthesizer with weight decay 1.2e-6, synthetic gradient x 0.1
 DNI = ["--criterion", "dni_cross_entropy", "--dni-scale", "0.1", "--dni-lr", "0.001", "--dni-weight-decay", "1.2e-6"]
 
 
@@ -311,8 +313,8 @@ def scan_verdict(arms, scan, key, lead=""):
     [(kind, phrase)] = common.comparisons(arms, scan, [twin], key)
     head = {"better": f"{scan} differed from {twin}", "worse": f"{scan} differed from {twin}",
             "within": f"{scan} did not differ from {twin}"}.get(kind)
-    head = (f"{head} by more than the seed spread" if head else
-            f"{scan} against {twin}, {'no seed in common yet' if kind == 'no seed' else 'one seed: no spread to judge by'}")
+    unjudged = "no seed in common yet" if kind == "no seed" else "one seed: no spread to judge by"
+    head = f"{head} by more than the seed spread" if head else f"{scan} against {twin}, {unjudged}"
     return f"{lead}**Scan against coordinate-wise: {head}**: {phrase}."
 
 
@@ -411,9 +413,10 @@ def report(log_dir, out):
     if runs:
         common.write_csv(os.path.join(out, "results.csv"), FIELDS, runs)
         # the norms at the 5 decimals fairseq's records give them (write_csv's 4 would cut a small one short)
+        norms = ("dni_pred_norm", "dni_target_norm")
         common.write_csv(os.path.join(out, "cycles.csv"), CYCLE_FIELDS,
                          [dict(corpus=r["corpus"], arm=r["arm"], seed=r["seed"],
-                               **{k: f"{v:.5f}" if k in ("dni_pred_norm", "dni_target_norm") else v for k, v in c.items()})
+                               **{k: f"{v:.5f}" if k in norms else v for k, v in c.items()})
                           for r in runs for c in r["cycles"]])
         for corpus, arms in groups.items():
             lines += corpus_table(corpus, arms)
@@ -487,8 +490,8 @@ def write_study(lines, runs, groups, out):
           "| dni-restarts-scan | `dni-restart5` | scan (`--sgtype QRNN`) | as dni-restarts |",
           "| alternating-restarts-scan | `alternating-restart5` (WikiText-2: also `--whenswitch 2`) | scan "
           "(`--sgtype QRNN`) | as alternating-restarts |", "",
-          "**Synthesizers.** Every DNI arm of the paper's README runs `--sgtype QRNN --sg_hidden_num 50 --sg_nlayers 1` "
-          "with its own Adam 1e-3 (weight decay 1.2e-6) and the synthetic gradient x 0.1 "
+          "**Synthesizers.** Every DNI arm of the paper's README runs `--sgtype QRNN --sg_hidden_num 50 "
+          "--sg_nlayers 1` with its own Adam 1e-3 (weight decay 1.2e-6) and the synthetic gradient x 0.1 "
           f"(here `{' '.join(DNI[2:])}`). Its code reads the joined state of all streams, through torchqrnn's "
           "time-major `QRNNLayer`, as **one sequence** of B x D scalars, so each prediction depends on every "
           "coordinate before it, across layers, h and c, and streams: that is `scan` "
