@@ -80,6 +80,12 @@ def seed_bytes(generator: Optional[torch.Generator] = None, device=None) -> torc
     return torch.randint(0, 256, (3,), generator=generator, device=device)
 
 
+def keep_threshold(zoneout: float) -> int:
+    """The int32 threshold ``t`` such that a uniform 32-bit integer ``v`` (in [-2^31, 2^31)) is ``>= t``
+    with probability ``1 - round(zoneout * 2^32) / 2^32``: zoneout's keep probability to within 2^-32."""
+    return round(zoneout * 2 ** 32) - 2 ** 31
+
+
 class Workspace:
     """Scratch buffers reused from call to call on a CPU, where every fresh multi-megabyte tensor
     costs its page faults again (glibc returns such blocks to the system); fresh tensors elsewhere
@@ -123,44 +129,47 @@ def _one_layer_forward(columns, kernel, bias, start, c0, keep, scale, steps, wor
     """The one-layer synthesizer's forward without autograd: each gate (N, H) = columns @ kernel_g +
     bias_g (+ start_g on the first S rows), in its own contiguous buffer (activations on strided
     slices of one (N, 3H) product cost several times more on a CPU), activated in place: tanh z
-    (as ``2 sigmoid(2 z) - 1``, equal up to float rounding, absolute error ~1e-7 in float32),
-    sigmoid f (times the keep mask, or ``scale``), sigmoid o; the cells (N, H) by the forget-mult
-    scan; h = o c in ``work``'s buffer "h". ``saved``: gates and cells in ``work``'s buffers kept for
-    the backward (names apart from the no-grad call's, which runs between a regression's forward
-    and its backward; a second forward before that backward bumps their version counters, which
-    autograd then refuses loudly). Returns ((z, f, o), 1 - f, cells, h)."""
+    as ``2 sigmoid(2 z) - 1`` (equal up to float rounding, absolute error ~1e-7 in float32; the
+    factor 2 multiplies z's slice of the small kernel, bias and start, exact in floating point),
+    sigmoid f (times the keep mask, or ``scale``), sigmoid o; ``a = 1 - f``, ``b = f z``; the cells
+    (N, H) by the forget-mult scan; h = o c. ``saved``: gates, ``a``, cells and h in ``work``'s
+    buffers kept for the backward (names apart from the no-grad call's, which runs between a
+    regression's forward and its backward; a second forward before that backward bumps their
+    version counters, which autograd then refuses loudly). Returns ((z, f, o), a, cells, h)."""
     rows, hidden = columns.size(0), kernel.size(1) // 3
     sequences = rows // steps
+    kept = "saved " if saved else ""
     gates = []
     for g, name in enumerate("zfo"):
-        gate = work.get(("saved " if saved else "") + name, (rows, hidden), columns)
+        gate = work.get(kept + name, (rows, hidden), columns)
         part = slice(g * hidden, (g + 1) * hidden)
-        torch.addmm(bias[part], columns, kernel[:, part], out=gate)
-        gate[:sequences] += start[:, part]
+        factor = 2.0 if name == "z" else 1.0
+        torch.addmm(bias[part] * factor, columns, kernel[:, part] * factor, out=gate)
+        gate[:sequences] += start[:, part] * factor
         gates.append(gate)
     z, f, o = gates
-    z.mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0)   # tanh(x) = 2 sigmoid(2x) - 1: torch's CPU tanh costs 6 sigmoids
+    z.sigmoid_().mul_(2.0).sub_(1.0)   # tanh(x) = 2 sigmoid(2x) - 1: torch's CPU tanh costs 6 sigmoids
     f.sigmoid_()
     o.sigmoid_()
     if keep is not None:
         f.mul_(keep.view(rows, hidden))
     elif scale != 1.0:
         f.mul_(scale)
-    a = torch.neg(f, out=work.get(("saved " if saved else "") + "a", (rows, hidden), columns)).add_(1.0)
+    a = torch.sub(f.new_ones(()), f, out=work.get(kept + "a", (rows, hidden), columns))
     b = torch.mul(f, z, out=work.get("b", (rows, hidden), columns))
-    cells = work.get(("saved " if saved else "") + "cells", (rows, hidden), columns)
+    cells = work.get(kept + "cells", (rows, hidden), columns)
     one_step = (steps, sequences, hidden)
     linear_scan(a.view(one_step), b.view(one_step), c0, out=cells.view(one_step),
                 scratch=work.get("scratch", (2, *one_step), columns))
-    h = torch.mul(o, cells, out=work.get("h", (rows, hidden), columns))
+    h = torch.mul(o, cells, out=work.get(kept + "h", (rows, hidden), columns))
     return gates, a, cells, h
 
 
 class _OneLayerScan(torch.autograd.Function):
     """The whole one-layer synthesizer after its input columns, with a hand-written backward:
     ``y = decoder(o * forget_mult(f, z, c0))`` from the folded layer-0 gates (see
-    :meth:`ScanSynthesizer.first_layer_columns`). Saves the activated gates and the cells only;
-    all its large buffers come from the synthesizer's :class:`Workspace`.
+    :meth:`ScanSynthesizer.first_layer_columns`). Saves the activated gates, ``1 - f``, the cells
+    and h; all its large buffers come from the synthesizer's :class:`Workspace`.
 
     Inputs: columns (N, 3) = [s_t, s_{t-1}, has previous], kernel (3, 3H), bias (3H,), start (S, 3H)
     (added to the first S rows: the carried input's term), c0 (S, H), decoder weight (H,) and bias
@@ -173,7 +182,7 @@ class _OneLayerScan(torch.autograd.Function):
                                                     saved=True)
         y = torch.addmv(decoder_bias, h, weight)
         last = cells[-c0.size(0):].clone()
-        ctx.save_for_backward(columns, kernel, c0, weight, z, f, o, a, cells)
+        ctx.save_for_backward(columns, kernel, c0, weight, z, f, o, a, cells, h)
         ctx.scale, ctx.steps, ctx.work = scale, steps, work
         ctx.mark_non_differentiable(last)
         return y, last
@@ -181,36 +190,34 @@ class _OneLayerScan(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y, _grad_last):
-        columns, kernel, c0, weight, z, f, o, a, cells = ctx.saved_tensors
+        columns, kernel, c0, weight, z, f, o, a, cells, h = ctx.saved_tensors
         work, steps, scale = ctx.work, ctx.steps, ctx.scale
         rows, hidden = cells.shape
         sequences = rows // steps
-        h = torch.mul(o, cells, out=work.get("h", (rows, hidden), cells))
         grad_weight = h.t().mv(grad_y)
         grad_decoder_bias = grad_y.sum().view(1)
         # d loss / d gate pre-activations, one contiguous buffer per gate
         d_z, d_f, d_o = (work.get("d" + name, (rows, hidden), cells) for name in "zfo")
         grad_h = torch.mul(grad_y.view(rows, 1), weight.view(1, hidden), out=work.get("dh", (rows, hidden), cells))
-        torch.mul(grad_h, cells, out=d_o)
-        d_o.mul_(o)
-        torch.addcmul(d_o, d_o, o, value=-1.0, out=d_o)          # * o (1 - o)
+        torch.mul(grad_h, h, out=d_o)
+        torch.addcmul(d_o, d_o, o, value=-1.0, out=d_o)          # grad_h c o (1 - o), with h = o c
         grad_c = grad_h.mul_(o)
         # the adjoint g~_t = grad_c_t + (1 - f_{t+1}) g~_{t+1}: a reverse scan
         adjoint = work.get("adjoint", (rows, hidden), cells)
+        scratch = work.get("scratch", (2, steps, sequences, hidden), cells)
         one_step = (steps, sequences, hidden)
         adjoint_steps, grad_c_steps, a_steps = adjoint.view(one_step), grad_c.view(one_step), a.view(one_step)
         adjoint_steps[-1] = grad_c_steps[-1]
         if steps > 1:
             linear_scan(a_steps[1:], grad_c_steps[:-1], grad_c_steps[-1], reverse=True, out=adjoint_steps[:-1],
-                        scratch=work.get("scratch", (2, *one_step), cells)[:, 1:])
-        torch.mul(f, adjoint, out=d_z)
-        torch.mul(z, z, out=h)
-        torch.addcmul(d_z, d_z, h, value=-1.0, out=d_z)          # * (1 - z^2)
+                        scratch=scratch[:, 1:])
+        torch.mul(f, adjoint, out=d_z)                           # f g~, shared by d_z and d_f
         torch.sub(z[sequences:], cells[:-sequences], out=d_f[sequences:])
         torch.sub(z[:sequences], c0, out=d_f[:sequences])        # (z_t - c_{t-1})
-        d_f.mul_(adjoint)
-        d_f.mul_(f)
+        d_f.mul_(d_z)
         torch.addcmul(d_f, d_f, f, value=-1.0 / scale, out=d_f)  # * f (1 - f / scale): sigmoid', mask or scale
+        square = torch.mul(z, z, out=scratch[0].view(rows, hidden))
+        torch.addcmul(d_z, d_z, square, value=-1.0, out=d_z)     # * (1 - z^2)
         grad_c0 = a[:sequences] * adjoint[:sequences]
         gates = (d_z, d_f, d_o)
         grad_columns = None
@@ -293,7 +300,11 @@ class ScanSynthesizer(Synthesizer):
     def zoneout_masks(self, seed: torch.Tensor, shape, like: torch.Tensor):
         """Every layer's keep mask (float32 0/1, ``shape``; 1 with probability 1 - zoneout) and the next
         seed, all from a generator seeded by ``seed``, so a re-evaluation of a call draws the same
-        masks. The last few draws are remembered (the criterion re-evaluates a call two windows
+        masks. Each mask element is one uniform 32-bit integer compared with a threshold
+        (:func:`keep_threshold`: the keep probability is 1 - zoneout to within 2^-32), the integers
+        drawn 64 bits at a time (``random_`` over the whole int64 range, viewed as int32 pairs): half
+        the generator's work of one float ``uniform_`` per element, and a single pass to the float
+        mask. The last few draws are remembered (the criterion re-evaluates a call two windows
         later), which saves drawing them again; the masks are never written to."""
         a, b, c = (int(v) for v in seed.detach().round().long().tolist())
         key = (((a % 256) << 16) | ((b % 256) << 8) | (c % 256), tuple(shape), like.device, self.layers)
@@ -302,11 +313,16 @@ class ScanSynthesizer(Synthesizer):
             generator = torch.Generator(device=like.device)
             generator.manual_seed(key[0])
             reusable = self.work.evicted(key)   # the oldest draw's buffers, about to be forgotten
+            numel, threshold = torch.Size(shape).numel(), keep_threshold(self.zoneout)
+            bits = self.work.get("zoneout bits", ((numel + 1) // 2,), torch.empty(0, dtype=torch.int64,
+                                                                                   device=like.device))
             masks = []
             for layer in range(self.layers):
                 mask = (reusable[0][layer] if reusable is not None and reusable[0][layer].shape == torch.Size(shape)
                         else torch.empty(shape, device=like.device))
-                masks.append(mask.uniform_(generator=generator).ge_(self.zoneout))   # float 0/1
+                bits.random_(-2 ** 63, None, generator=generator)        # every int64 value equally likely
+                torch.ge(bits.view(torch.int32)[:numel].view(shape), threshold, out=mask)   # float 0/1
+                masks.append(mask)
             drawn = self.work.remember(key, (masks, seed_bytes(generator, like.device)))
         masks, next_seed = drawn
         return masks, next_seed.clone()
