@@ -54,7 +54,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from fairseq_dni.modules.forget_mult import forget_mult, linear_scan
+from fairseq_dni.modules.forget_mult import chunk_scan, chunk_view, forget_mult, from_chunks, to_chunks
 from fairseq_dni.synthesizers import Synthesizer
 
 INITS = ("zero", "paper")
@@ -125,19 +125,28 @@ class Workspace:
         return buffer
 
 
-def _one_layer_forward(columns, kernel, bias, start, c0, keep, scale, steps, work, saved):
-    """The one-layer synthesizer's forward without autograd: each gate (N, H) = columns @ kernel_g +
-    bias_g (+ start_g on the first S rows), in its own contiguous buffer (activations on strided
-    slices of one (N, 3H) product cost several times more on a CPU), activated in place: tanh z
-    as ``2 sigmoid(2 z) - 1`` (equal up to float rounding, absolute error ~1e-7 in float32; the
-    factor 2 multiplies z's slice of the small kernel, bias and start, exact in floating point),
-    sigmoid f (times the keep mask, or ``scale``), sigmoid o; ``a = 1 - f``, ``b = f z``; the cells
-    (N, H) by the forget-mult scan; h = o c. ``saved``: gates, ``a``, cells and h in ``work``'s
-    buffers kept for the backward (names apart from the no-grad call's, which runs between a
-    regression's forward and its backward; a second forward before that backward bumps their
-    version counters, which autograd then refuses loudly). Returns ((z, f, o), a, cells, h)."""
-    rows, hidden = columns.size(0), kernel.size(1) // 3
-    sequences = rows // steps
+def chunk_length(steps: int) -> int:
+    """The chunk length C of the one-layer path's chunk-major layout for a sequence of ``steps``
+    (:func:`~fairseq_dni.modules.forget_mult.chunk_scan`: 3 C slab operations plus a scan over
+    ceil(steps / C) chunks; 32 measured best at 16,000 steps on a CPU; short sequences use 4)."""
+    return 32 if steps >= 1024 else 4
+
+
+def _one_layer_forward(columns, kernel, bias, start, c0, keep, scale, chunk, work, saved):
+    """The one-layer synthesizer's forward without autograd, on rows in chunk-major order
+    (:func:`~fairseq_dni.modules.forget_mult.to_chunks`: N = C K S rows, step t = k C + j of
+    sequence s at row (j K + k) S + s; the first S rows are step 0). Each gate (N, H) = columns @
+    kernel_g + bias_g (+ start_g on the first S rows), in its own contiguous buffer (activations on
+    strided slices of one (N, 3H) product cost several times more on a CPU), activated in place:
+    tanh z as ``2 sigmoid(2 z) - 1`` (equal up to float rounding, absolute error ~1e-7 in float32;
+    the factor 2 multiplies z's slice of the small kernel, bias and start, exact in floating
+    point), sigmoid f (times the keep mask, or ``scale``), sigmoid o; ``a = 1 - f``, ``b = f z``;
+    the cells (N, H) by the chunk-major forget-mult scan; h = o c. ``saved``: gates, ``a``, cells
+    and h in ``work``'s buffers kept for the backward (names apart from the no-grad call's, which
+    runs between a regression's forward and its backward; a second forward before that backward
+    bumps their version counters, which autograd then refuses loudly). Returns ((z, f, o), a,
+    cells, h)."""
+    rows, hidden, sequences = columns.size(0), kernel.size(1) // 3, c0.size(0)
     kept = "saved " if saved else ""
     gates = []
     for g, name in enumerate("zfo"):
@@ -158,32 +167,41 @@ def _one_layer_forward(columns, kernel, bias, start, c0, keep, scale, steps, wor
     a = torch.sub(f.new_ones(()), f, out=work.get(kept + "a", (rows, hidden), columns))
     b = torch.mul(f, z, out=work.get("b", (rows, hidden), columns))
     cells = work.get(kept + "cells", (rows, hidden), columns)
-    one_step = (steps, sequences, hidden)
-    linear_scan(a.view(one_step), b.view(one_step), c0, out=cells.view(one_step),
-                scratch=work.get("scratch", (2, *one_step), columns))
+    slabs = (chunk, rows // (chunk * sequences), sequences, hidden)
+    chunk_scan(a.view(slabs), b.view(slabs), c0, out=cells.view(slabs))
     h = torch.mul(o, cells, out=work.get(kept + "h", (rows, hidden), columns))
     return gates, a, cells, h
+
+
+def _last_step(x: torch.Tensor, chunk: int, steps: int, sequences: int) -> torch.Tensor:
+    """Step ``steps - 1`` (S, ...) of the chunk-major rows ``x`` (C K S, ...) (a view)."""
+    chunks = x.size(0) // (chunk * sequences)
+    row = ((steps - 1) % chunk * chunks + (steps - 1) // chunk) * sequences
+    return x[row:row + sequences]
 
 
 class _OneLayerScan(torch.autograd.Function):
     """The whole one-layer synthesizer after its input columns, with a hand-written backward:
     ``y = decoder(o * forget_mult(f, z, c0))`` from the folded layer-0 gates (see
-    :meth:`ScanSynthesizer.first_layer_columns`). Saves the activated gates, ``1 - f``, the cells
-    and h; all its large buffers come from the synthesizer's :class:`Workspace`.
+    :meth:`ScanSynthesizer.first_layer_columns`), rows in chunk-major order (:func:`_one_layer_forward`).
+    Saves the activated gates, ``1 - f``, the cells and h; all its large buffers come from the
+    synthesizer's :class:`Workspace`.
 
-    Inputs: columns (N, 3) = [s_t, s_{t-1}, has previous], kernel (3, 3H), bias (3H,), start (S, 3H)
-    (added to the first S rows: the carried input's term), c0 (S, H), decoder weight (H,) and bias
-    (1,), keep (L, S, H) float 0/1 or None, scale (the forget gates' factor without a mask), steps L,
-    the workspace. Outputs y (N,) and the last cells (S, H) (not differentiable)."""
+    Inputs: columns (N, 3) = [s_t, s_{t-1}, has previous] (N = C K S, chunk-major), kernel (3, 3H),
+    bias (3H,), start (S, 3H) (added to the first S rows: the carried input's term), c0 (S, H),
+    decoder weight (H,) and bias (1,), keep (N, H) float 0/1 or None (chunk-major), scale (the forget
+    gates' factor without a mask), the chunk length C, the sequence's length L (<= C K), the
+    workspace. Outputs y (N,) (chunk-major; rows past step L - 1 are padding) and the cells of step
+    L - 1 (S, H) (not differentiable)."""
 
     @staticmethod
-    def forward(ctx, columns, kernel, bias, start, c0, weight, decoder_bias, keep, scale, steps, work):
-        (z, f, o), a, cells, h = _one_layer_forward(columns, kernel, bias, start, c0, keep, scale, steps, work,
+    def forward(ctx, columns, kernel, bias, start, c0, weight, decoder_bias, keep, scale, chunk, steps, work):
+        (z, f, o), a, cells, h = _one_layer_forward(columns, kernel, bias, start, c0, keep, scale, chunk, work,
                                                     saved=True)
         y = torch.addmv(decoder_bias, h, weight)
-        last = cells[-c0.size(0):].clone()
+        last = _last_step(cells, chunk, steps, c0.size(0)).clone()
         ctx.save_for_backward(columns, kernel, c0, weight, z, f, o, a, cells, h)
-        ctx.scale, ctx.steps, ctx.work = scale, steps, work
+        ctx.scale, ctx.chunk, ctx.work = scale, chunk, work
         ctx.mark_non_differentiable(last)
         return y, last
 
@@ -191,9 +209,10 @@ class _OneLayerScan(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y, _grad_last):
         columns, kernel, c0, weight, z, f, o, a, cells, h = ctx.saved_tensors
-        work, steps, scale = ctx.work, ctx.steps, ctx.scale
+        work, chunk, scale = ctx.work, ctx.chunk, ctx.scale
         rows, hidden = cells.shape
-        sequences = rows // steps
+        sequences = c0.size(0)
+        slabs = (chunk, rows // (chunk * sequences), sequences, hidden)
         grad_weight = h.t().mv(grad_y)
         grad_decoder_bias = grad_y.sum().view(1)
         # d loss / d gate pre-activations, one contiguous buffer per gate
@@ -202,21 +221,18 @@ class _OneLayerScan(torch.autograd.Function):
         torch.mul(grad_h, h, out=d_o)
         torch.addcmul(d_o, d_o, o, value=-1.0, out=d_o)          # grad_h c o (1 - o), with h = o c
         grad_c = grad_h.mul_(o)
-        # the adjoint g~_t = grad_c_t + (1 - f_{t+1}) g~_{t+1}: a reverse scan
+        # the adjoint g~_t = grad_c_t + (1 - f_{t+1}) g~_{t+1}: the scan's transposed recurrence
         adjoint = work.get("adjoint", (rows, hidden), cells)
-        scratch = work.get("scratch", (2, steps, sequences, hidden), cells)
-        one_step = (steps, sequences, hidden)
-        adjoint_steps, grad_c_steps, a_steps = adjoint.view(one_step), grad_c.view(one_step), a.view(one_step)
-        adjoint_steps[-1] = grad_c_steps[-1]
-        if steps > 1:
-            linear_scan(a_steps[1:], grad_c_steps[:-1], grad_c_steps[-1], reverse=True, out=adjoint_steps[:-1],
-                        scratch=scratch[:, 1:])
+        chunk_scan(a.view(slabs), grad_c.view(slabs), adjoint=True, out=adjoint.view(slabs))
         torch.mul(f, adjoint, out=d_z)                           # f g~, shared by d_z and d_f
-        torch.sub(z[sequences:], cells[:-sequences], out=d_f[sequences:])
-        torch.sub(z[:sequences], c0, out=d_f[:sequences])        # (z_t - c_{t-1})
+        # (z_t - c_{t-1}): the previous step is the slab before, or the previous chunk's last step
+        z_s, c_s, d_f_s = z.view(slabs), cells.view(slabs), d_f.view(slabs)
+        torch.sub(z_s[1:], c_s[:-1], out=d_f_s[1:])
+        torch.sub(z_s[0, 1:], c_s[-1, :-1], out=d_f_s[0, 1:])
+        torch.sub(z_s[0, 0], c0, out=d_f_s[0, 0])
         d_f.mul_(d_z)
         torch.addcmul(d_f, d_f, f, value=-1.0 / scale, out=d_f)  # * f (1 - f / scale): sigmoid', mask or scale
-        square = torch.mul(z, z, out=scratch[0].view(rows, hidden))
+        square = torch.mul(z, z, out=work.get("b", (rows, hidden), cells))
         torch.addcmul(d_z, d_z, square, value=-1.0, out=d_z)     # * (1 - z^2)
         grad_c0 = a[:sequences] * adjoint[:sequences]
         gates = (d_z, d_f, d_o)
@@ -225,10 +241,11 @@ class _OneLayerScan(torch.autograd.Function):
             grad_columns = sum(d.mm(kernel[:, g * hidden:(g + 1) * hidden].t()) for g, d in enumerate(gates))
         grad_kernel = torch.cat([columns.t().mm(d) for d in gates], dim=1)
         grad_start = torch.cat([d[:sequences] for d in gates], dim=1)
-        # columns[:, 2] is 1 on every row but the first S: the bias's gradient without another pass
+        # columns[:, 2] is 1 on every row but the first S (and 0 on the padding, whose gradients are 0):
+        # the bias's gradient without another pass
         grad_bias = grad_kernel[2] + grad_start.sum(0)
         return (grad_columns, grad_kernel, grad_bias, grad_start, grad_c0, grad_weight, grad_decoder_bias,
-                None, None, None, None)
+                None, None, None, None, None)
 
 
 class QRNNLayer(nn.Module):
@@ -297,31 +314,42 @@ class ScanSynthesizer(Synthesizer):
         ordered = state[:, self.order]
         return ordered.t() if self.per_stream else ordered.reshape(-1, 1)
 
-    def zoneout_masks(self, seed: torch.Tensor, shape, like: torch.Tensor):
-        """Every layer's keep mask (float32 0/1, ``shape``; 1 with probability 1 - zoneout) and the next
-        seed, all from a generator seeded by ``seed``, so a re-evaluation of a call draws the same
-        masks. Each mask element is one uniform 32-bit integer compared with a threshold
+    def zoneout_masks(self, seed: torch.Tensor, shape, like: torch.Tensor, chunk: Optional[int] = None):
+        """Every layer's keep mask (float32 0/1, ``shape`` (L, S, H); 1 with probability 1 - zoneout) and
+        the next seed, all from a generator seeded by ``seed``, so a re-evaluation of a call draws the
+        same masks. With ``chunk`` C, the same masks in chunk-major order (C K, S, H)
+        (:func:`~fairseq_dni.modules.forget_mult.to_chunks`; 1 on the padding after step L - 1). Each mask element is one uniform 32-bit integer compared with a threshold
         (:func:`keep_threshold`: the keep probability is 1 - zoneout to within 2^-32), the integers
         drawn 64 bits at a time (``random_`` over the whole int64 range, viewed as int32 pairs): half
         the generator's work of one float ``uniform_`` per element, and a single pass to the float
         mask. The last few draws are remembered (the criterion re-evaluates a call two windows
         later), which saves drawing them again; the masks are never written to."""
         a, b, c = (int(v) for v in seed.detach().round().long().tolist())
-        key = (((a % 256) << 16) | ((b % 256) << 8) | (c % 256), tuple(shape), like.device, self.layers)
+        key = (((a % 256) << 16) | ((b % 256) << 8) | (c % 256), tuple(shape), like.device, self.layers, chunk)
         drawn = self.work.recall(key)
         if drawn is None:
             generator = torch.Generator(device=like.device)
             generator.manual_seed(key[0])
             reusable = self.work.evicted(key)   # the oldest draw's buffers, about to be forgotten
+            steps, step = shape[0], tuple(shape[1:])
             numel, threshold = torch.Size(shape).numel(), keep_threshold(self.zoneout)
+            stored = shape if chunk is None else (chunk * -(-steps // chunk), *step)
             bits = self.work.get("zoneout bits", ((numel + 1) // 2,), torch.empty(0, dtype=torch.int64,
                                                                                    device=like.device))
             masks = []
             for layer in range(self.layers):
-                mask = (reusable[0][layer] if reusable is not None and reusable[0][layer].shape == torch.Size(shape)
-                        else torch.empty(shape, device=like.device))
+                mask = (reusable[0][layer] if reusable is not None and reusable[0][layer].shape == torch.Size(stored)
+                        else torch.empty(stored, device=like.device))
                 bits.random_(-2 ** 63, None, generator=generator)        # every int64 value equally likely
-                torch.ge(bits.view(torch.int32)[:numel].view(shape), threshold, out=mask)   # float 0/1
+                values = bits.view(torch.int32)[:numel].view(shape)
+                if chunk is None:
+                    torch.ge(values, threshold, out=mask)                    # float 0/1
+                else:                                                        # the same, written chunk-major
+                    view, full = chunk_view(mask, chunk), steps // chunk
+                    torch.ge(values[:full * chunk].view(full, chunk, *step), threshold, out=view[:full])
+                    if full < view.size(0):
+                        torch.ge(values[full * chunk:], threshold, out=view[full, :steps - full * chunk])
+                        view[full, steps - full * chunk:] = 1.0
                 masks.append(mask)
             drawn = self.work.remember(key, (masks, seed_bytes(generator, like.device)))
         masks, next_seed = drawn
@@ -374,22 +402,27 @@ class ScanSynthesizer(Synthesizer):
             raise ValueError(f"own state {tuple(cells.shape)} does not fit {self.layers} layer(s) of {self.hidden} "
                              f"units over {sequences} sequence(s)")
         one_layer = self.layers == 1
+        # the paper's one layer runs chunk-major (fused step, hand-written backward, reused buffers)
+        chunk = chunk_length(steps) if one_layer else None
         if self.training and self.zoneout > 0:
-            masks, next_seed = self.zoneout_masks(seed, (steps, sequences, self.hidden), state)
+            masks, next_seed = self.zoneout_masks(seed, (steps, sequences, self.hidden), state, chunk=chunk)
             next_seed = next_seed.to(seed.dtype)
         else:
             masks, next_seed = [None] * self.layers, seed.clone()
         scale = 1.0 - self.zoneout if not self.training else 1.0
         columns, kernel, bias, start = self.first_layer_columns(seq, previous_input)
-        if one_layer:   # the paper's default: one fused step (hand-written backward, reused buffers)
+        if one_layer:
+            columns = to_chunks(columns.view(steps, sequences, 3), chunk).view(-1, 3)
             weight, decoder_bias = self.decoder.weight[0], self.decoder.bias
             if torch.is_grad_enabled():
                 out, last = _OneLayerScan.apply(columns, kernel, bias, start, cells[0], weight, decoder_bias,
-                                                masks[0], scale, steps, self.work)
+                                                masks[0], scale, chunk, steps, self.work)
             else:
-                _, _, cells_out, h = _one_layer_forward(columns, kernel, bias, start, cells[0], masks[0], scale, steps,
-                                                     self.work, saved=False)
-                out, last = torch.addmv(decoder_bias, h, weight), cells_out[-sequences:].clone()
+                _, _, cells_out, h = _one_layer_forward(columns, kernel, bias, start, cells[0], masks[0], scale, chunk,
+                                                        self.work, saved=False)
+                out = torch.addmv(decoder_bias, h, weight)
+                last = _last_step(cells_out, chunk, steps, sequences).clone()
+            out = from_chunks(out.view(-1, sequences), chunk, steps)
             new_cells = [last]
         else:
             gates = torch.addmm(bias, columns, kernel)
