@@ -132,6 +132,11 @@ def chunk_length(steps: int) -> int:
     return 32 if steps >= 1024 else 4
 
 
+#: the four (N, H) buffers that the no-grad call (the injection) and the backward share: the no-grad
+#: call runs between a regression's forward and its backward, never inside that backward
+SHARED = ("shared 0", "shared 1", "shared 2", "shared 3")
+
+
 def _one_layer_forward(columns, kernel, bias, start, c0, keep, scale, chunk, work, saved):
     """The one-layer synthesizer's forward without autograd, on rows in chunk-major order
     (:func:`~fairseq_dni.modules.forget_mult.to_chunks`: N = C K S rows, step t = k C + j of
@@ -141,18 +146,21 @@ def _one_layer_forward(columns, kernel, bias, start, c0, keep, scale, chunk, wor
     tanh z as ``2 sigmoid(2 z) - 1`` (equal up to float rounding, absolute error ~1e-7 in float32;
     the factor 2 multiplies z's slice of the small kernel, bias and start, exact in floating
     point), sigmoid f (times the keep mask, or ``scale``), sigmoid o; ``a = 1 - f``, ``b = f z``;
-    the cells (N, H) by the chunk-major forget-mult scan; h = o c. ``saved``: gates, ``a``, cells
-    and h in ``work``'s buffers kept for the backward (names apart from the no-grad call's, which
-    runs between a regression's forward and its backward; a second forward before that backward
-    bumps their version counters, which autograd then refuses loudly). Returns ((z, f, o), a,
-    cells, h)."""
+    the cells (N, H) by the chunk-major forget-mult scan; h = o c.
+
+    At this size every pass over an (N, H) buffer goes to memory, so the buffers are few and
+    reused (``work``): ``saved`` (the regression's call, under autograd) keeps z, f, o, a, the
+    cells and h for the backward in buffers of their own (b is written where h goes next), and a
+    second forward before that backward bumps their version counters, which autograd then refuses
+    loudly; the no-grad call computes in place in the four :data:`SHARED` buffers (b over z, a over
+    f, h over o). Returns ((z, f, o), a, cells, h) (z, f, o only meaningful when ``saved``)."""
     rows, hidden, sequences = columns.size(0), kernel.size(1) // 3, c0.size(0)
-    kept = "saved " if saved else ""
+    names = ("saved z", "saved f", "saved o", "saved cells") if saved else SHARED
     gates = []
-    for g, name in enumerate("zfo"):
-        gate = work.get(kept + name, (rows, hidden), columns)
+    for g, name in enumerate(names[:3]):
+        gate = work.get(name, (rows, hidden), columns)
         part = slice(g * hidden, (g + 1) * hidden)
-        factor = 2.0 if name == "z" else 1.0
+        factor = 2.0 if g == 0 else 1.0
         torch.addmm(bias[part] * factor, columns, kernel[:, part] * factor, out=gate)
         gate[:sequences] += start[:, part] * factor
         gates.append(gate)
@@ -164,12 +172,17 @@ def _one_layer_forward(columns, kernel, bias, start, c0, keep, scale, chunk, wor
         f.mul_(keep.view(rows, hidden))
     elif scale != 1.0:
         f.mul_(scale)
-    a = torch.sub(f.new_ones(()), f, out=work.get(kept + "a", (rows, hidden), columns))
-    b = torch.mul(f, z, out=work.get("b", (rows, hidden), columns))
-    cells = work.get(kept + "cells", (rows, hidden), columns)
+    one = f.new_ones(())
+    if saved:
+        a = torch.sub(one, f, out=work.get("saved a", (rows, hidden), columns))
+        b = torch.mul(f, z, out=work.get("saved h", (rows, hidden), columns))
+    else:
+        b = z.mul_(f)
+        a = torch.sub(one, f, out=f)
+    cells = work.get(names[3], (rows, hidden), columns)
     slabs = (chunk, rows // (chunk * sequences), sequences, hidden)
     chunk_scan(a.view(slabs), b.view(slabs), c0, out=cells.view(slabs))
-    h = torch.mul(o, cells, out=work.get(kept + "h", (rows, hidden), columns))
+    h = torch.mul(o, cells, out=b) if saved else o.mul_(cells)
     return gates, a, cells, h
 
 
@@ -215,16 +228,16 @@ class _OneLayerScan(torch.autograd.Function):
         slabs = (chunk, rows // (chunk * sequences), sequences, hidden)
         grad_weight = h.t().mv(grad_y)
         grad_decoder_bias = grad_y.sum().view(1)
-        # d loss / d gate pre-activations, one contiguous buffer per gate
-        d_z, d_f, d_o = (work.get("d" + name, (rows, hidden), cells) for name in "zfo")
-        grad_h = torch.mul(grad_y.view(rows, 1), weight.view(1, hidden), out=work.get("dh", (rows, hidden), cells))
+        # d loss / d gate pre-activations in the four shared buffers (see _one_layer_forward)
+        first, second, d_o, d_f = (work.get(name, (rows, hidden), cells) for name in SHARED)
+        grad_h = torch.mul(grad_y.view(rows, 1), weight.view(1, hidden), out=first)
         torch.mul(grad_h, h, out=d_o)
         torch.addcmul(d_o, d_o, o, value=-1.0, out=d_o)          # grad_h c o (1 - o), with h = o c
         grad_c = grad_h.mul_(o)
         # the adjoint g~_t = grad_c_t + (1 - f_{t+1}) g~_{t+1}: the scan's transposed recurrence
-        adjoint = work.get("adjoint", (rows, hidden), cells)
-        chunk_scan(a.view(slabs), grad_c.view(slabs), adjoint=True, out=adjoint.view(slabs))
-        torch.mul(f, adjoint, out=d_z)                           # f g~, shared by d_z and d_f
+        adjoint = chunk_scan(a.view(slabs), grad_c.view(slabs), adjoint=True, out=second.view(slabs)).view(rows, hidden)
+        grad_c0 = a[:sequences] * adjoint[:sequences]
+        d_z = torch.mul(f, adjoint, out=first)                   # f g~, shared by d_z and d_f
         # (z_t - c_{t-1}): the previous step is the slab before, or the previous chunk's last step
         z_s, c_s, d_f_s = z.view(slabs), cells.view(slabs), d_f.view(slabs)
         torch.sub(z_s[1:], c_s[:-1], out=d_f_s[1:])
@@ -232,9 +245,8 @@ class _OneLayerScan(torch.autograd.Function):
         torch.sub(z_s[0, 0], c0, out=d_f_s[0, 0])
         d_f.mul_(d_z)
         torch.addcmul(d_f, d_f, f, value=-1.0 / scale, out=d_f)  # * f (1 - f / scale): sigmoid', mask or scale
-        square = torch.mul(z, z, out=work.get("b", (rows, hidden), cells))
+        square = torch.mul(z, z, out=second)
         torch.addcmul(d_z, d_z, square, value=-1.0, out=d_z)     # * (1 - z^2)
-        grad_c0 = a[:sequences] * adjoint[:sequences]
         gates = (d_z, d_f, d_o)
         grad_columns = None
         if ctx.needs_input_grad[0]:
