@@ -28,9 +28,9 @@ calls a synthesizer).
 
 The same function, computed differently (exact algebra, float rounding aside):
 
-* the encoder is folded into layer 0's gates: ``W [x_t, x_{t-1}]`` with ``x = s w + b`` is a product
-  with inner size 3 (``s_t``, ``s_{t-1}``, 1) plus, at ``t = 0``, ``W_b x_{-1}``: the (B D, 2H) x
-  (2H, 3H) product would cost more than everything else on a CPU;
+* the encoder is folded into layer 0's gates: ``W [x_t, x_{t-1}] + bias`` with ``x = s w + b`` is a
+  product with inner size 4 (``s_t``, ``s_{t-1}``, has previous, 1) plus, at ``t = 0``, ``W_b x_{-1}``:
+  the (B D, 2H) x (2H, 3H) product would cost more than everything else on a CPU;
 * the forget-mult recurrence is a vectorised scan (:mod:`fairseq_dni.modules.forget_mult`) with an
   exact reverse-scan gradient, not a loop over the B x D positions; with one layer (the paper's)
   the whole synthesizer after its input is one autograd Function (:class:`_OneLayerScan`) with a
@@ -137,11 +137,11 @@ def chunk_length(steps: int) -> int:
 SHARED = ("shared 0", "shared 1", "shared 2", "shared 3")
 
 
-def _one_layer_forward(columns, kernel, bias, start, c0, keep, scale, chunk, work, saved):
+def _one_layer_forward(columns, kernel, start, c0, keep, scale, chunk, work, saved):
     """The one-layer synthesizer's forward without autograd, on rows in chunk-major order
     (:func:`~fairseq_dni.modules.forget_mult.to_chunks`: N = C K S rows, step t = k C + j of
     sequence s at row (j K + k) S + s; the first S rows are step 0). Each gate (N, H) = columns @
-    kernel_g + bias_g (+ start_g on the first S rows), in its own contiguous buffer (activations on
+    kernel_g (+ start_g on the first S rows), in its own contiguous buffer (activations on
     strided slices of one (N, 3H) product cost several times more on a CPU), activated in place:
     tanh z as ``2 sigmoid(2 z) - 1`` (equal up to float rounding, absolute error ~1e-7 in float32;
     the factor 2 multiplies z's slice of the small kernel, bias and start, exact in floating
@@ -161,7 +161,7 @@ def _one_layer_forward(columns, kernel, bias, start, c0, keep, scale, chunk, wor
         gate = work.get(name, (rows, hidden), columns)
         part = slice(g * hidden, (g + 1) * hidden)
         factor = 2.0 if g == 0 else 1.0
-        torch.addmm(bias[part] * factor, columns, kernel[:, part] * factor, out=gate)
+        torch.mm(columns, kernel[:, part] * factor, out=gate)
         gate[:sequences] += start[:, part] * factor
         gates.append(gate)
     z, f, o = gates
@@ -200,16 +200,16 @@ class _OneLayerScan(torch.autograd.Function):
     Saves the activated gates, ``1 - f``, the cells and h; all its large buffers come from the
     synthesizer's :class:`Workspace`.
 
-    Inputs: columns (N, 3) = [s_t, s_{t-1}, has previous] (N = C K S, chunk-major), kernel (3, 3H),
-    bias (3H,), start (S, 3H) (added to the first S rows: the carried input's term), c0 (S, H),
+    Inputs: columns (N, 4) = [s_t, s_{t-1}, has previous, 1] (N = C K S, chunk-major; zero rows on
+    the padding), kernel (4, 3H), start (S, 3H) (added to the first S rows: the carried input's term), c0 (S, H),
     decoder weight (H,) and bias (1,), keep (N, H) float 0/1 or None (chunk-major), scale (the forget
     gates' factor without a mask), the chunk length C, the sequence's length L (<= C K), the
     workspace. Outputs y (N,) (chunk-major; rows past step L - 1 are padding) and the cells of step
     L - 1 (S, H) (not differentiable)."""
 
     @staticmethod
-    def forward(ctx, columns, kernel, bias, start, c0, weight, decoder_bias, keep, scale, chunk, steps, work):
-        (z, f, o), a, cells, h = _one_layer_forward(columns, kernel, bias, start, c0, keep, scale, chunk, work,
+    def forward(ctx, columns, kernel, start, c0, weight, decoder_bias, keep, scale, chunk, steps, work):
+        (z, f, o), a, cells, h = _one_layer_forward(columns, kernel, start, c0, keep, scale, chunk, work,
                                                     saved=True)
         y = torch.addmv(decoder_bias, h, weight)
         last = _last_step(cells, chunk, steps, c0.size(0)).clone()
@@ -253,10 +253,7 @@ class _OneLayerScan(torch.autograd.Function):
             grad_columns = sum(d.mm(kernel[:, g * hidden:(g + 1) * hidden].t()) for g, d in enumerate(gates))
         grad_kernel = torch.cat([columns.t().mm(d) for d in gates], dim=1)
         grad_start = torch.cat([d[:sequences] for d in gates], dim=1)
-        # columns[:, 2] is 1 on every row but the first S (and 0 on the padding, whose gradients are 0):
-        # the bias's gradient without another pass
-        grad_bias = grad_kernel[2] + grad_start.sum(0)
-        return (grad_columns, grad_kernel, grad_bias, grad_start, grad_c0, grad_weight, grad_decoder_bias,
+        return (grad_columns, grad_kernel, grad_start, grad_c0, grad_weight, grad_decoder_bias,
                 None, None, None, None, None)
 
 
@@ -368,23 +365,24 @@ class ScanSynthesizer(Synthesizer):
         return masks, next_seed.clone()
 
     def first_layer_columns(self, seq: torch.Tensor, previous_input: torch.Tensor):
-        """Layer 0's gates with the encoder folded in, as ``columns @ kernel + bias`` plus ``start`` on
-        the first S rows. ``W_a x_t + W_b x_{t-1} + bias`` with ``x_t = s_t w + b_e`` is
-        ``[s_t, s_{t-1}, 1] [W_a w; W_b w; W_b b_e] + W_a b_e + bias`` for ``t >= 1`` and
-        ``[s_0, 0, 0] [...] + W_a b_e + bias + W_b x_{-1}`` at ``t = 0``. Returns columns (L*S, 3)
-        (rows time-major: t * S + sequence), kernel (3, 3H), bias (3H,), start (S, 3H)."""
+        """Layer 0's gates with the encoder folded in, as ``columns @ kernel`` plus ``start`` on the
+        first S rows. ``W_a x_t + W_b x_{t-1} + bias`` with ``x_t = s_t w + b_e`` is
+        ``[s_t, s_{t-1}, 1, 1] [W_a w; W_b w; W_b b_e; W_a b_e + bias]`` for ``t >= 1`` and
+        ``[s_0, 0, 0, 1] [...] + W_b x_{-1}`` at ``t = 0`` (one product with inner size 4 writes each
+        gate once: no bias copied in first). Returns columns (L*S, 4) (rows time-major: t * S +
+        sequence), kernel (4, 3H), start (S, 3H)."""
         hidden, (steps, sequences) = self.hidden, seq.shape
         w, b_e = self.encoder.weight[:, 0], self.encoder.bias
         linear = self.rnns[0].linear
         w_a, w_b = linear.weight[:, :hidden], linear.weight[:, hidden:]
-        kernel = torch.stack([w_a @ w, w_b @ w, w_b @ b_e])
-        bias = w_a @ b_e + linear.bias
-        columns = seq.new_empty(steps, sequences, 3)
+        kernel = torch.stack([w_a @ w, w_b @ w, w_b @ b_e, w_a @ b_e + linear.bias])
+        columns = seq.new_empty(steps, sequences, 4)
         columns[:, :, 0] = seq
-        columns[0, :, 1:] = 0
+        columns[0, :, 1:3] = 0
         columns[1:, :, 1] = seq[:-1]
         columns[1:, :, 2] = 1
-        return columns.view(steps * sequences, 3), kernel, bias, previous_input @ w_b.t()
+        columns[:, :, 3] = 1
+        return columns.view(steps * sequences, 4), kernel, previous_input @ w_b.t()
 
     def qrnn(self, z, f, o, c0, keep, scale):
         """A QRNN layer from its gate pre-activations (L, S, H): (h (L, S, H), last cell state (S, H)).
@@ -422,22 +420,22 @@ class ScanSynthesizer(Synthesizer):
         else:
             masks, next_seed = [None] * self.layers, seed.clone()
         scale = 1.0 - self.zoneout if not self.training else 1.0
-        columns, kernel, bias, start = self.first_layer_columns(seq, previous_input)
+        columns, kernel, start = self.first_layer_columns(seq, previous_input)
         if one_layer:
-            columns = to_chunks(columns.view(steps, sequences, 3), chunk).view(-1, 3)
+            columns = to_chunks(columns.view(steps, sequences, 4), chunk).view(-1, 4)
             weight, decoder_bias = self.decoder.weight[0], self.decoder.bias
             if torch.is_grad_enabled():
-                out, last = _OneLayerScan.apply(columns, kernel, bias, start, cells[0], weight, decoder_bias,
+                out, last = _OneLayerScan.apply(columns, kernel, start, cells[0], weight, decoder_bias,
                                                 masks[0], scale, chunk, steps, self.work)
             else:
-                _, _, cells_out, h = _one_layer_forward(columns, kernel, bias, start, cells[0], masks[0], scale, chunk,
+                _, _, cells_out, h = _one_layer_forward(columns, kernel, start, cells[0], masks[0], scale, chunk,
                                                         self.work, saved=False)
                 out = torch.addmv(decoder_bias, h, weight)
                 last = _last_step(cells_out, chunk, steps, sequences).clone()
             out = from_chunks(out.view(-1, sequences), chunk, steps)
             new_cells = [last]
         else:
-            gates = torch.addmm(bias, columns, kernel)
+            gates = columns @ kernel
             gates[:sequences] += start
             h, last = self.qrnn(*gates.view(steps, sequences, -1).chunk(3, dim=-1), cells[0], masks[0], scale)
             new_cells = [last]
