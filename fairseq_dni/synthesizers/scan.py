@@ -54,7 +54,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from fairseq_dni.modules.forget_mult import chunk_scan, chunk_view, forget_mult, from_chunks, to_chunks
+from fairseq_dni.modules.forget_mult import chunk_scan, forget_mult, from_chunks, to_chunks
 from fairseq_dni.synthesizers import Synthesizer
 
 INITS = ("zero", "paper")
@@ -327,7 +327,8 @@ class ScanSynthesizer(Synthesizer):
         """Every layer's keep mask (float32 0/1, ``shape`` (L, S, H); 1 with probability 1 - zoneout) and
         the next seed, all from a generator seeded by ``seed``, so a re-evaluation of a call draws the
         same masks. With ``chunk`` C, the same masks in chunk-major order (C K, S, H)
-        (:func:`~fairseq_dni.modules.forget_mult.to_chunks`; 1 on the padding after step L - 1). Each mask element is one uniform 32-bit integer compared with a threshold
+        (:func:`~fairseq_dni.modules.forget_mult.to_chunks`; 0 or 1 on the padding after step L - 1).
+        Each mask element is one uniform 32-bit integer compared with a threshold
         (:func:`keep_threshold`: the keep probability is 1 - zoneout to within 2^-32), the integers
         drawn 64 bits at a time (``random_`` over the whole int64 range, viewed as int32 pairs): half
         the generator's work of one float ``uniform_`` per element, and a single pass to the float
@@ -340,25 +341,25 @@ class ScanSynthesizer(Synthesizer):
             generator = torch.Generator(device=like.device)
             generator.manual_seed(key[0])
             reusable = self.work.evicted(key)   # the oldest draw's buffers, about to be forgotten
-            steps, step = shape[0], tuple(shape[1:])
-            numel, threshold = torch.Size(shape).numel(), keep_threshold(self.zoneout)
-            stored = shape if chunk is None else (chunk * -(-steps // chunk), *step)
-            bits = self.work.get("zoneout bits", ((numel + 1) // 2,), torch.empty(0, dtype=torch.int64,
-                                                                                   device=like.device))
+            steps, numel, threshold = shape[0], torch.Size(shape).numel(), keep_threshold(self.zoneout)
+            stored = shape if chunk is None else (chunk * -(-steps // chunk), *shape[1:])
+            size = torch.Size(stored).numel()
+            bits = self.work.get("zoneout bits", ((size + 1) // 2,), torch.empty(0, dtype=torch.int64,
+                                                                                  device=like.device))
+            drawn_bits = bits[:(numel + 1) // 2]
+            bits[drawn_bits.numel():].zero_()       # the padding after step L - 1: no draws, its masks never matter
+            values = bits.view(torch.int32)[:size]
             masks = []
             for layer in range(self.layers):
                 mask = (reusable[0][layer] if reusable is not None and reusable[0][layer].shape == torch.Size(stored)
                         else torch.empty(stored, device=like.device))
-                bits.random_(-2 ** 63, None, generator=generator)        # every int64 value equally likely
-                values = bits.view(torch.int32)[:numel].view(shape)
+                drawn_bits.random_(-2 ** 63, None, generator=generator)  # every int64 value equally likely
                 if chunk is None:
-                    torch.ge(values, threshold, out=mask)                    # float 0/1
-                else:                                                        # the same, written chunk-major
-                    view, full = chunk_view(mask, chunk), steps // chunk
-                    torch.ge(values[:full * chunk].view(full, chunk, *step), threshold, out=view[:full])
-                    if full < view.size(0):
-                        torch.ge(values[full * chunk:], threshold, out=view[full, :steps - full * chunk])
-                        view[full, steps - full * chunk:] = 1.0
+                    torch.ge(values.view(shape), threshold, out=mask)     # float 0/1
+                else:   # the same values read in time order, written chunk-major
+                    chunks = stored[0] // chunk
+                    torch.ge(values.view(chunks, chunk, *shape[1:]).transpose(0, 1), threshold,
+                             out=mask.view(chunk, chunks, *shape[1:]))
                 masks.append(mask)
             drawn = self.work.remember(key, (masks, seed_bytes(generator, like.device)))
         masks, next_seed = drawn
