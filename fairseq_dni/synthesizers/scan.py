@@ -32,16 +32,18 @@ The same function, computed differently (exact algebra, float rounding aside):
   product with inner size 4 (``s_t``, ``s_{t-1}``, has previous, 1) plus, at ``t = 0``, ``W_b x_{-1}``:
   the (B D, 2H) x (2H, 3H) product would cost more than everything else on a CPU;
 * the forget-mult recurrence is a vectorised scan (:mod:`fairseq_dni.modules.forget_mult`) with an
-  exact reverse-scan gradient, not a loop over the B x D positions; with one layer (the paper's)
-  the whole synthesizer after its input is one autograd Function (:class:`_OneLayerScan`) with a
-  hand-written backward, tanh computed as ``2 sigmoid(2x) - 1`` and, on a CPU, its large buffers
-  reused from call to call (:class:`Workspace`);
+  exact gradient, not a loop over the B x D positions; with one layer (the paper's) the whole
+  synthesizer after its input is one autograd Function (:class:`_OneLayerScan`) with a
+  hand-written backward, on rows stored chunk-major (:func:`~fairseq_dni.modules.forget_mult.chunk_scan`,
+  C = :func:`chunk_length`), tanh computed as ``2 sigmoid(2x) - 1`` and, on a CPU, a few large
+  buffers reused from call to call (:class:`Workspace`, :data:`SHARED`);
 * the state arrives in our flat order (:meth:`~fairseq_dni.carried_state.StateLayout.flatten`:
   h of every layer, then c of every layer) and is permuted to the paper's per-stream order
   (h_0, c_0, h_1, c_1, ...) before the scan, and the prediction permuted back;
 * the zoneout masks come from a seed kept in the own state (three float "bytes", exact in every
   float dtype), so the criterion's later re-evaluation of a call draws exactly the masks the call
-  drew; the next seed is drawn from the same seeded generator.
+  drew (one 32-bit integer per element against :func:`keep_threshold`); the next seed is drawn
+  from the same seeded generator.
 
 Departures (documented in ``docs/synthesizers.md``): called once per window and re-evaluated for
 the regression (the paper calls it again on the carried-on state); the last layer starts at zero
