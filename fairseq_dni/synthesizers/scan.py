@@ -130,7 +130,8 @@ class Workspace:
 def chunk_length(steps: int) -> int:
     """The chunk length C of the one-layer path's chunk-major layout for a sequence of ``steps``
     (:func:`~fairseq_dni.modules.forget_mult.chunk_scan`: 3 C slab operations plus a scan over
-    ceil(steps / C) chunks; 32 measured best at 16,000 steps on a CPU; short sequences use 4)."""
+    ceil(steps / C) chunks; of 8, 16 and 32, 32 was fastest at 16,000 steps on a CPU; short
+    sequences use 4)."""
     return 32 if steps >= 1024 else 4
 
 
@@ -146,7 +147,7 @@ def _one_layer_forward(columns, kernel, start, c0, keep, scale, chunk, work, sav
     kernel_g (+ start_g on the first S rows), in its own contiguous buffer (activations on
     strided slices of one (N, 3H) product cost several times more on a CPU), activated in place:
     tanh z as ``2 sigmoid(2 z) - 1`` (equal up to float rounding, absolute error ~1e-7 in float32;
-    the factor 2 multiplies z's slice of the small kernel, bias and start, exact in floating
+    the factor 2 multiplies z's slice of the small kernel and start, exact in floating
     point), sigmoid f (times the keep mask, or ``scale``), sigmoid o; ``a = 1 - f``, ``b = f z``;
     the cells (N, H) by the chunk-major forget-mult scan; h = o c.
 
@@ -203,10 +204,10 @@ class _OneLayerScan(torch.autograd.Function):
     synthesizer's :class:`Workspace`.
 
     Inputs: columns (N, 4) = [s_t, s_{t-1}, has previous, 1] (N = C K S, chunk-major; zero rows on
-    the padding), kernel (4, 3H), start (S, 3H) (added to the first S rows: the carried input's term), c0 (S, H),
-    decoder weight (H,) and bias (1,), keep (N, H) float 0/1 or None (chunk-major), scale (the forget
-    gates' factor without a mask), the chunk length C, the sequence's length L (<= C K), the
-    workspace. Outputs y (N,) (chunk-major; rows past step L - 1 are padding) and the cells of step
+    the padding), kernel (4, 3H), start (S, 3H) (added to the first S rows: the carried input's
+    term), c0 (S, H), decoder weight (H,) and bias (1,), keep (N, H) float 0/1 or None (chunk-major),
+    scale (the forget gates' factor without a mask), the chunk length C, the sequence's length L
+    (<= C K), the workspace. Outputs y (N,) (chunk-major; rows past step L - 1 are padding) and the cells of step
     L - 1 (S, H) (not differentiable)."""
 
     @staticmethod
@@ -237,7 +238,8 @@ class _OneLayerScan(torch.autograd.Function):
         torch.addcmul(d_o, d_o, o, value=-1.0, out=d_o)          # grad_h c o (1 - o), with h = o c
         grad_c = grad_h.mul_(o)
         # the adjoint g~_t = grad_c_t + (1 - f_{t+1}) g~_{t+1}: the scan's transposed recurrence
-        adjoint = chunk_scan(a.view(slabs), grad_c.view(slabs), adjoint=True, out=second.view(slabs)).view(rows, hidden)
+        chunk_scan(a.view(slabs), grad_c.view(slabs), adjoint=True, out=second.view(slabs))
+        adjoint = second
         grad_c0 = a[:sequences] * adjoint[:sequences]
         d_z = torch.mul(f, adjoint, out=first)                   # f g~, shared by d_z and d_f
         # (z_t - c_{t-1}): the previous step is the slab before, or the previous chunk's last step
