@@ -11,9 +11,10 @@ import torch
 from helpers import USER_DIR, assert_same_weights, build_dni, fairseq, run_window, train_args, train_inner
 from fairseq_dni.carried_state import StateLayout
 from fairseq_dni.data.stream_windows import StreamWindows
-from fairseq_dni.modules.forget_mult import forget_mult, forget_mult_autograd, linear_scan
+from fairseq_dni.modules.forget_mult import (chunk_scan, forget_mult, forget_mult_autograd, from_chunks, linear_scan,
+                                             to_chunks)
 from fairseq_dni.synthesizers import build_synthesizer
-from fairseq_dni.synthesizers.scan import ScanSynthesizer
+from fairseq_dni.synthesizers.scan import ScanSynthesizer, keep_threshold
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = (3, 2)          # a 2-layer LSTM of widths 3 and 2: D = 10
@@ -61,6 +62,41 @@ def test_linear_scan_into_a_buffer_and_in_reverse_equals_a_loop(reverse):
     out = torch.full((13, 2, 4), float("nan"), dtype=torch.float64)[:, 1]   # a strided view
     linear_scan(a, b, c0, reverse=reverse, out=out)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("steps,chunk", [(1, 1), (7, 3), (12, 4), (33, 8), (5, 8), (40, 1)])
+@pytest.mark.parametrize("given_c0", [True, False])
+def test_chunk_scan_and_its_adjoint_equal_loops(steps, chunk, given_c0):
+    """Chunk-major storage (padded after the end when chunk does not divide steps): the forward
+    recurrence from c0, and the transposed one g_t = b_t + a_{t+1} g_{t+1} from zero after the end."""
+    g = torch.Generator().manual_seed(steps)
+    a = torch.rand(steps, 2, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(steps, 2, 3, generator=g, dtype=torch.float64)
+    c0 = torch.randn(2, 3, generator=g, dtype=torch.float64) if given_c0 else None
+    c, ref = (c0 if given_c0 else torch.zeros(2, 3, dtype=torch.float64)), []
+    for t in range(steps):
+        c = a[t] * c + b[t]
+        ref.append(c)
+    adjoint, after = [None] * steps, torch.zeros(2, 3, dtype=torch.float64)
+    for t in reversed(range(steps)):
+        after = b[t] + (a[t + 1] * after if t + 1 < steps else 0.0)
+        adjoint[t] = after
+    slabs = lambda x: x.view(chunk, -1, 2, 3)
+    ac, bc = to_chunks(a, chunk), to_chunks(b, chunk)
+    out = torch.full_like(ac, float("nan"))
+    chunk_scan(slabs(ac), slabs(bc), c0, out=slabs(out))
+    torch.testing.assert_close(from_chunks(out, chunk, steps), torch.stack(ref), rtol=1e-12, atol=1e-12)
+    chunk_scan(slabs(ac), slabs(bc), adjoint=True, out=slabs(out))
+    torch.testing.assert_close(from_chunks(out, chunk, steps), torch.stack(adjoint), rtol=1e-12, atol=1e-12)
+
+
+def test_keep_threshold_keeps_one_minus_zoneout_of_the_int32_range():
+    for zoneout in (0.0, 0.1, 0.25, 0.5):
+        threshold = keep_threshold(zoneout)
+        assert abs((2 ** 31 - threshold) / 2 ** 32 - (1 - zoneout)) <= 2 ** -32
+        values = torch.tensor([threshold - 1, threshold, 2 ** 31 - 1], dtype=torch.int64).clamp(-2 ** 31, 2 ** 31 - 1)
+        kept = (values.to(torch.int32) >= threshold).tolist()
+        assert kept == [zoneout == 0.0, True, True]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -28,20 +28,22 @@ calls a synthesizer).
 
 The same function, computed differently (exact algebra, float rounding aside):
 
-* the encoder is folded into layer 0's gates: ``W [x_t, x_{t-1}]`` with ``x = s w + b`` is a product
-  with inner size 3 (``s_t``, ``s_{t-1}``, 1) plus, at ``t = 0``, ``W_b x_{-1}``: the (B D, 2H) x
-  (2H, 3H) product would cost more than everything else on a CPU;
+* the encoder is folded into layer 0's gates: ``W [x_t, x_{t-1}] + bias`` with ``x = s w + b`` is a
+  product with inner size 4 (``s_t``, ``s_{t-1}``, has previous, 1) plus, at ``t = 0``, ``W_b x_{-1}``:
+  the (B D, 2H) x (2H, 3H) product would cost more than everything else on a CPU;
 * the forget-mult recurrence is a vectorised scan (:mod:`fairseq_dni.modules.forget_mult`) with an
-  exact reverse-scan gradient, not a loop over the B x D positions; with one layer (the paper's)
-  the whole synthesizer after its input is one autograd Function (:class:`_OneLayerScan`) with a
-  hand-written backward, tanh computed as ``2 sigmoid(2x) - 1`` and, on a CPU, its large buffers
-  reused from call to call (:class:`Workspace`);
+  exact gradient, not a loop over the B x D positions; with one layer (the paper's) the whole
+  synthesizer after its input is one autograd Function (:class:`_OneLayerScan`) with a
+  hand-written backward, on rows stored chunk-major (:func:`~fairseq_dni.modules.forget_mult.chunk_scan`,
+  C = :func:`chunk_length`), tanh computed as ``2 sigmoid(2x) - 1`` and, on a CPU, a few large
+  buffers reused from call to call (:class:`Workspace`, :data:`SHARED`);
 * the state arrives in our flat order (:meth:`~fairseq_dni.carried_state.StateLayout.flatten`:
   h of every layer, then c of every layer) and is permuted to the paper's per-stream order
   (h_0, c_0, h_1, c_1, ...) before the scan, and the prediction permuted back;
 * the zoneout masks come from a seed kept in the own state (three float "bytes", exact in every
   float dtype), so the criterion's later re-evaluation of a call draws exactly the masks the call
-  drew; the next seed is drawn from the same seeded generator.
+  drew (one 32-bit integer per element against :func:`keep_threshold`); the next seed is drawn
+  from the same seeded generator.
 
 Departures (documented in ``docs/synthesizers.md``): called once per window and re-evaluated for
 the regression (the paper calls it again on the carried-on state); the last layer starts at zero
@@ -54,7 +56,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from fairseq_dni.modules.forget_mult import forget_mult, linear_scan
+from fairseq_dni.modules.forget_mult import chunk_scan, forget_mult, from_chunks, to_chunks
 from fairseq_dni.synthesizers import Synthesizer
 
 INITS = ("zero", "paper")
@@ -78,6 +80,12 @@ def paper_order(layer_sizes: Sequence[int]) -> torch.Tensor:
 def seed_bytes(generator: Optional[torch.Generator] = None, device=None) -> torch.Tensor:
     """A fresh zoneout seed: three integers in [0, 256) (int64, (3,))."""
     return torch.randint(0, 256, (3,), generator=generator, device=device)
+
+
+def keep_threshold(zoneout: float) -> int:
+    """The int32 threshold ``t`` such that a uniform 32-bit integer ``v`` (in [-2^31, 2^31)) is ``>= t``
+    with probability ``1 - round(zoneout * 2^32) / 2^32``: zoneout's keep probability to within 2^-32."""
+    return round(zoneout * 2 ** 32) - 2 ** 31
 
 
 class Workspace:
@@ -119,109 +127,138 @@ class Workspace:
         return buffer
 
 
-def _one_layer_forward(columns, kernel, bias, start, c0, keep, scale, steps, work, saved):
-    """The one-layer synthesizer's forward without autograd: each gate (N, H) = columns @ kernel_g +
-    bias_g (+ start_g on the first S rows), in its own contiguous buffer (activations on strided
-    slices of one (N, 3H) product cost several times more on a CPU), activated in place: tanh z
-    (as ``2 sigmoid(2 z) - 1``, equal up to float rounding, absolute error ~1e-7 in float32),
-    sigmoid f (times the keep mask, or ``scale``), sigmoid o; the cells (N, H) by the forget-mult
-    scan; h = o c in ``work``'s buffer "h". ``saved``: gates and cells in ``work``'s buffers kept for
-    the backward (names apart from the no-grad call's, which runs between a regression's forward
-    and its backward; a second forward before that backward bumps their version counters, which
-    autograd then refuses loudly). Returns ((z, f, o), 1 - f, cells, h)."""
-    rows, hidden = columns.size(0), kernel.size(1) // 3
-    sequences = rows // steps
+def chunk_length(steps: int) -> int:
+    """The chunk length C of the one-layer path's chunk-major layout for a sequence of ``steps``
+    (:func:`~fairseq_dni.modules.forget_mult.chunk_scan`: 3 C slab operations plus a scan over
+    ceil(steps / C) chunks; of 8, 16 and 32, 32 was fastest at 16,000 steps on a CPU; short
+    sequences use 4)."""
+    return 32 if steps >= 1024 else 4
+
+
+#: the four (N, H) buffers that the no-grad call (the injection) and the backward share: the no-grad
+#: call runs between a regression's forward and its backward, never inside that backward
+SHARED = ("shared 0", "shared 1", "shared 2", "shared 3")
+
+
+def _one_layer_forward(columns, kernel, start, c0, keep, scale, chunk, work, saved):
+    """The one-layer synthesizer's forward without autograd, on rows in chunk-major order
+    (:func:`~fairseq_dni.modules.forget_mult.to_chunks`: N = C K S rows, step t = k C + j of
+    sequence s at row (j K + k) S + s; the first S rows are step 0). Each gate (N, H) = columns @
+    kernel_g (+ start_g on the first S rows), in its own contiguous buffer (activations on
+    strided slices of one (N, 3H) product cost several times more on a CPU), activated in place:
+    tanh z as ``2 sigmoid(2 z) - 1`` (equal up to float rounding, absolute error ~1e-7 in float32;
+    the factor 2 multiplies z's slice of the small kernel and start, exact in floating
+    point), sigmoid f (times the keep mask, or ``scale``), sigmoid o; ``a = 1 - f``, ``b = f z``;
+    the cells (N, H) by the chunk-major forget-mult scan; h = o c.
+
+    At this size every pass over an (N, H) buffer goes to memory, so the buffers are few and
+    reused (``work``): ``saved`` (the regression's call, under autograd) keeps z, f, o, a, the
+    cells and h for the backward in buffers of their own (b is written where h goes next), and a
+    second forward before that backward bumps their version counters, which autograd then refuses
+    loudly; the no-grad call computes in place in the four :data:`SHARED` buffers (b over z, a over
+    f, h over o). Returns ((z, f, o), a, cells, h) (z, f, o only meaningful when ``saved``)."""
+    rows, hidden, sequences = columns.size(0), kernel.size(1) // 3, c0.size(0)
+    names = ("saved z", "saved f", "saved o", "saved cells") if saved else SHARED
     gates = []
-    for g, name in enumerate("zfo"):
-        gate = work.get(("saved " if saved else "") + name, (rows, hidden), columns)
+    for g, name in enumerate(names[:3]):
+        gate = work.get(name, (rows, hidden), columns)
         part = slice(g * hidden, (g + 1) * hidden)
-        torch.addmm(bias[part], columns, kernel[:, part], out=gate)
-        gate[:sequences] += start[:, part]
+        factor = 2.0 if g == 0 else 1.0
+        torch.mm(columns, kernel[:, part] * factor, out=gate)
+        gate[:sequences] += start[:, part] * factor
         gates.append(gate)
     z, f, o = gates
-    z.mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0)   # tanh(x) = 2 sigmoid(2x) - 1: torch's CPU tanh costs 6 sigmoids
+    z.sigmoid_().mul_(2.0).sub_(1.0)   # tanh(x) = 2 sigmoid(2x) - 1: torch's CPU tanh costs 6 sigmoids
     f.sigmoid_()
     o.sigmoid_()
     if keep is not None:
         f.mul_(keep.view(rows, hidden))
     elif scale != 1.0:
         f.mul_(scale)
-    a = torch.neg(f, out=work.get(("saved " if saved else "") + "a", (rows, hidden), columns)).add_(1.0)
-    b = torch.mul(f, z, out=work.get("b", (rows, hidden), columns))
-    cells = work.get(("saved " if saved else "") + "cells", (rows, hidden), columns)
-    one_step = (steps, sequences, hidden)
-    linear_scan(a.view(one_step), b.view(one_step), c0, out=cells.view(one_step),
-                scratch=work.get("scratch", (2, *one_step), columns))
-    h = torch.mul(o, cells, out=work.get("h", (rows, hidden), columns))
+    one = f.new_ones(())
+    if saved:
+        a = torch.sub(one, f, out=work.get("saved a", (rows, hidden), columns))
+        b = torch.mul(f, z, out=work.get("saved h", (rows, hidden), columns))
+    else:
+        b = z.mul_(f)
+        a = torch.sub(one, f, out=f)
+    cells = work.get(names[3], (rows, hidden), columns)
+    slabs = (chunk, rows // (chunk * sequences), sequences, hidden)
+    chunk_scan(a.view(slabs), b.view(slabs), c0, out=cells.view(slabs))
+    h = torch.mul(o, cells, out=b) if saved else o.mul_(cells)
     return gates, a, cells, h
+
+
+def _last_step(x: torch.Tensor, chunk: int, steps: int, sequences: int) -> torch.Tensor:
+    """Step ``steps - 1`` (S, ...) of the chunk-major rows ``x`` (C K S, ...) (a view)."""
+    chunks = x.size(0) // (chunk * sequences)
+    row = ((steps - 1) % chunk * chunks + (steps - 1) // chunk) * sequences
+    return x[row:row + sequences]
 
 
 class _OneLayerScan(torch.autograd.Function):
     """The whole one-layer synthesizer after its input columns, with a hand-written backward:
     ``y = decoder(o * forget_mult(f, z, c0))`` from the folded layer-0 gates (see
-    :meth:`ScanSynthesizer.first_layer_columns`). Saves the activated gates and the cells only;
-    all its large buffers come from the synthesizer's :class:`Workspace`.
+    :meth:`ScanSynthesizer.first_layer_columns`), rows in chunk-major order (:func:`_one_layer_forward`).
+    Saves the activated gates, ``1 - f``, the cells and h; all its large buffers come from the
+    synthesizer's :class:`Workspace`.
 
-    Inputs: columns (N, 3) = [s_t, s_{t-1}, has previous], kernel (3, 3H), bias (3H,), start (S, 3H)
-    (added to the first S rows: the carried input's term), c0 (S, H), decoder weight (H,) and bias
-    (1,), keep (L, S, H) float 0/1 or None, scale (the forget gates' factor without a mask), steps L,
-    the workspace. Outputs y (N,) and the last cells (S, H) (not differentiable)."""
+    Inputs: columns (N, 4) = [s_t, s_{t-1}, has previous, 1] (N = C K S, chunk-major; zero rows on
+    the padding), kernel (4, 3H), start (S, 3H) (added to the first S rows: the carried input's
+    term), c0 (S, H), decoder weight (H,) and bias (1,), keep (N, H) float 0/1 or None (chunk-major),
+    scale (the forget gates' factor without a mask), the chunk length C, the sequence's length L
+    (<= C K), the workspace. Outputs y (N,) (chunk-major; rows past step L - 1 are padding) and the cells of step
+    L - 1 (S, H) (not differentiable)."""
 
     @staticmethod
-    def forward(ctx, columns, kernel, bias, start, c0, weight, decoder_bias, keep, scale, steps, work):
-        (z, f, o), a, cells, h = _one_layer_forward(columns, kernel, bias, start, c0, keep, scale, steps, work,
+    def forward(ctx, columns, kernel, start, c0, weight, decoder_bias, keep, scale, chunk, steps, work):
+        (z, f, o), a, cells, h = _one_layer_forward(columns, kernel, start, c0, keep, scale, chunk, work,
                                                     saved=True)
         y = torch.addmv(decoder_bias, h, weight)
-        last = cells[-c0.size(0):].clone()
-        ctx.save_for_backward(columns, kernel, c0, weight, z, f, o, a, cells)
-        ctx.scale, ctx.steps, ctx.work = scale, steps, work
+        last = _last_step(cells, chunk, steps, c0.size(0)).clone()
+        ctx.save_for_backward(columns, kernel, c0, weight, z, f, o, a, cells, h)
+        ctx.scale, ctx.chunk, ctx.work = scale, chunk, work
         ctx.mark_non_differentiable(last)
         return y, last
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y, _grad_last):
-        columns, kernel, c0, weight, z, f, o, a, cells = ctx.saved_tensors
-        work, steps, scale = ctx.work, ctx.steps, ctx.scale
+        columns, kernel, c0, weight, z, f, o, a, cells, h = ctx.saved_tensors
+        work, chunk, scale = ctx.work, ctx.chunk, ctx.scale
         rows, hidden = cells.shape
-        sequences = rows // steps
-        h = torch.mul(o, cells, out=work.get("h", (rows, hidden), cells))
+        sequences = c0.size(0)
+        slabs = (chunk, rows // (chunk * sequences), sequences, hidden)
         grad_weight = h.t().mv(grad_y)
         grad_decoder_bias = grad_y.sum().view(1)
-        # d loss / d gate pre-activations, one contiguous buffer per gate
-        d_z, d_f, d_o = (work.get("d" + name, (rows, hidden), cells) for name in "zfo")
-        grad_h = torch.mul(grad_y.view(rows, 1), weight.view(1, hidden), out=work.get("dh", (rows, hidden), cells))
-        torch.mul(grad_h, cells, out=d_o)
-        d_o.mul_(o)
-        torch.addcmul(d_o, d_o, o, value=-1.0, out=d_o)          # * o (1 - o)
+        # d loss / d gate pre-activations in the four shared buffers (see _one_layer_forward)
+        first, second, d_o, d_f = (work.get(name, (rows, hidden), cells) for name in SHARED)
+        grad_h = torch.mul(grad_y.view(rows, 1), weight.view(1, hidden), out=first)
+        torch.mul(grad_h, h, out=d_o)
+        torch.addcmul(d_o, d_o, o, value=-1.0, out=d_o)          # grad_h c o (1 - o), with h = o c
         grad_c = grad_h.mul_(o)
-        # the adjoint g~_t = grad_c_t + (1 - f_{t+1}) g~_{t+1}: a reverse scan
-        adjoint = work.get("adjoint", (rows, hidden), cells)
-        one_step = (steps, sequences, hidden)
-        adjoint_steps, grad_c_steps, a_steps = adjoint.view(one_step), grad_c.view(one_step), a.view(one_step)
-        adjoint_steps[-1] = grad_c_steps[-1]
-        if steps > 1:
-            linear_scan(a_steps[1:], grad_c_steps[:-1], grad_c_steps[-1], reverse=True, out=adjoint_steps[:-1],
-                        scratch=work.get("scratch", (2, *one_step), cells)[:, 1:])
-        torch.mul(f, adjoint, out=d_z)
-        torch.mul(z, z, out=h)
-        torch.addcmul(d_z, d_z, h, value=-1.0, out=d_z)          # * (1 - z^2)
-        torch.sub(z[sequences:], cells[:-sequences], out=d_f[sequences:])
-        torch.sub(z[:sequences], c0, out=d_f[:sequences])        # (z_t - c_{t-1})
-        d_f.mul_(adjoint)
-        d_f.mul_(f)
-        torch.addcmul(d_f, d_f, f, value=-1.0 / scale, out=d_f)  # * f (1 - f / scale): sigmoid', mask or scale
+        # the adjoint g~_t = grad_c_t + (1 - f_{t+1}) g~_{t+1}: the scan's transposed recurrence
+        chunk_scan(a.view(slabs), grad_c.view(slabs), adjoint=True, out=second.view(slabs))
+        adjoint = second
         grad_c0 = a[:sequences] * adjoint[:sequences]
+        d_z = torch.mul(f, adjoint, out=first)                   # f g~, shared by d_z and d_f
+        # (z_t - c_{t-1}): the previous step is the slab before, or the previous chunk's last step
+        z_s, c_s, d_f_s = z.view(slabs), cells.view(slabs), d_f.view(slabs)
+        torch.sub(z_s[1:], c_s[:-1], out=d_f_s[1:])
+        torch.sub(z_s[0, 1:], c_s[-1, :-1], out=d_f_s[0, 1:])
+        torch.sub(z_s[0, 0], c0, out=d_f_s[0, 0])
+        d_f.mul_(d_z)
+        torch.addcmul(d_f, d_f, f, value=-1.0 / scale, out=d_f)  # * f (1 - f / scale): sigmoid', mask or scale
+        square = torch.mul(z, z, out=second)
+        torch.addcmul(d_z, d_z, square, value=-1.0, out=d_z)     # * (1 - z^2)
         gates = (d_z, d_f, d_o)
         grad_columns = None
         if ctx.needs_input_grad[0]:
             grad_columns = sum(d.mm(kernel[:, g * hidden:(g + 1) * hidden].t()) for g, d in enumerate(gates))
         grad_kernel = torch.cat([columns.t().mm(d) for d in gates], dim=1)
         grad_start = torch.cat([d[:sequences] for d in gates], dim=1)
-        # columns[:, 2] is 1 on every row but the first S: the bias's gradient without another pass
-        grad_bias = grad_kernel[2] + grad_start.sum(0)
-        return (grad_columns, grad_kernel, grad_bias, grad_start, grad_c0, grad_weight, grad_decoder_bias,
-                None, None, None, None)
+        return (grad_columns, grad_kernel, grad_start, grad_c0, grad_weight, grad_decoder_bias,
+                None, None, None, None, None)
 
 
 class QRNNLayer(nn.Module):
@@ -290,45 +327,67 @@ class ScanSynthesizer(Synthesizer):
         ordered = state[:, self.order]
         return ordered.t() if self.per_stream else ordered.reshape(-1, 1)
 
-    def zoneout_masks(self, seed: torch.Tensor, shape, like: torch.Tensor):
-        """Every layer's keep mask (float32 0/1, ``shape``; 1 with probability 1 - zoneout) and the next
-        seed, all from a generator seeded by ``seed``, so a re-evaluation of a call draws the same
-        masks. The last few draws are remembered (the criterion re-evaluates a call two windows
+    def zoneout_masks(self, seed: torch.Tensor, shape, like: torch.Tensor, chunk: Optional[int] = None):
+        """Every layer's keep mask (float32 0/1, ``shape`` (L, S, H); 1 with probability 1 - zoneout) and
+        the next seed, all from a generator seeded by ``seed``, so a re-evaluation of a call draws the
+        same masks. With ``chunk`` C, the same masks in chunk-major order (C K, S, H)
+        (:func:`~fairseq_dni.modules.forget_mult.to_chunks`; 0 or 1 on the padding after step L - 1).
+        Each mask element is one uniform 32-bit integer compared with a threshold
+        (:func:`keep_threshold`: the keep probability is 1 - zoneout to within 2^-32), the integers
+        drawn 64 bits at a time (``random_`` over the whole int64 range, viewed as int32 pairs): half
+        the generator's work of one float ``uniform_`` per element, and a single pass to the float
+        mask. The last few draws are remembered (the criterion re-evaluates a call two windows
         later), which saves drawing them again; the masks are never written to."""
         a, b, c = (int(v) for v in seed.detach().round().long().tolist())
-        key = (((a % 256) << 16) | ((b % 256) << 8) | (c % 256), tuple(shape), like.device, self.layers)
+        key = (((a % 256) << 16) | ((b % 256) << 8) | (c % 256), tuple(shape), like.device, self.layers, chunk)
         drawn = self.work.recall(key)
         if drawn is None:
             generator = torch.Generator(device=like.device)
             generator.manual_seed(key[0])
             reusable = self.work.evicted(key)   # the oldest draw's buffers, about to be forgotten
+            steps, numel, threshold = shape[0], torch.Size(shape).numel(), keep_threshold(self.zoneout)
+            stored = shape if chunk is None else (chunk * -(-steps // chunk), *shape[1:])
+            size = torch.Size(stored).numel()
+            bits = self.work.get("zoneout bits", ((size + 1) // 2,), torch.empty(0, dtype=torch.int64,
+                                                                                  device=like.device))
+            drawn_bits = bits[:(numel + 1) // 2]
+            bits[drawn_bits.numel():].zero_()       # the padding after step L - 1: no draws, its masks never matter
+            values = bits.view(torch.int32)[:size]
             masks = []
             for layer in range(self.layers):
-                mask = (reusable[0][layer] if reusable is not None and reusable[0][layer].shape == torch.Size(shape)
-                        else torch.empty(shape, device=like.device))
-                masks.append(mask.uniform_(generator=generator).ge_(self.zoneout))   # float 0/1
+                mask = (reusable[0][layer] if reusable is not None and reusable[0][layer].shape == torch.Size(stored)
+                        else torch.empty(stored, device=like.device))
+                drawn_bits.random_(-2 ** 63, None, generator=generator)  # every int64 value equally likely
+                if chunk is None:
+                    torch.ge(values.view(shape), threshold, out=mask)     # float 0/1
+                else:   # the same values read in time order, written chunk-major
+                    chunks = stored[0] // chunk
+                    torch.ge(values.view(chunks, chunk, *shape[1:]).transpose(0, 1), threshold,
+                             out=mask.view(chunk, chunks, *shape[1:]))
+                masks.append(mask)
             drawn = self.work.remember(key, (masks, seed_bytes(generator, like.device)))
         masks, next_seed = drawn
         return masks, next_seed.clone()
 
     def first_layer_columns(self, seq: torch.Tensor, previous_input: torch.Tensor):
-        """Layer 0's gates with the encoder folded in, as ``columns @ kernel + bias`` plus ``start`` on
-        the first S rows. ``W_a x_t + W_b x_{t-1} + bias`` with ``x_t = s_t w + b_e`` is
-        ``[s_t, s_{t-1}, 1] [W_a w; W_b w; W_b b_e] + W_a b_e + bias`` for ``t >= 1`` and
-        ``[s_0, 0, 0] [...] + W_a b_e + bias + W_b x_{-1}`` at ``t = 0``. Returns columns (L*S, 3)
-        (rows time-major: t * S + sequence), kernel (3, 3H), bias (3H,), start (S, 3H)."""
+        """Layer 0's gates with the encoder folded in, as ``columns @ kernel`` plus ``start`` on the
+        first S rows. ``W_a x_t + W_b x_{t-1} + bias`` with ``x_t = s_t w + b_e`` is
+        ``[s_t, s_{t-1}, 1, 1] [W_a w; W_b w; W_b b_e; W_a b_e + bias]`` for ``t >= 1`` and
+        ``[s_0, 0, 0, 1] [...] + W_b x_{-1}`` at ``t = 0`` (one product with inner size 4 writes each
+        gate once: no bias copied in first). Returns columns (L*S, 4) (rows time-major: t * S +
+        sequence), kernel (4, 3H), start (S, 3H)."""
         hidden, (steps, sequences) = self.hidden, seq.shape
         w, b_e = self.encoder.weight[:, 0], self.encoder.bias
         linear = self.rnns[0].linear
         w_a, w_b = linear.weight[:, :hidden], linear.weight[:, hidden:]
-        kernel = torch.stack([w_a @ w, w_b @ w, w_b @ b_e])
-        bias = w_a @ b_e + linear.bias
-        columns = seq.new_empty(steps, sequences, 3)
+        kernel = torch.stack([w_a @ w, w_b @ w, w_b @ b_e, w_a @ b_e + linear.bias])
+        columns = seq.new_empty(steps, sequences, 4)
         columns[:, :, 0] = seq
-        columns[0, :, 1:] = 0
+        columns[0, :, 1:3] = 0
         columns[1:, :, 1] = seq[:-1]
         columns[1:, :, 2] = 1
-        return columns.view(steps * sequences, 3), kernel, bias, previous_input @ w_b.t()
+        columns[:, :, 3] = 1
+        return columns.view(steps * sequences, 4), kernel, previous_input @ w_b.t()
 
     def qrnn(self, z, f, o, c0, keep, scale):
         """A QRNN layer from its gate pre-activations (L, S, H): (h (L, S, H), last cell state (S, H)).
@@ -358,25 +417,30 @@ class ScanSynthesizer(Synthesizer):
             raise ValueError(f"own state {tuple(cells.shape)} does not fit {self.layers} layer(s) of {self.hidden} "
                              f"units over {sequences} sequence(s)")
         one_layer = self.layers == 1
+        # the paper's one layer runs chunk-major (fused step, hand-written backward, reused buffers)
+        chunk = chunk_length(steps) if one_layer else None
         if self.training and self.zoneout > 0:
-            masks, next_seed = self.zoneout_masks(seed, (steps, sequences, self.hidden), state)
+            masks, next_seed = self.zoneout_masks(seed, (steps, sequences, self.hidden), state, chunk=chunk)
             next_seed = next_seed.to(seed.dtype)
         else:
             masks, next_seed = [None] * self.layers, seed.clone()
         scale = 1.0 - self.zoneout if not self.training else 1.0
-        columns, kernel, bias, start = self.first_layer_columns(seq, previous_input)
-        if one_layer:   # the paper's default: one fused step (hand-written backward, reused buffers)
+        columns, kernel, start = self.first_layer_columns(seq, previous_input)
+        if one_layer:
+            columns = to_chunks(columns.view(steps, sequences, 4), chunk).view(-1, 4)
             weight, decoder_bias = self.decoder.weight[0], self.decoder.bias
             if torch.is_grad_enabled():
-                out, last = _OneLayerScan.apply(columns, kernel, bias, start, cells[0], weight, decoder_bias,
-                                                masks[0], scale, steps, self.work)
+                out, last = _OneLayerScan.apply(columns, kernel, start, cells[0], weight, decoder_bias,
+                                                masks[0], scale, chunk, steps, self.work)
             else:
-                _, _, cells_out, h = _one_layer_forward(columns, kernel, bias, start, cells[0], masks[0], scale, steps,
-                                                     self.work, saved=False)
-                out, last = torch.addmv(decoder_bias, h, weight), cells_out[-sequences:].clone()
+                _, _, cells_out, h = _one_layer_forward(columns, kernel, start, cells[0], masks[0], scale, chunk,
+                                                        self.work, saved=False)
+                out = torch.addmv(decoder_bias, h, weight)
+                last = _last_step(cells_out, chunk, steps, sequences).clone()
+            out = from_chunks(out.view(-1, sequences), chunk, steps)
             new_cells = [last]
         else:
-            gates = torch.addmm(bias, columns, kernel)
+            gates = columns @ kernel
             gates[:sequences] += start
             h, last = self.qrnn(*gates.view(steps, sequences, -1).chunk(3, dim=-1), cells[0], masks[0], scale)
             new_cells = [last]
