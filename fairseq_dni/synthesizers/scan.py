@@ -56,6 +56,7 @@ import torch.nn as nn
 
 from fairseq_dni.carried_state import StateLayout
 from fairseq_dni.modules.forget_mult import forget_mult, linear_scan
+from fairseq_dni.modules.qrnn import QRNNLayer
 from fairseq_dni.synthesizers import Synthesizer
 
 INITS = ("zero", "paper")
@@ -217,16 +218,6 @@ class _OneLayerScan(torch.autograd.Function):
                 None, None, None, None)
 
 
-class QRNNLayer(nn.Module):
-    """One torchqrnn-style QRNN layer's parameters: ``linear`` maps ``window * input_size`` to the
-    three gates (z, f, o), ``[x_t, x_{t-1}]`` for window 2 (torchqrnn's ``QRNNLayer``)."""
-
-    def __init__(self, input_size: int, hidden: int, window: int):
-        super().__init__()
-        self.window = window
-        self.linear = nn.Linear(window * input_size, 3 * hidden)
-
-
 class ScanSynthesizer(Synthesizer):
     """``--dni-synthesizer scan``: the paper's ``--sgtype QRNN`` synthesizer (module docstring).
 
@@ -252,6 +243,8 @@ class ScanSynthesizer(Synthesizer):
         self.register_buffer("order", order, persistent=False)
         self.register_buffer("unorder", torch.argsort(order), persistent=False)
         self.encoder = nn.Linear(1, hidden)
+        # the QRNN LM's layer (modules/qrnn.py), for its parameters (``linear``): the synthesizer computes the
+        # layers itself, encoder folded into layer 0 and zoneout replayable (see the module docstring)
         self.rnns = nn.ModuleList(QRNNLayer(hidden, hidden, window=2 if i == 0 else 1) for i in range(layers))
         self.decoder = nn.Linear(hidden, 1)
         self.work = Workspace()
