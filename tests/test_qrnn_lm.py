@@ -26,6 +26,7 @@ from helpers import (
 from test_eval_lm import count_tokens, eval_lm
 from fairseq_dni.carried_state import QRNNStateLayout
 from fairseq_dni.criterions.dni_cross_entropy import DNICrossEntropyConfig, DNICrossEntropyCriterion
+from fairseq_dni.errors import DNIUserError
 from fairseq_dni.models.dni_qrnn_lm import DNIQRNNLMConfig
 from fairseq_dni.modules.qrnn import QRNNLayer
 from fairseq_dni.tasks.dni_language_modeling import DNILanguageModelingConfig, DNILanguageModelingTask
@@ -94,6 +95,10 @@ def test_bad_windows_and_inputs_are_refused():
         QRNNLayer(3, 2, window=3)
     with pytest.raises(ValueError, match="input size 3"):
         QRNNLayer(3, 2)(torch.zeros(4, 2, 5))
+    with pytest.raises(DNIUserError, match=re.escape("--qrnn-window must be 1 or 2, got 3")):
+        build(qrnn_window=3)
+    with pytest.raises(DNIUserError, match=re.escape("--weight-drop must be in [0, 1), got 1.0")):
+        build(weight_drop=1.0)
 
 
 # ---- the model: the whole state carried ----------------------------------------------------------------
