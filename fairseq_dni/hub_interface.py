@@ -1,4 +1,4 @@
-"""Score and sample raw text with a trained dni_lstm_lm, the way fairseq's hub models do.
+"""Score and sample raw text with a trained dni_lstm_lm or dni_qrnn_lm, the way fairseq's hub models do.
 
     from fairseq_dni.models.dni_lstm_lm import DNILSTMLanguageModel
     lm = DNILSTMLanguageModel.from_pretrained("checkpoints", "checkpoint_last.pt",

@@ -56,7 +56,9 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from fairseq_dni.carried_state import StateLayout
 from fairseq_dni.modules.forget_mult import chunk_scan, forget_mult, from_chunks, to_chunks
+from fairseq_dni.modules.qrnn import QRNNLayer
 from fairseq_dni.synthesizers import Synthesizer
 
 INITS = ("zero", "paper")
@@ -64,17 +66,9 @@ INITS = ("zero", "paper")
 
 def paper_order(layer_sizes: Sequence[int]) -> torch.Tensor:
     """Index ``order`` (D,) such that ``flat[:, order]`` is the paper's ``join_hidden`` order
-    (h_0, c_0, h_1, c_1, ...) of our flat state (h_0, h_1, ..., c_0, c_1, ...)."""
-    starts, offset = [], 0
-    for size in layer_sizes:
-        starts.append(offset)
-        offset += size
-    total = offset
-    parts = []
-    for start, size in zip(starts, layer_sizes):
-        parts.append(torch.arange(start, start + size))                  # h of this layer
-        parts.append(torch.arange(total + start, total + start + size))  # c of this layer
-    return torch.cat(parts)
+    (h_0, c_0, h_1, c_1, ...) of an LSTM's flat state (h_0, h_1, ..., c_0, c_1, ...): its
+    :attr:`~fairseq_dni.carried_state.StateLayout.join_order`."""
+    return StateLayout(tuple(layer_sizes)).join_order
 
 
 def seed_bytes(generator: Optional[torch.Generator] = None, device=None) -> torch.Tensor:
@@ -261,19 +255,11 @@ class _OneLayerScan(torch.autograd.Function):
                 None, None, None, None, None)
 
 
-class QRNNLayer(nn.Module):
-    """One torchqrnn-style QRNN layer's parameters: ``linear`` maps ``window * input_size`` to the
-    three gates (z, f, o), ``[x_t, x_{t-1}]`` for window 2 (torchqrnn's ``QRNNLayer``)."""
-
-    def __init__(self, input_size: int, hidden: int, window: int):
-        super().__init__()
-        self.window = window
-        self.linear = nn.Linear(window * input_size, 3 * hidden)
-
-
 class ScanSynthesizer(Synthesizer):
     """``--dni-synthesizer scan``: the paper's ``--sgtype QRNN`` synthesizer (module docstring).
 
+    ``order`` (D,): the index that puts the flat state in the paper's ``join_hidden`` order (the
+    layout's ``join_order``: :func:`paper_order` for an LSTM, the identity for a QRNN's cell states).
     ``forward(state (B, D), None, own_state)`` -> ``(prediction (B, D), new own state)``.
     Own state ``(cells, previous_input, seed)``: ``cells`` (layers, S, H) every layer's last cell
     state, ``previous_input`` (S, H) layer 0's last (encoded) input, ``seed`` (3,) the zoneout seed
@@ -281,7 +267,7 @@ class ScanSynthesizer(Synthesizer):
     state's dtype; the new own state is detached (the paper's ``repackage_hidden``). Raises
     ValueError for a state whose width is not the layout's, or an own state of another shape."""
 
-    def __init__(self, layer_sizes: Sequence[int], hidden: int = 50, layers: int = 1, input_noise: float = 0.5,
+    def __init__(self, order: Sequence[int], hidden: int = 50, layers: int = 1, input_noise: float = 0.5,
                  zoneout: float = 0.1, init: str = "zero", per_stream: bool = False):
         super().__init__()
         if init not in INITS:
@@ -290,10 +276,12 @@ class ScanSynthesizer(Synthesizer):
             raise ValueError(f"zoneout must be in [0, 1), got {zoneout}")
         self.hidden, self.layers, self.input_noise = hidden, layers, input_noise
         self.zoneout, self.init, self.per_stream = zoneout, init, per_stream
-        order = paper_order(layer_sizes)
+        order = torch.as_tensor(order, dtype=torch.long)
         self.register_buffer("order", order, persistent=False)
         self.register_buffer("unorder", torch.argsort(order), persistent=False)
         self.encoder = nn.Linear(1, hidden)
+        # the QRNN LM's layer (modules/qrnn.py), for its parameters (``linear``): the synthesizer computes the
+        # layers itself, encoder folded into layer 0 and zoneout replayable (see the module docstring)
         self.rnns = nn.ModuleList(QRNNLayer(hidden, hidden, window=2 if i == 0 else 1) for i in range(layers))
         self.decoder = nn.Linear(hidden, 1)
         self.work = Workspace()
