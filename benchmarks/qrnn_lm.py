@@ -94,7 +94,7 @@ class BareQRNNLM(nn.Module):
         return tuple(weight.new_zeros(batch_size, w) for w in self.widths), weight.new_zeros(batch_size, weight.size(1))
 
     def logits(self, src: torch.Tensor, state: BareState):
-        """src (B, T) token ids -> logits (B, T, V) and the window's final state (not detached)."""
+        """src (B, T) token ids -> logits (T, B, V), time-major, and the window's final state (not detached)."""
         cells, prev_x = state
         x = self.embed(src.t())
         final = []
@@ -103,12 +103,12 @@ class BareQRNNLM(nn.Module):
             final.append(c)
             if l == 0:
                 last_input = last
-        return self.out(x).transpose(0, 1), (tuple(final), last_input)
+        return self.out(x), (tuple(final), last_input)
 
     def loss(self, src: torch.Tensor, tgt: torch.Tensor, state: BareState):
         """Mean cross-entropy over the window (nats) and the final state; src, tgt (B, T)."""
         logits, state = self.logits(src, state)
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt.reshape(-1)), state
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), tgt.t().reshape(-1)), state
 
 
 def detached(state: BareState) -> BareState:
