@@ -2,7 +2,8 @@
 
 torch only (no fairseq import). Three things cross a window boundary, all per stream:
 
-* the LSTM's state ``s = (h, c)`` of every layer (owned by the model);
+* the model's recurrent state: the LSTM's ``s = (h, c)`` of every layer, the QRNN's cell states and
+  first layer's previous input (owned by the model);
 * the synthesizer's own recurrent state, for a recurrent synthesizer (owned by the criterion);
 * the pending regression pair: what the synthesizer saw at a window's end, waiting one window
   for its target (owned by the criterion).
@@ -14,8 +15,9 @@ the number of streams changes, dtype/device following, checkpointing (the ``trai
 only), and, with several ranks, every rank's copy gathered so that rank 0's checkpoint holds
 them all and each rank resumes its own streams.
 
-:class:`StateLayout` says how the LSTM's state is laid out and flattens it to one vector per
-stream, the form the synthesizers and the DNI maths work on.
+:class:`CarriedLayout` says how a model's state is laid out and flattens its DNI part to one vector
+per stream, the form the synthesizers and the DNI maths work on: :class:`StateLayout` for the LSTM's
+``(h, c)``, :class:`QRNNStateLayout` for the QRNN's cell states (and its detached previous input).
 """
 import dataclasses
 import logging
@@ -95,16 +97,76 @@ def rank() -> int:
     return torch.distributed.get_rank() if world_size() > 1 else 0
 
 
-# ---- the LSTM state's layout ---------------------------------------------------------------------
+# ---- the carried state's layout: one interface, one implementation per model --------------------
+class CarriedLayout:
+    """What the step, the DNI criterion, the synthesizers and the representations read of a model's
+    carried state, whatever the model: the interface :class:`StateLayout` (the LSTM's) and
+    :class:`QRNNStateLayout` implement.
+
+    A state is a tree of tensors (tuples, None), every tensor (1 or L, B, width) with the stream on
+    dim 1. Part of it is the **DNI state**: the per-stream vector (B, D) a synthesizer reads and
+    injects into (:meth:`flatten`), whose gradient at a window's start is the regression target
+    (:meth:`gradient`). The rest, if any, is carried detached and is no part of DNI.
+    """
+
+    layer_sizes: Tuple[int, ...]   # each recurrent layer's width
+
+    @property
+    def dim(self) -> int:
+        """D, the width of the flat DNI vector."""
+        raise NotImplementedError
+
+    @property
+    def slices(self) -> Tuple[int, ...]:
+        """Widths of the flat vector's parts, in order (the MLP synthesizer normalises each apart)."""
+        raise NotImplementedError
+
+    @property
+    def join_order(self) -> torch.Tensor:
+        """Index (D,) such that ``flat[:, join_order]`` is the seed paper's ``join_hidden`` order of the
+        state (``parap1uie-s/alternate_sg``, ``model.py``): the order its scan synthesizer reads."""
+        raise NotImplementedError
+
+    def zeros(self, batch_size: int, like: torch.Tensor):
+        """The state of ``batch_size`` fresh streams, in ``like``'s dtype and device."""
+        raise NotImplementedError
+
+    def flatten(self, state) -> torch.Tensor:
+        """The DNI vector (B, D)."""
+        raise NotImplementedError
+
+    def cells(self, state) -> List[torch.Tensor]:
+        """Each layer's cell state (B, width_l) (the state-norm log)."""
+        raise NotImplementedError
+
+    def hiddens(self, state) -> List[torch.Tensor]:
+        """Each layer's hidden state as the layer returns it (B, width_l) (representations.py)."""
+        raise NotImplementedError
+
+    def with_grad(self, state):
+        """``state`` for a training window's start: the DNI parts fresh leaves that require grad (backward
+        leaves the true gradient there), the rest detached."""
+        raise NotImplementedError
+
+    def gradient(self, state) -> Optional[torch.Tensor]:
+        """The gradient (B, D) that backward left on the DNI parts of ``state`` (made by :meth:`with_grad`),
+        in :meth:`flatten`'s order; None when some part received none."""
+        raise NotImplementedError
+
+    def batch_size(self, state) -> int:
+        return tree_leaves(state)[0].size(1)
+
+
 @dataclasses.dataclass(frozen=True)
-class StateLayout:
+class StateLayout(CarriedLayout):
     """How an LSTM's carried state is shaped, and its flat per-stream form.
 
     ``layer_sizes[l]`` is layer ``l``'s width (h and c have the same). The state is a tuple of
     per-layer pairs ``((h_0, c_0), (h_1, c_1), ...)``, each tensor (1, B, width_l), as
     ``torch.nn.LSTM`` with one layer takes and returns it; a stacked ``torch.nn.LSTM`` of equal
     widths keeps (L, B, H) tensors ``(h, c)`` instead (``stacked=True``). The flat form is
-    (B, D), ``D = 2 * sum(layer_sizes)``: h of every layer, then c of every layer.
+    (B, D), ``D = 2 * sum(layer_sizes)``: h of every layer, then c of every layer. All of it is
+    the DNI state.
     """
 
     layer_sizes: Tuple[int, ...]
@@ -118,6 +180,20 @@ class StateLayout:
     def slices(self) -> Tuple[int, ...]:
         """Widths of the flat vector's parts, in order: h of each layer, then c of each layer."""
         return tuple(self.layer_sizes) * 2
+
+    @property
+    def join_order(self) -> torch.Tensor:
+        """The paper's ``join_hidden`` order (h_0, c_0, h_1, c_1, ...) of our flat order (h_0, h_1, ...,
+        c_0, c_1, ...)."""
+        starts, offset = [], 0
+        for size in self.layer_sizes:
+            starts.append(offset)
+            offset += size
+        parts = []
+        for start, size in zip(starts, self.layer_sizes):
+            parts.append(torch.arange(start, start + size))                    # h of this layer
+            parts.append(torch.arange(offset + start, offset + start + size))  # c of this layer
+        return torch.cat(parts)
 
     def zeros(self, batch_size: int, like: torch.Tensor):
         if self.stacked:
@@ -137,8 +213,76 @@ class StateLayout:
         hs, cs = self.hs_and_cs(state)
         return torch.cat(hs + cs, dim=-1)
 
-    def batch_size(self, state) -> int:
-        return tree_leaves(state)[0].size(1)
+    def cells(self, state) -> List[torch.Tensor]:
+        return self.hs_and_cs(state)[1]
+
+    def hiddens(self, state) -> List[torch.Tensor]:
+        return self.hs_and_cs(state)[0]
+
+    def with_grad(self, state):
+        return tree_map(lambda s: s.detach().requires_grad_(True), state)
+
+    def gradient(self, state) -> Optional[torch.Tensor]:
+        grads = [s.grad for s in tree_leaves(state)]
+        if any(g is None for g in grads):
+            return None
+        return self.flatten(tree_replace_leaves(state, grads))
+
+
+@dataclasses.dataclass(frozen=True)
+class QRNNStateLayout(CarriedLayout):
+    """How a QRNN language model's carried state is shaped (``fairseq_dni/models/dni_qrnn_lm.py``).
+
+    The state is ``(cells, previous_input)``: ``cells`` a tuple of each layer's last cell state
+    ``c_l`` (1, B, width_l) (torchqrnn's ``QRNNLayer`` returns it as its hidden state), and
+    ``previous_input`` (1, B, previous_input_size) the last input of the window-2 first layer
+    (torchqrnn's ``prevX``), or None when the first layer has window 1 (``previous_input_size`` 0).
+    The DNI state is the cells only, flat (B, D), ``D = sum(layer_sizes)``: c_0, c_1, ... (the seed
+    paper's ``join_hidden`` of torchqrnn's hidden states, so :attr:`join_order` is the identity).
+    ``previous_input`` is carried detached and never requires grad: its gradient would only reach
+    the embedding table (and the first layer's gates), through no recurrent path (docs/design.md).
+    """
+
+    layer_sizes: Tuple[int, ...]
+    previous_input_size: int = 0
+
+    @property
+    def dim(self) -> int:
+        return sum(self.layer_sizes)
+
+    @property
+    def slices(self) -> Tuple[int, ...]:
+        """Widths of the flat vector's parts: each layer's cell state."""
+        return tuple(self.layer_sizes)
+
+    @property
+    def join_order(self) -> torch.Tensor:
+        return torch.arange(self.dim)
+
+    def zeros(self, batch_size: int, like: torch.Tensor):
+        cells = tuple(like.new_zeros(1, batch_size, w) for w in self.layer_sizes)
+        previous = like.new_zeros(1, batch_size, self.previous_input_size) if self.previous_input_size else None
+        return cells, previous
+
+    def flatten(self, state) -> torch.Tensor:
+        return torch.cat(self.cells(state), dim=-1)
+
+    def cells(self, state) -> List[torch.Tensor]:
+        return [c[0] for c in state[0]]
+
+    def hiddens(self, state) -> List[torch.Tensor]:
+        return self.cells(state)
+
+    def with_grad(self, state):
+        cells, previous = state
+        return (tuple(c.detach().requires_grad_(True) for c in cells),
+                None if previous is None else previous.detach())
+
+    def gradient(self, state) -> Optional[torch.Tensor]:
+        grads = [c.grad for c in state[0]]
+        if any(g is None for g in grads):
+            return None
+        return torch.cat([g[0] for g in grads], dim=-1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +291,7 @@ class ModelSpec:
     keeps it for the criterion, which fairseq builds after the model): the carried state's layout, and the
     sizes of what the synthesizer may be conditioned on."""
 
-    layout: StateLayout   # the carried state's layout and flat size D
+    layout: CarriedLayout  # the carried state's layout and flat DNI size D
     embed_dim: int        # size of a token's input embedding (--dni-condition-on-next-input)
     label_dim: int        # size of a token's label vector: its output-layer row (the embedding with adaptive softmax)
     adaptive_softmax: bool = False  # the output layer is an adaptive softmax (only some criteria can train it)

@@ -117,7 +117,7 @@ def hidden_states(model, task, split: str, streams: int, max_steps: int = 0) -> 
                 break
             _, extra = model(**sample["net_input"])
             scored = sample["target"][:, 0].ne(task.dictionary.pad())
-            hs, _ = decoder.state_layout.hs_and_cs(extra["final_state"])
+            hs = decoder.state_layout.hiddens(extra["final_state"])
             for rows, h in zip(layers, hs):
                 rows.append(h[scored].to(torch.float64))
     return [torch.cat(rows) for rows in layers]

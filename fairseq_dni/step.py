@@ -4,8 +4,8 @@ The task's ``train_step`` asks the optimizer for the window's mode and calls :fu
 the tests and benchmarks that drive windows by hand. In reading order (the numbers are the comments in
 :func:`train_window`):
 
-1. state in: the model's carried state ``s_{t-1}`` (zeros when a pass opens), made a leaf that requires
-   grad (:func:`start_window`);
+1. state in: the model's carried state ``s_{t-1}`` (zeros when a pass opens), its DNI part made a leaf
+   that requires grad (:func:`start_window`, ``CarriedLayout.with_grad``);
 2. forward, 3. LM loss, 4. injection: the criterion's ``forward(model, sample, window=..., mode=...)``
    runs the model from that leaf, adds the regression loss of the pair whose target arrived last window,
    and in synthetic mode injects ``scale * M(s_t)`` at the window's final state (``fairseq_dni/dni.py``);
@@ -31,7 +31,7 @@ from typing import Any, Optional
 
 import torch
 
-from fairseq_dni.carried_state import ModelSpec, carried_states, tree_map, world_size
+from fairseq_dni.carried_state import ModelSpec, carried_states, world_size
 from fairseq_dni.optim.alternating import current_loss_scale
 
 try:  # fairseq's AMP wrapper; the step only needs its type
@@ -53,8 +53,8 @@ def unwrap(module):
 class Window:
     """One training window's boundary states, handed from the step to the criterion and back.
 
-    ``start`` is the state the window starts from, a leaf that requires grad (LSTM layout,
-    ``ModelSpec.layout``); ``continues`` says whether it was carried from the previous window (True)
+    ``start`` is the state the window starts from, its DNI part a leaf that requires grad (laid out as
+    ``ModelSpec.layout`` says); ``continues`` says whether it was carried from the previous window (True)
     or is zeros (a pass opens, or nothing is carried yet): only a carried start's gradient is a target.
     The criterion's forward fills ``final`` (the window's final state, not detached: the step carries
     it) and ``criterion_carry`` (what the criterion carries on, completed by its ``end_window``)."""
@@ -91,13 +91,14 @@ class WindowCriterion:
 
 def start_window(decoder, sample, training: bool = True) -> Window:
     """1. state in: the carried state of the sample's stream set (``state_key``, ``reset_state`` of its
-    ``net_input``), or zeros, made a leaf that requires grad when ``training``."""
+    ``net_input``), or zeros; when ``training``, its DNI part made a leaf that requires grad (the decoder's
+    ``state_layout.with_grad``: all of the LSTM's (h, c), the QRNN's cell states)."""
     net_input = sample["net_input"]
     key, reset = net_input.get("state_key"), bool(net_input.get("reset_state", False))
     streams = net_input["src_tokens"].size(0)
     start = decoder.carried_or_zeros(streams, key, reset)
     if training:
-        start = tree_map(lambda s: s.detach().requires_grad_(True), start)
+        start = decoder.state_layout.with_grad(start)
     return Window(key=key, streams=streams, reset=reset, start=start,
                   continues=decoder.carried.has(key, streams) and not reset)
 

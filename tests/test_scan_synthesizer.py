@@ -124,7 +124,7 @@ def paper_synthesizer(synth, state, own, masks, training):
 
 def random_synth(layers=1, zoneout=0.1, per_stream=False, hidden=4, seed=0):
     torch.manual_seed(seed)
-    synth = ScanSynthesizer(SIZES, hidden=hidden, layers=layers, input_noise=0.0, zoneout=zoneout,
+    synth = ScanSynthesizer(StateLayout(SIZES).join_order, hidden=hidden, layers=layers, input_noise=0.0, zoneout=zoneout,
                             init="paper", per_stream=per_stream).double()
     for p in synth.parameters():
         torch.nn.init.normal_(p, std=0.5)
@@ -221,7 +221,7 @@ def test_zoneout_masks_replay_from_the_own_state_and_move_on():
 
 
 def test_zoneout_keeps_a_forget_gate_with_probability_0_9():
-    synth = ScanSynthesizer(SIZES, layers=2, zoneout=0.1)
+    synth = ScanSynthesizer(StateLayout(SIZES).join_order, layers=2, zoneout=0.1)
     seed = torch.tensor([1.0, 2.0, 3.0])
     masks, _ = synth.zoneout_masks(seed, (2000, 1, 50), torch.zeros(1))
     for mask in masks:   # 100,000 draws each: the standard error of the mean is 0.001

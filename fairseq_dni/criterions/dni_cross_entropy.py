@@ -45,7 +45,7 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.logging import metrics
 from omegaconf import II
 
-from fairseq_dni.carried_state import CarriedState, tree_leaves, tree_map, tree_replace_leaves
+from fairseq_dni.carried_state import CarriedState, tree_map
 from fairseq_dni.criterions.lm_cross_entropy import LMCrossEntropyConfig, LMCrossEntropyCriterion
 from fairseq_dni.dni import bootstrapped_target, cosine_similarity, synthesizer_loss, synthetic_gradient_term
 from fairseq_dni.errors import DNIUserError
@@ -174,8 +174,8 @@ class DNICrossEntropyCriterion(LMCrossEntropyCriterion, WindowCriterion):
         spec = task.model_spec if isinstance(task, WindowTask) else None
         if spec is None:
             raise DNIUserError(
-                "dni_cross_entropy needs --task dni_language_modeling and an LSTM model from fairseq_dni "
-                "(--arch dni_lstm_lm*): it reads the carried state the task threads through the windows")
+                "dni_cross_entropy needs --task dni_language_modeling and a recurrent model from fairseq_dni "
+                "(--arch dni_lstm_lm*, dni_qrnn_lm*): it reads the carried state the task threads through the windows")
         check_optimizer(cfg)
         if cfg.dni_scale < 0:  # a negative scale would inject the gradient's opposite
             raise DNIUserError(f"--dni-scale must be >= 0, got {cfg.dni_scale}")
@@ -256,7 +256,7 @@ class DNICrossEntropyCriterion(LMCrossEntropyCriterion, WindowCriterion):
         final_flat = self.layout.flatten(final)
         with torch.no_grad():
             # cell-state norm per stream (all layers): the first thing to blow up when DNI goes wrong
-            cells = torch.cat(self.layout.hs_and_cs(final)[1], dim=-1)
+            cells = torch.cat(self.layout.cells(final), dim=-1)
             logging_output["state_norm"] = cells.float().norm(dim=-1).mean()
         logging_output["dni_windows"] = 1
         logging_output["dni_synthetic"] = float(mode == "synthetic")
@@ -330,9 +330,9 @@ class DNICrossEntropyCriterion(LMCrossEntropyCriterion, WindowCriterion):
         of the call made at that state (the previous window's end): a pending pair, regressed at the next
         window. Carries that pair and this window's call (``window.criterion_carry``) on."""
         carry, pending = window.criterion_carry, None
-        grads = [s.grad for s in tree_leaves(window.start)]
-        if carry.awaiting_target is not None and valid and not any(g is None for g in grads):
-            target = bootstrapped_target(self.layout.flatten(tree_replace_leaves(window.start, grads)), loss_scale)
+        gradient = self.layout.gradient(window.start)  # None: some part of the DNI state received no gradient
+        if carry.awaiting_target is not None and valid and gradient is not None:
+            target = bootstrapped_target(gradient, loss_scale)
             pending = PendingRegression(call=carry.awaiting_target, target=target)
         self.carried.set(window.key, window.streams, DNICarry(own_state=carry.next.own_state,
                                                               last_call=carry.next.last_call, pending=pending))

@@ -19,7 +19,7 @@ them to its per-token loss (nats, alpha and beta included). Only in training (dr
 in validation or eval-lm.
 
 The model must expose the last layer's outputs as ``extra["raw_output"]`` / ``extra["dropped_output"]``
-(fairseq_dni's ``dni_lstm_lm`` does). ``dni_cross_entropy`` builds on this criterion.
+(fairseq_dni's ``dni_lstm_lm`` and ``dni_qrnn_lm`` do). ``dni_cross_entropy`` builds on this criterion.
 """
 from dataclasses import dataclass, field
 

@@ -1,4 +1,8 @@
-"""DropConnect on an LSTM's hidden-to-hidden weights, one mask per window (AWD-LSTM's weight drop).
+"""DropConnect on a recurrent layer's weights, one mask per window (AWD-LSTM's weight drop).
+
+:func:`weight_dropout` is the operation (the QRNN layer, ``modules/qrnn.py``, applies it to its gate
+matrix, as AWD-LSTM wraps torchqrnn's ``linear`` in ``WeightDrop``); :class:`WeightDropLSTM` applies
+it to an LSTM's hidden-to-hidden weights.
 
 Wan et al. (2013); Merity et al. (2018), sec. 2. AWD-LSTM's ``WeightDrop`` (``salesforce/awd-lstm-lm``,
 ``weight_drop.py``) swaps the module's parameters and disables ``flatten_parameters``; here the
@@ -14,6 +18,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fairseq_dni.modules.locked_dropout import check_rate
+
+
+def weight_dropout(weight: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """DropConnect (Wan et al. 2013; AWD-LSTM's ``WeightDrop``): ``weight`` with each element zeroed with
+    probability ``p`` and the rest scaled by 1 / (1 - p) (``F.dropout`` of the weight), one mask per call,
+    in training; ``weight`` itself otherwise (or with p = 0: nothing drawn)."""
+    if not training or p == 0:
+        return weight
+    return F.dropout(weight, p, training=True)
 
 
 class WeightDropLSTM(nn.LSTM):
@@ -33,7 +46,7 @@ class WeightDropLSTM(nn.LSTM):
             raise NotImplementedError("WeightDropLSTM runs batched, unpacked input from a given state only")
         weights = []  # layer by layer, as torch.lstm takes them: w_ih, w_hh, b_ih, b_hh
         for w_ih, w_hh, *biases in self.all_weights:
-            weights += [w_ih, F.dropout(w_hh, self.weight_drop, training=True), *biases]
+            weights += [w_ih, weight_dropout(w_hh, self.weight_drop, training=True), *biases]
         output, h, c = torch.lstm(input, hx, weights, self.bias, self.num_layers, self.dropout,
                                   self.training, self.bidirectional, self.batch_first)
         return output, (h, c)

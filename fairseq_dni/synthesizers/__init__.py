@@ -57,7 +57,8 @@ def build_synthesizer(kind: str, layout, *, hidden: Optional[int] = None, layers
                       condition_dim: int = 0, input_norm: bool = True, cell: Optional[str] = None,
                       input_noise: Optional[float] = None, init: Optional[str] = None,
                       per_stream: bool = False) -> Synthesizer:
-    """The synthesizer called ``kind`` for an LSTM state laid out as ``layout`` (a StateLayout).
+    """The synthesizer called ``kind`` for a state laid out as ``layout`` (a CarriedLayout: it reads the
+    flat DNI vector's size ``dim``, its ``slices`` (mlp) and ``join_order`` (scan)).
 
     None takes the synthesizer's own default: ``mlp`` 2 layers of width 256 (width 0: the state
     size), no input noise; ``coordinatewise`` 1 recurrent layer of 50 units, noise N(1, 0.5)
@@ -101,7 +102,7 @@ def build_synthesizer(kind: str, layout, *, hidden: Optional[int] = None, layers
             init = "zero" if init is None else init
             if init not in INITS:
                 raise ValueError(f"unknown --dni-synthesizer-init {init!r}; choose one of {', '.join(INITS)}")
-            return ScanSynthesizer(layout.layer_sizes, hidden=hidden, layers=layers or 1, input_noise=input_noise,
+            return ScanSynthesizer(layout.join_order, hidden=hidden, layers=layers or 1, input_noise=input_noise,
                                    init=init, per_stream=per_stream)
         cell = "gru" if cell is None else cell
         if cell not in CELLS:

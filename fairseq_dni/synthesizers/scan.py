@@ -54,6 +54,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from fairseq_dni.carried_state import StateLayout
 from fairseq_dni.modules.forget_mult import forget_mult, linear_scan
 from fairseq_dni.synthesizers import Synthesizer
 
@@ -62,17 +63,9 @@ INITS = ("zero", "paper")
 
 def paper_order(layer_sizes: Sequence[int]) -> torch.Tensor:
     """Index ``order`` (D,) such that ``flat[:, order]`` is the paper's ``join_hidden`` order
-    (h_0, c_0, h_1, c_1, ...) of our flat state (h_0, h_1, ..., c_0, c_1, ...)."""
-    starts, offset = [], 0
-    for size in layer_sizes:
-        starts.append(offset)
-        offset += size
-    total = offset
-    parts = []
-    for start, size in zip(starts, layer_sizes):
-        parts.append(torch.arange(start, start + size))                  # h of this layer
-        parts.append(torch.arange(total + start, total + start + size))  # c of this layer
-    return torch.cat(parts)
+    (h_0, c_0, h_1, c_1, ...) of an LSTM's flat state (h_0, h_1, ..., c_0, c_1, ...): its
+    :attr:`~fairseq_dni.carried_state.StateLayout.join_order`."""
+    return StateLayout(tuple(layer_sizes)).join_order
 
 
 def seed_bytes(generator: Optional[torch.Generator] = None, device=None) -> torch.Tensor:
@@ -237,6 +230,8 @@ class QRNNLayer(nn.Module):
 class ScanSynthesizer(Synthesizer):
     """``--dni-synthesizer scan``: the paper's ``--sgtype QRNN`` synthesizer (module docstring).
 
+    ``order`` (D,): the index that puts the flat state in the paper's ``join_hidden`` order (the
+    layout's ``join_order``: :func:`paper_order` for an LSTM, the identity for a QRNN's cell states).
     ``forward(state (B, D), None, own_state)`` -> ``(prediction (B, D), new own state)``.
     Own state ``(cells, previous_input, seed)``: ``cells`` (layers, S, H) every layer's last cell
     state, ``previous_input`` (S, H) layer 0's last (encoded) input, ``seed`` (3,) the zoneout seed
@@ -244,7 +239,7 @@ class ScanSynthesizer(Synthesizer):
     state's dtype; the new own state is detached (the paper's ``repackage_hidden``). Raises
     ValueError for a state whose width is not the layout's, or an own state of another shape."""
 
-    def __init__(self, layer_sizes: Sequence[int], hidden: int = 50, layers: int = 1, input_noise: float = 0.5,
+    def __init__(self, order: Sequence[int], hidden: int = 50, layers: int = 1, input_noise: float = 0.5,
                  zoneout: float = 0.1, init: str = "zero", per_stream: bool = False):
         super().__init__()
         if init not in INITS:
@@ -253,7 +248,7 @@ class ScanSynthesizer(Synthesizer):
             raise ValueError(f"zoneout must be in [0, 1), got {zoneout}")
         self.hidden, self.layers, self.input_noise = hidden, layers, input_noise
         self.zoneout, self.init, self.per_stream = zoneout, init, per_stream
-        order = paper_order(layer_sizes)
+        order = torch.as_tensor(order, dtype=torch.long)
         self.register_buffer("order", order, persistent=False)
         self.register_buffer("unorder", torch.argsort(order), persistent=False)
         self.encoder = nn.Linear(1, hidden)

@@ -25,7 +25,7 @@ from fairseq_dni.carried_state import carried_states
 from fairseq_dni.data.stream_windows import StreamWindows
 from fairseq_dni.data.token_stream import TokenStream, flat_tokens
 from fairseq_dni.errors import DNIDataNotFound, DNIUserError
-from fairseq_dni.models.dni_lstm_lm import DNILSTMDecoder
+from fairseq_dni.models.stateful_lm import StatefulDecoder
 from fairseq_dni.optim.alternating import Clock, find_alternating
 from fairseq_dni.optim.lr_scheduler.cosine_alternating import check_first_cycle_fits
 from fairseq_dni.run_checks import (
@@ -241,10 +241,10 @@ class DNILanguageModelingTask(FairseqTask, WindowTask):
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
         decoder = getattr(model, "decoder", None)
-        if not isinstance(decoder, DNILSTMDecoder):
+        if not isinstance(decoder, StatefulDecoder):
             raise DNIUserError(
                 f"--task dni_language_modeling feeds windows that continue a carried state, which only fairseq-dni's "
-                f"models read: use --arch dni_lstm_lm (or dni_lstm_lm_small, dni_lstm_lm_wikitext103, ...); for "
+                f"models read: use --arch dni_lstm_lm (or dni_lstm_lm_small, dni_lstm_lm_wikitext103, ...) or dni_qrnn_lm; for "
                 f"--arch {getattr(cfg, '_name', None) or 'this model'} use --task language_modeling")
         self.model_spec = decoder.model_spec()
         return model
