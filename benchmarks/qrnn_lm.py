@@ -37,7 +37,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from benchmarks.throughput import HERE, REPO, benchmark_parser, load_tokens, vocab_size, write_results
+from benchmarks.dni_throughput import per_update_ratios
+from benchmarks.throughput import REPO, benchmark_parser, load_tokens, vocab_size, write_results
 from fairseq_dni.modules.forget_mult import forget_mult
 
 # the carried state of the bare loop: every layer's last cell state (B, width_l), and the first layer's
@@ -173,8 +174,7 @@ def main():
                                                        "(CPU time per update sums them)"))])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from benchmarks.dni_throughput import per_update_ratios
-
+    load_before = os.getloadavg()[0]
     tokens, vocab = load_tokens(args.data_bin), vocab_size(args.data_bin)
     torch.manual_seed(args.seed)
     model = BareQRNNLM(vocab, args.embed_dim, args.hidden, args.layers)
@@ -199,7 +199,8 @@ def main():
                f"layer, output gate), vocab {vocab}, B={args.batch_size}, T={args.window}, Adam {args.lr}, clip "
                f"{args.clip}, no dropout; one process, updates interleaved one by one, {args.updates} timed after "
                f"{args.warmup}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
-               f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
+               f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average {load_before:.1f} "
+               f"at the start, {os.getloadavg()[0]:.1f} at the end")
     qrnn_lstm, qrnn_bare = tokens_per_s["qrnn"] / tokens_per_s["lstm"], tokens_per_s["qrnn"] / tokens_per_s["bare"]
     verdict = (f"**qrnn/lstm = {qrnn_lstm:.3f}** (goal >= 1.5: {'met' if qrnn_lstm >= 1.5 else 'not met'}), "
                f"**qrnn/bare = {qrnn_bare:.3f}** (goal >= 0.95: {'met' if qrnn_bare >= 0.95 else 'not met'}); "
