@@ -107,6 +107,16 @@ def synthesizer_window(cell, streams, dim, compiled=False):
     return window
 
 
+def training_argv(args, flags, optimizer=()):
+    """The fairseq-train arguments (after the program's name) of an arm of :func:`per_update_ratios`: the data,
+    the arm's ``flags``, the benchmark's sizes, windows, Adam and clip, then ``optimizer`` (flags overriding)."""
+    argv = [args.data_bin, *flags, "--decoder-embed-dim", args.embed_dim, "--decoder-hidden-size", args.hidden,
+            "--decoder-layers", args.layers, "--batch-size", args.batch_size, "--tokens-per-sample", args.window,
+            "--optimizer", "adam", "--lr", args.lr, "--clip-norm", args.clip, "--seed", args.seed, "--cpu",
+            "--num-workers", "0", *optimizer]
+    return [str(a) for a in argv]
+
+
 def per_update_ratios(args, arms, optimizer, updates=120, warmup=10, alone=None):
     """CPU seconds per update of each arm, the arms' updates interleaved one by one in one process.
 
@@ -122,12 +132,8 @@ def per_update_ratios(args, arms, optimizer, updates=120, warmup=10, alone=None)
 
     trainers, batches = {}, {}
     for name, (_, flags) in arms.items():
-        argv = [args.data_bin, *map(str, flags), "--decoder-embed-dim", args.embed_dim, "--decoder-hidden-size",
-                args.hidden, "--decoder-layers", args.layers, "--batch-size", args.batch_size, "--tokens-per-sample",
-                args.window, "--optimizer", "adam", "--lr", args.lr, "--clip-norm", args.clip, "--seed", args.seed,
-                "--cpu", "--num-workers", "0", *optimizer]
         cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(),
-                                                                         [str(a) for a in argv]))
+                                                                         training_argv(args, flags, optimizer)))
         torch.manual_seed(args.seed)
         task = tasks.setup_task(cfg.task)
         task.load_dataset("train")

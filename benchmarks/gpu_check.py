@@ -71,7 +71,9 @@ SIZES = {  # full size, then the --tiny overrides (later flags win in fairseq's 
 # fp16/bf16 wrap the alternating optimizer with unflattened gradients (fairseq_dni/optim/alternating.py)
 PRECISIONS = {"fp32": "", "amp": "--amp", "bf16": "--bf16 --fp16-no-flatten-grads",
               "fp16": "--fp16 --fp16-no-flatten-grads"}
-PAPER_RUN_TOKENS = 320 * 929_589  # the seed paper's run: 320 epochs of PTB (training tokens, one </s> a line)
+# the seed paper's run: 320 epochs of PTB's training split as fairseq-preprocess binarizes it, 929,589 tokens
+# (887,521 words + 42,068 </s>, one a line; counted in the binarized train split of python -m studies.paper_grid)
+PAPER_RUN_TOKENS = 320 * 929_589
 COLUMNS = ["config", "size", "precision", "status", "exit_code", "seconds", "tokens_per_s", "peak_memory_mib",
            "peak_memory_of", "train_loss", "eval_ppl", "paper_run_gpu_hours", "note", "command"]
 UNKNOWN_FLAGS = 64  # a child's exit status when fairseq's argparse refused its command line
@@ -184,6 +186,31 @@ def make_corpus(folder, types, tokens, seed=0):
             f.writelines(" ".join(drawn[i:i + 20]) + "\n" for i in range(0, n, 20))
 
 
+def paper_run_hours(tokens_per_s):
+    """Projected hours of one seed-paper run (320 epochs of PTB, ``PAPER_RUN_TOKENS``) at ``tokens_per_s``."""
+    return round(PAPER_RUN_TOKENS / tokens_per_s / 3600, 2)
+
+
+def qrnn_summary(rows, fmt):
+    """Lines under the table for the QRNN LM (issue 22): each finished ``paper-qrnn-lm`` run's tokens/s and
+    projected hours of one 320-epoch PTB run, beside ``paper-tbptt`` (the AWD-LSTM) in the same precision."""
+    done = {(r["config"], r["precision"]): r for r in rows if r["status"] == "ok"}
+
+    def rate(r):
+        hours = fmt(r["paper_run_gpu_hours"], ".1f")
+        return (f"{fmt(r['tokens_per_s'], ',.0f')} tokens/s, " +
+                (f"one 320-epoch PTB run {hours} h" if hours else "no projection (not a GPU run)"))
+
+    lines = []
+    for (config, precision), q in done.items():
+        if config == "paper-qrnn-lm":
+            lstm = done.get(("paper-tbptt", precision))
+            lines.append(f"* QRNN LM (`dni_awd_qrnn_lm`), {precision}: {rate(q)}" + (
+                "" if lstm is None else f"; the AWD-LSTM (`paper-tbptt`): {rate(lstm)}; QRNN/LSTM "
+                                        f"{float(q['tokens_per_s']) / float(lstm['tokens_per_s']):.2f}x tokens/s"))
+    return [""] + lines if lines else []
+
+
 def write_results(rows, a, env):
     fmt = lambda v, spec: "" if v in ("", None) or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
     with open(os.path.join(a.results, "gpu_check.csv"), "w", newline="") as f:  # NaN: not measured, left empty
@@ -193,13 +220,14 @@ def write_results(rows, a, env):
           f"{env['when']}, commit {env['commit']}; Python {env['python']}, torch {env['torch']}, fairseq "
           f"{env['fairseq']}; `bash benchmarks/gpu_check.sh{' --cpu' if a.cpu else ''}{' --tiny' if a.tiny else ''}`: "
           f"{a.updates} updates a run, tokens/s over updates {a.log_interval + 1}-{a.updates}; peak memory: "
-          f"{next((r['peak_memory_of'] for r in rows if r['peak_memory_of']), '')} (MiB); paper run: 320 epochs "
-          "of PTB (929,589 tokens) at that rate.", "",
+          f"{next((r['peak_memory_of'] for r in rows if r['peak_memory_of']), '')} (MiB); paper run GPU-h: the "
+          "projected hours of one 320-epoch PTB run (929,589 training tokens an epoch, </s> included) at that rate.", "",
           "| config | precision | status | tokens/s | peak MiB | eval ppl | paper run GPU-h | note |",
           "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |"]
     md += [f"| {r['config']} | {r['precision']} | {r['status']} | {fmt(r['tokens_per_s'], ',.0f')} | "
            f"{fmt(r['peak_memory_mib'], ',.0f')} | {fmt(r['eval_ppl'], '.2f')} | {fmt(r['paper_run_gpu_hours'], '.1f')} | "
            f"{r['note'].replace('|', '/')} |" for r in rows]
+    md += qrnn_summary(rows, fmt)
     with open(os.path.join(a.results, "gpu_check.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     for name in ("gpu_check.csv", "gpu_check.md", "runs.log") if a.out else ():
@@ -272,7 +300,7 @@ def main():
         ok = status == 0 and math.isfinite(got["tokens_per_s"]) and math.isfinite(got["train_loss"])
         row.update(got, exit_code=status, seconds=round(secs, 1), status="ok" if ok else "failed")
         if r["size"] == "paper" and ok and not a.cpu:
-            row["paper_run_gpu_hours"] = round(PAPER_RUN_TOKENS / got["tokens_per_s"] / 3600, 2)
+            row["paper_run_gpu_hours"] = paper_run_hours(got["tokens_per_s"])
         if status == UNKNOWN_FLAGS:
             row.update(status="skipped", exit_code="", note="flags unknown to this plugin version: " + last_error(out))
         elif status == "timeout":

@@ -113,7 +113,7 @@ def write_results(out, rows, setting, verdict, tokens_header="tokens/s", note_he
     print("\n".join(lines))
 
 
-def benchmark_parser(name, data_bin, embed_dim=200, hidden=200, layers=2, updates=200, extra=()):
+def benchmark_parser(name, data_bin, embed_dim=200, hidden=200, layers=2, updates=200, window=35, warmup=20, extra=()):
     """The options every throughput benchmark shares (model size, windows, optimizer, timing), with the
     script's defaults; ``extra``: (flags, add_argument kwargs) pairs of its own, listed before ``--out``
     (results/NAME.{md,csv} by default)."""
@@ -124,10 +124,11 @@ def benchmark_parser(name, data_bin, embed_dim=200, hidden=200, layers=2, update
     parser.add_argument("--hidden", type=int, default=hidden)
     parser.add_argument("--layers", type=int, default=layers)
     parser.add_argument("--batch-size", type=int, default=20, help="streams B")
-    parser.add_argument("--window", type=int, default=35, help="tokens per window T")
+    parser.add_argument("--window", "--tokens-per-sample", dest="window", type=int, default=window,
+                        help="tokens per window T (fairseq's --tokens-per-sample)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--clip", type=float, default=0.25)
-    parser.add_argument("--warmup", type=int, default=20, help="updates excluded from timing (also fairseq's log interval)")
+    parser.add_argument("--warmup", type=int, default=warmup, help="updates excluded from timing (also fairseq's log interval)")
     parser.add_argument("--updates", type=int, default=updates, help="timed updates")
     parser.add_argument("--seed", type=int, default=1)
     for flags, kwargs in extra:

@@ -112,6 +112,22 @@ def test_results_are_copied_and_tabled(tiny):
     for r in rows:
         tps = f"{float(r['tokens_per_s']):,.0f}" if r["tokens_per_s"] else ""
         assert f"| {r['config']} | {r['precision']} | {r['status']} | {tps} |" in md
+        if r["config"] == "paper-qrnn-lm" and r["status"] == "ok":   # the QRNN LM's line under the table
+            assert f"* QRNN LM (`dni_awd_qrnn_lm`), {r['precision']}: {tps} tokens/s, no projection" in md
+
+
+def test_qrnn_summary_projects_one_paper_run():
+    """On a GPU the QRNN LM's line gives the hours of 320 epochs of PTB's 929,589 training tokens (887,521
+    words and 42,068 </s>, as fairseq-preprocess binarizes ptb.train.txt) at its rate, beside the AWD-LSTM's."""
+    fmt = lambda v, spec: "" if v in ("", None) else format(v, spec)  # noqa: E731  (write_results' own)
+    rows = [dict(config=config, precision="fp32", status="ok", tokens_per_s=tps,
+                 paper_run_gpu_hours=gpu_check.paper_run_hours(tps))
+            for config, tps in (("paper-tbptt", 20_000.0), ("paper-qrnn-lm", 40_000.0))]
+    assert gpu_check.paper_run_hours(40_000.0) == round(320 * (887_521 + 42_068) / 40_000 / 3600, 2) == 2.07
+    assert gpu_check.qrnn_summary(rows, fmt) == [
+        "", "* QRNN LM (`dni_awd_qrnn_lm`), fp32: 40,000 tokens/s, one 320-epoch PTB run 2.1 h; the AWD-LSTM "
+        "(`paper-tbptt`): 20,000 tokens/s, one 320-epoch PTB run 4.1 h; QRNN/LSTM 2.00x tokens/s"]
+    assert gpu_check.qrnn_summary([dict(rows[1], status="failed")], fmt) == []
 
 
 def flag_values(words):
