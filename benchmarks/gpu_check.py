@@ -45,7 +45,7 @@ small-alternating  small  fp32,amp,bf16,fp16  eval  $DNI --dni-synthesizer mlp $
 paper-tbptt        paper  fp32,amp,bf16,fp16  -     $TBPTT
 paper-dni-qrnn     paper  fp32,amp,bf16,fp16  -     $DNI $QRNN --mode-schedule synthetic
 paper-alternating  paper  fp32,amp,bf16,fp16  eval  $DNI $QRNN $ALTERNATE
-paper-dni-scan     paper  fp32,amp            -     $DNI --dni-synthesizer scan --mode-schedule synthetic
+paper-dni-scan     paper  fp32,amp            -     $DNI --dni-synthesizer scan --dni-synthesizer-init paper --mode-schedule synthetic
 paper-qrnn-lm      paper  fp32,amp            -     $TBPTT --arch dni_awd_qrnn_lm
 """
 GROUPS = {

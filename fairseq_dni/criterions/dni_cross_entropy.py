@@ -65,8 +65,9 @@ class DNICrossEntropyConfig(LMCrossEntropyConfig):
         default=0.1, metadata={"help": "scale of the injected synthetic gradient (also the bootstrap discount)"})
     dni_synthesizer: SYNTHESIZERS = field(
         default="mlp",
-        metadata={"help": "mlp: Jaderberg et al.'s MLP over the whole state; coordinatewise: the seed paper's small "
-                          "recurrent network shared by every state coordinate, its own state carried across windows; "
+        metadata={"help": "mlp: Jaderberg et al.'s MLP over the whole state; coordinatewise: a small recurrent "
+                          "network shared by every state coordinate, its own state carried across windows (what the "
+                          "seed paper's code computes with --sgtype GRU/LSTM); "
                           "scan: the paper's QRNN synthesizer as its code runs it (--sgtype QRNN), one scan across "
                           "the B x D scalars of the flattened state"})
     dni_synthesizer_init: Optional[SYNTHESIZER_INITS] = field(
@@ -79,7 +80,8 @@ class DNICrossEntropyConfig(LMCrossEntropyConfig):
                           "scan runs on from one stream into the next)"})
     dni_synthesizer_cell: Optional[CELLS] = field(
         default=None,
-        metadata={"help": "coordinatewise: its recurrent cell, default gru (the paper ran a QRNN: qrnn)"})
+        metadata={"help": "coordinatewise: its recurrent cell, default gru (the paper's --sgtype GRU/LSTM; qrnn: its "
+                          "QRNN cell run per coordinate, not what --sgtype QRNN computes: that is --dni-synthesizer scan)"})
     dni_synthesizer_layers: Optional[int] = field(
         default=None,
         metadata={"help": "mlp: linear layers (ReLU between; default 2); coordinatewise, scan: recurrent layers "
