@@ -31,18 +31,20 @@ from benchmarks.dni_throughput import per_update_ratios
 from benchmarks.throughput import REPO, benchmark_parser, write_results
 
 
-def scan_window(layer_sizes, streams):
-    """One window of the scan synthesizer's own work (see the module docstring), as a callable."""
+def scan_window(layer_sizes, streams, device=torch.device("cpu")):
+    """One window of the scan synthesizer's own work (see the module docstring), as a callable: the call
+    at the window's end, then the regression of the call two windows back (re-evaluation, backward, Adam).
+    ``benchmarks/scan_synthesizer.py`` times the same callable."""
     from fairseq_dni.carried_state import StateLayout
     from fairseq_dni.synthesizers import build_synthesizer
 
     layout = StateLayout(layer_sizes)
-    synth = build_synthesizer("scan", layout, init="paper").train()
+    synth = build_synthesizer("scan", layout, init="paper").train().to(device)
     adam = torch.optim.Adam(synth.parameters(), lr=1e-3)
-    state = {"own": synth.initial_own_state(torch.zeros(streams, layout.dim)), "calls": []}
+    state = {"own": synth.initial_own_state(torch.zeros(streams, layout.dim, device=device)), "calls": []}
 
     def window():
-        inputs = synth.perturb(torch.randn(streams, layout.dim))
+        inputs = synth.perturb(torch.randn(streams, layout.dim, device=device))
         with torch.no_grad():
             _, new_own = synth(inputs, None, state["own"])
         state["calls"].append((inputs, state["own"]))

@@ -58,27 +58,9 @@ def one(spec):
             torch.cuda.synchronize()
 
     if spec["what"] == "synthesizer":
-        from fairseq_dni.carried_state import StateLayout
-        from fairseq_dni.synthesizers import build_synthesizer
+        from benchmarks.scan_floor import scan_window
 
-        layout = StateLayout(SIZES[spec["size"]])
-        synth = build_synthesizer("scan", layout, init="paper").train().to(device)
-        adam = torch.optim.Adam(synth.parameters(), lr=1e-3)
-        streams = spec["streams"]
-        state = {"own": synth.initial_own_state(torch.zeros(streams, layout.dim, device=device)), "calls": []}
-
-        def step():
-            inputs = synth.perturb(torch.randn(streams, layout.dim, device=device))
-            with torch.no_grad():
-                _, new_own = synth(inputs, None, state["own"])
-            state["calls"].append((inputs, state["own"]))
-            if len(state["calls"]) == 3:   # the call two windows back, regressed now
-                prev_inputs, prev_own = state["calls"].pop(0)
-                prediction, _ = synth(prev_inputs, None, prev_own)
-                (prediction - torch.randn_like(prediction)).pow(2).sum(-1).mean().backward()
-                adam.step()
-                adam.zero_grad()
-            state["own"] = new_own
+        step = scan_window(SIZES[spec["size"]], spec["streams"], device)
     else:
         from fairseq_dni.modules.forget_mult import forget_mult, forget_mult_autograd
 
