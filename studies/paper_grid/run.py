@@ -23,6 +23,9 @@ coordinate: what its code computes with ``--sgtype GRU/LSTM``, here with a QRNN 
   alternating-restarts-mlp  the same with Jaderberg et al.'s MLP synthesizer
   dni-restarts-scan         dni-restarts with the scan synthesizer (the paper's --sgtype QRNN)
   alternating-restarts-scan alternating-restarts with the scan synthesizer
+  qrnn-bptt-restarts        bptt-restarts on the paper's base model at CPU size (dni_awd_qrnn_lm_small)
+  qrnn-alternating-restarts-scan
+                            alternating-restarts-scan on dni_awd_qrnn_lm_small: the paper's arm as it ran it
 
 Every run ends at the bottom of its last cycle (epoch 4). Each run is a stock ``fairseq-train``
 followed by ``fairseq-eval-lm`` on the test split (one stream of 200-token windows, as the paper
@@ -57,7 +60,7 @@ from studies import common
 from studies.common import REPO, Run, spread
 
 ARMS = ["bptt-one-cycle", "bptt-restarts", "dni-restarts", "alternating-restarts", "alternating-restarts-mlp",
-        "dni-restarts-scan", "alternating-restarts-scan"]
+        "dni-restarts-scan", "alternating-restarts-scan", "qrnn-bptt-restarts", "qrnn-alternating-restarts-scan"]
 WIKITEXT2_ARMS = ["bptt-one-cycle", "bptt-restarts", "alternating-restarts", "alternating-restarts-scan"]
 EPOCHS = 4
 PERIODS = {"one-cycle": "4", "restarts": "1,1,2"}   # epochs per cosine cycle
@@ -72,12 +75,16 @@ EVAL_WINDOW = 200   # the paper scores the test set as one stream of 200-token w
 OUT = os.path.dirname(os.path.abspath(__file__))
 SEEDS = {"ptb": [1, 2], "wikitext2": [1]}   # the grid as planned (its size in the tables' headings)
 CORPUS_NAMES = {"ptb": "PTB", "wikitext2": "WikiText-2"}
-ALTERNATING = ["alternating-restarts", "alternating-restarts-mlp", "alternating-restarts-scan"]
+ALTERNATING = ["alternating-restarts", "alternating-restarts-mlp", "alternating-restarts-scan",
+               "qrnn-alternating-restarts-scan"]
+# the base model of an arm: the "qrnn-" arms train the paper's QRNN at CPU size, the others AWD-LSTM at CPU size
+ARCH = {"lstm": "dni_awd_lstm_lm_small", "qrnn": "dni_awd_qrnn_lm_small"}
 # what each alternating arm must beat (by more than the seed spread): both BPTT schedules and DNI with its
 # synthesizer (the MLP arm has no DNI twin: the coordinate-wise one)
 BASELINES = {"alternating-restarts": ["bptt-one-cycle", "bptt-restarts", "dni-restarts"],
              "alternating-restarts-mlp": ["bptt-one-cycle", "bptt-restarts", "dni-restarts"],
-             "alternating-restarts-scan": ["bptt-one-cycle", "bptt-restarts", "dni-restarts-scan"]}
+             "alternating-restarts-scan": ["bptt-one-cycle", "bptt-restarts", "dni-restarts-scan"],
+             "qrnn-alternating-restarts-scan": ["qrnn-bptt-restarts"]}   # the QRNN rows: its BPTT twin
 # each scan arm and the coordinate-wise arm it re-runs (everything else equal)
 COORDINATEWISE_TWIN = {"dni-restarts-scan": "dni-restarts", "alternating-restarts-scan": "alternating-restarts"}
 
@@ -100,8 +107,15 @@ def alternate(corpus):
     return ["--mode-schedule", "alternate", "--first-mode", "real"]
 
 
+def base(arm):
+    """The arm's base model: "qrnn" for the "qrnn-" arms, else "lstm"."""
+    return "qrnn" if arm.startswith("qrnn-") else "lstm"
+
+
 def arm_flags(arm, corpus):
-    """Criterion, synthesizer, schedule and mode of an arm: the only things that differ between arms."""
+    """Criterion, synthesizer, schedule and mode of an arm: with the base model (``base``), the only things
+    that differ between arms. A "qrnn-" arm has the flags of the LSTM arm it is named after."""
+    arm = arm.removeprefix("qrnn-")
     cycle = "one-cycle" if arm.endswith("one-cycle") else "restarts"
     # the rate anneals within epochs (no --lr-step-per-epoch): the paper holds it for a whole epoch, which
     # over its 5-epoch cycles still anneals (1, .90, .65, .35, .10), but would leave our 1-epoch cycles flat
@@ -117,7 +131,7 @@ def arm_flags(arm, corpus):
 def train_args(corpus, arm, seed, data_bin):
     half_epoch = max(1, common.updates_per_epoch(data_bin, STREAMS, WINDOW) // 2)
     return ["--user-dir", os.path.join(REPO, "fairseq_dni"), "--task", "dni_language_modeling", "--cpu",
-            "--arch", "dni_awd_lstm_lm_small", "--batch-size", str(STREAMS), "--batch-size-valid", "10",
+            "--arch", ARCH[base(arm)], "--batch-size", str(STREAMS), "--batch-size-valid", "10",
             "--tokens-per-sample", str(WINDOW), "--variable-window", "--alpha", "2", "--beta", "1",
             "--optimizer", "alternating", "--base-optimizer", "adam", "--lr", "0.001", "--weight-decay", "1.2e-6",
             "--clip-norm", str(CLIP[corpus]), *arm_flags(arm, corpus), "--max-epoch", str(EPOCHS),
@@ -256,7 +270,8 @@ CYCLE_FIELDS = ["corpus", "arm", "seed", "cycle", "epochs", "mode", "dni_cos", "
                 "dni_pred_over_target"]
 COLORS = {"bptt-one-cycle": "tab:gray", "bptt-restarts": "tab:blue", "dni-restarts": "tab:red",
           "alternating-restarts": "tab:green", "alternating-restarts-mlp": "tab:orange",
-          "dni-restarts-scan": "tab:purple", "alternating-restarts-scan": "tab:olive"}
+          "dni-restarts-scan": "tab:purple", "alternating-restarts-scan": "tab:olive",
+          "qrnn-bptt-restarts": "tab:cyan", "qrnn-alternating-restarts-scan": "tab:brown"}
 
 
 def cell(values, fmt):
