@@ -454,20 +454,23 @@ def report_files(log_dir, out):
 def write_study(lines, runs, groups, out):
     """The study's page, ``OUT/README.md``: the setting, how to reproduce it, the tables, the reading, the plots."""
     recipes = "../../recipes/README.md"   # the page's link, from studies/paper_grid/
-    params = {r["corpus"]: r["params"] for r in runs if r["params"]}
-    scale = "; ".join(f"{CORPUS_NAMES[c]} {p} parameters" for c, p in params.items())
+    params = {(r["corpus"], base(r["arm"])): r["params"] for r in runs if r["params"]}
+    scale = "; ".join(f"{CORPUS_NAMES[c]} {p} parameters{' (QRNN)' if b == 'qrnn' else ''}"
+                      for (c, b), p in params.items())
     paper_cycles = PAPER_PERIODS["restarts"].split(",")
     md = [f"The seed paper's method (Shang & Zhang, arXiv 1902.10630; code `parap1uie-s/alternate_sg`) run the "
-          "paper's way, scaled down to this machine: AWD-LSTM small, Adam, the paper's QRNN synthesizer as its code "
+          "paper's way, scaled down to this machine: AWD-LSTM small (and the paper's QRNN base at the same size), Adam, "
+          "the paper's QRNN synthesizer as its code "
           "computes it (`scan`) beside the coordinate-wise one, epoch-counted cycles 1, 1, 2. Logs: [`logs`](logs) "
           "(one `.train.log`, one `.eval-last.log` and one `.eval-best.log` per run; the first line of each is the "
           "exact command); [`results.csv`](results.csv) has one row per run, [`cycles.csv`](cycles.csv) one per DNI "
           "run and cosine cycle.", "",
           "**Setting.** The paper trains a QRNN of 4 layers of 1550 units (AWD-LSTM's QRNN setting; "
-          "`recipes/paper` trains AWD-LSTM's LSTM, 3 x 1150, instead, since this project trains LSTMs) for "
+          "`recipes/paper` trains it, `dni_awd_qrnn_lm`, with AWD-LSTM's LSTM as a named option) for "
           f"{sum(int(p) for p in paper_cycles)} epochs with Adam 1e-3, windows of {EVAL_WINDOW} tokens with AWD-LSTM's "
           f"variable lengths, {STREAMS} streams, its clip, and SGDR restarts counted in epochs: cycles of "
-          f"{', '.join(paper_cycles[:3])}, ... epochs. Here: `dni_awd_lstm_lm_small` (3 layers 256/256/128, tied "
+          f"{', '.join(paper_cycles[:3])}, ... epochs. Here: `dni_awd_lstm_lm_small` (and, in the `qrnn-` arms, "
+          f"`dni_awd_qrnn_lm_small`; 3 layers 256/256/128, tied "
           f"128-d embedding{'; ' + scale if scale else ''}, read from the logs), {EPOCHS} epochs, the same optimizer, "
           f"streams, clip ({', '.join(f'{CORPUS_NAMES[c]} {v}' for c, v in CLIP.items())}) and "
           f"regularizers, cycles of {PERIODS['restarts'].replace(',', ', ')} epochs (the paper's first three divided "
@@ -504,7 +507,18 @@ def write_study(lines, runs, groups, out):
           "(PTB only) | MLP | as above |",
           "| dni-restarts-scan | `dni-restart5` | scan (`--sgtype QRNN`) | as dni-restarts |",
           "| alternating-restarts-scan | `alternating-restart5` (WikiText-2: also `--whenswitch 2`) | scan "
-          "(`--sgtype QRNN`) | as alternating-restarts |", "",
+          "(`--sgtype QRNN`) | as alternating-restarts |",
+          "| qrnn-bptt-restarts | bptt-restarts on the paper's base model (`--model QRNN`) at CPU size (PTB only) | "
+          "none | real |",
+          "| qrnn-alternating-restarts-scan | `alternating-restart5` as the paper ran it: its QRNN base model and "
+          "its synthesizer (PTB only) | scan (`--sgtype QRNN`) | as alternating-restarts |", "",
+          "**Base models.** Every arm but the `qrnn-` ones trains `dni_awd_lstm_lm_small`; the two `qrnn-` arms "
+          "train `dni_awd_qrnn_lm_small`, the paper's QRNN (`--model QRNN`: first layer window 2, output gate, "
+          "weight drop on each layer's gate matrix) at the same CPU size, 3 layers 256/256/128, tied 128-d "
+          "embedding, the same halved dropouts and weight drop 0.05 (half the paper's 0.1), everything else "
+          "(optimizer, windows, schedule, synthesizer) as its LSTM twin; the synthesizer reads and injects at "
+          "the QRNN's carried cell states (docs/synthesizers.md). qrnn-alternating-restarts-scan is judged "
+          "against qrnn-bptt-restarts, the BPTT arm with the same restarts on the same base.", "",
           "**Synthesizers.** Every DNI arm of the paper's README runs `--sgtype QRNN --sg_hidden_num 50 "
           "--sg_nlayers 1` with its own Adam 1e-3 (weight decay 1.2e-6) and the synthetic gradient x 0.1 "
           f"(here `{' '.join(DNI[2:])}`). Its code reads the joined state of all streams, through torchqrnn's "
