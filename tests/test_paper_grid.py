@@ -36,7 +36,7 @@ def write_fake_run(log_dir, corpus, arm, seed, rng):
     numbers a correct report must print for it."""
     name = f"{corpus}-{arm}-s{seed}"
     args = paper_grid.train_args(corpus, arm, seed, "/data/bin")
-    dni = not arm.startswith("bptt")
+    dni = not arm.removeprefix("qrnn-").startswith("bptt")
     modes = [0, 1, 1, 1] if arm.startswith("dni-restarts") else [0, 1, 0, 0] if dni else [0, 0, 0, 0]
     lines = ["# OMP_NUM_THREADS=1 fairseq-train /data/bin " + " ".join(args) + f" --save-dir /work/{name}\n",
              "2026-11-30 18:00:00 | INFO | fairseq_cli.train | num. shared model params: 1,234,567 "
@@ -100,24 +100,26 @@ def test_report_prints_the_numbers_in_the_logs(tmp_path, no_data):
 
     with open(tmp_path / "paper" / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == len(want) == 18
+    assert len(rows) == len(want) == 22
     for row, expected in zip(rows, want):
         assert list(row) == paper_grid.FIELDS
         for key, v in expected.items():
             assert (float(row[key]) == v) if isinstance(v, float) else (row[key] == v), (row["arm"], key)
     table = (tmp_path / "paper" / "table.md").read_text()
-    assert "### PTB (14 of 14 runs)" in table and "### WikiText-2 (4 of 4 runs)" in table
+    assert "### PTB (18 of 18 runs)" in table and "### WikiText-2 (4 of 4 runs)" in table
     for r in want:
         assert f"{r['test_ppl_last']:.2f}" in table
     for arm in ("Alternating-restarts", "Alternating-restarts-scan"):   # last and best checkpoint, two corpora
         assert table.count(f"{arm} beat every baseline") + table.count(f"{arm} did not beat every baseline") == 4
+    arm = "Qrnn-alternating-restarts-scan"   # the QRNN base: PTB only, last and best checkpoint
+    assert table.count(f"{arm} beat every baseline") + table.count(f"{arm} did not beat every baseline") == 2
     # the scan arms against their coordinate-wise twins: PTB's two arms, WikiText-2's one, last and best
     assert table.count("**Scan against coordinate-wise: ") == 6
     # one row per DNI run and cycle, its numbers the epoch records'; the table has their means over seeds
     with open(tmp_path / "paper" / "cycles.csv") as f:
         got = list(csv.DictReader(f))
     expected = [dict(corpus=w["corpus"], arm=w["arm"], seed=w["seed"], **c) for w, cs in written for c in cs]
-    assert len(got) == len(expected) == 3 * (5 * 2 + 2)   # 3 cycles of PTB's 5 DNI arms x 2 seeds, WikiText-2's 2
+    assert len(got) == len(expected) == 3 * (6 * 2 + 2)   # 3 cycles of PTB's 6 DNI arms x 2 seeds, WikiText-2's 2
     for row, c in zip(got, expected):
         assert (row["corpus"], row["arm"], row["seed"], row["cycle"], row["epochs"], row["mode"]) == (
             c["corpus"], c["arm"], c["seed"], c["cycle"], c["epochs"], c["mode"])
@@ -250,6 +252,7 @@ def test_each_epoch_has_the_papers_rate_and_mode_at_the_scaled_epoch(corpus, arm
     assert WINDOWS % 5 == 0
     args = paper_grid.train_args(corpus, arm, 1, "/data/bin")
     assert "--lr-step-per-epoch" not in args   # 1-epoch cycles must anneal within the epoch
+    arm = arm.removeprefix("qrnn-")   # a QRNN-base arm has its LSTM twin's schedule and modes
     reference = paper_epochs(5 * paper_grid.EPOCHS, **paper_arm(corpus, arm))
     _, optimizer = schedule(*schedule_flags(args))
     for k in range(paper_grid.EPOCHS):
@@ -369,10 +372,20 @@ def test_planned_runs_without_logs_count_as_missing(tmp_path, no_data):
                     write_fake_run(log_dir, corpus, arm, seed, rng)
     paper_grid.report(str(log_dir), str(tmp_path / "paper"))
     table = (tmp_path / "paper" / "table.md").read_text()
-    assert "### PTB (10 of 14 runs)" in table and "### WikiText-2 (3 of 4 runs)" in table
+    assert "### PTB (12 of 18 runs)" in table and "### WikiText-2 (3 of 4 runs)" in table
     assert table.count("(alternating-restarts-scan: planned, no logs yet)") == 2
     assert "(scan against coordinate-wise: dni-restarts-scan planned, no logs yet)" in table
     assert "| dni-restarts-scan |" not in table and "| dni-restarts | 2 | 3 | 3-4 | synthetic |" in table
     text = (tmp_path / "paper" / "README.md").read_text()
     assert "lowest mean test perplexity among the arms with every seed run so far" in text
     assert "alternating-restarts-scan" not in text.split("**Verdict**")[1].split("\n")[0]
+
+
+@pytest.mark.parametrize("arm", ["qrnn-bptt-restarts", "qrnn-alternating-restarts-scan"])
+def test_a_qrnn_arm_is_its_lstm_twin_on_the_qrnn_base(arm, no_data):
+    """The QRNN-base rows change the base model and nothing else: the same command as the LSTM arm they
+    are named after, but for --arch."""
+    qrnn, lstm = (paper_grid.train_args("ptb", a, 1, "/data") for a in (arm, arm.removeprefix("qrnn-")))
+    at = lstm.index("--arch") + 1
+    assert lstm[at] == "dni_awd_lstm_lm_small" and qrnn[at] == "dni_awd_qrnn_lm_small"
+    assert qrnn[:at] + qrnn[at + 1:] == lstm[:at] + lstm[at + 1:]
