@@ -106,7 +106,7 @@ paper_main() {
         echo "  SYNTHESIZER: scan (default: the paper's --sgtype QRNN as its code computes it) or coordinatewise"
         echo "               (what its code computes with --sgtype GRU/LSTM, here with a QRNN cell)"
         echo "  --size smoke here: a 4-layer QRNN 32/32/32/16 wide (lstm: 3 layers 32/32/16), 4 epochs of 2000 lines"
-        echo "               (PTB test perplexity about PPLQ with the QRNN, 4,600 with the LSTM: expected)"
+        echo "               (PTB test perplexity about 4,600 on either base: expected)"
         usage; return 0 ;;
       *) rest+=("$1"); shift ;;
     esac
