@@ -15,8 +15,8 @@ paper_arm() {
   local arm="$1" synthesizer="${2:-scan}" base="${3:-qrnn}"
   # the base LM, with the paper's --dropouti 0.4 and --dropouth; the rest is the arch's: qrnn is the paper's
   # --model QRNN --nhid 1550 --nlayers 4 --emsize 400 --wdrop 0.1 (4 layers 1550/1550/1550/400, tied, first
-  # layer window 2) with main.py's defaults --dropout 0.4 --dropoute 0.1; lstm is AWD-LSTM's LSTM instead,
-  # at its own sizes and weight drop (3 layers 1150/1150/400, --wdrop 0.5), the same dropouts
+  # layer window 2); lstm is AWD-LSTM's LSTM instead, at its own sizes and weight drop (3 layers
+  # 1150/1150/400, --wdrop 0.5)
   local lm
   case "$base" in
     qrnn) lm=(--arch dni_awd_qrnn_lm --decoder-dropout-in 0.4 --decoder-hidden-dropout "$DROPOUTH") ;;
