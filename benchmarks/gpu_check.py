@@ -62,7 +62,7 @@ SIZES = {  # full size, then the --tiny overrides (later flags win in fairseq's 
     "small": ("--task dni_language_modeling --arch dni_lstm_lm_small --batch-size 20 --tokens-per-sample 35 "
               "--optimizer alternating --base-optimizer adam --lr 0.001 --clip-norm 0.25",
               "--decoder-embed-dim 16 --decoder-hidden-size 16 --batch-size 4 --tokens-per-sample 10"),
-    # recipes/paper/ptb.sh's TRAIN_FLAGS less epochs, seed and logging (tests/test_gpu_check.py checks)
+    # recipes/paper/ptb.sh --base lstm's TRAIN_FLAGS less epochs, seed and logging (tests/test_gpu_check.py checks)
     "paper": ("--task dni_language_modeling --arch dni_awd_lstm_lm --batch-size 20 --tokens-per-sample 200 "
               "--variable-window --decoder-dropout-in 0.4 --decoder-hidden-dropout 0.3 --alpha 2 --beta 1 "
               "--optimizer alternating --base-optimizer adam --lr 0.001 --weight-decay 1.2e-6 --clip-norm 0.2",

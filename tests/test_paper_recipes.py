@@ -1,6 +1,9 @@
-"""recipes/paper/: the seed paper's arms (alternate_sg README) on dni_awd_lstm_lm, on tiny local data.
+"""recipes/paper/: the seed paper's arms (alternate_sg README) on its QRNN, dni_awd_qrnn_lm, on tiny local data.
 
-* every PTB arm's --size smoke command trains (one binarized corpus shared by all), and its mode and
+* the default base is the paper's QRNN with the flags of its README's commands; ``--base lstm`` is
+  AWD-LSTM's LSTM with the command the recipe gave before the QRNN existed, flag for flag, under its own
+  run name; its Hydra twin is the YAML with the overrides the YAML names;
+* every PTB arm's --size smoke command trains the QRNN (one binarized corpus shared by all), and its mode and
   learning rate at every epoch are those of the paper's training loop on the same schedule shape
   (tests/test_schedule.py's independent reference ``paper_epochs``);
 * WikiText-2's arms are PTB's but for the paper's --clip, --dropouth and the alternating arms' first
@@ -10,7 +13,7 @@
 * the DNI arms run the paper's synthesizer as its code computes it (scan, the paper grid's flags);
   ``--synthesizer coordinatewise`` changes the synthesizer's flags only (the paper grid's coordinate-wise
   rows), and its Hydra twin is the YAML with the overrides the YAML names;
-* an unknown arm or synthesizer is one line.
+* an unknown arm, synthesizer or base is one line.
 """
 import json
 import os
@@ -91,6 +94,7 @@ def ptb_out(paper_text, tmp_path_factory):
 def test_every_ptb_arm_trains_at_smoke_size_on_the_papers_schedule(arm, paper_text, ptb_out):
     command = dry_run("ptb", arm, paper_text["ptb"], ptb_out, "--size", "smoke", "--cpu")
     assert command[0].endswith("fairseq-train") and command[1] == os.path.join(ptb_out, "data-bin-smoke")
+    assert command[command.index("--arch") + 1] == "dni_awd_qrnn_lm"
     assert_papers_schedule(per_epoch(fairseq("fairseq-train", *command[1:])), arm)
     assert os.path.exists(os.path.join(ptb_out, f"checkpoints-smoke-paper-{arm}", "checkpoint_best.pt"))
 
@@ -157,6 +161,62 @@ def test_hydra_train_runs_a_paper_twin(ptb_out, tmp_path_factory):
     assert_papers_schedule(per_epoch(out, r"\[train\]\[INFO\] - (\{.*\})"), "alternating-restart5", "wikitext2")
 
 
+# the paper's base model: its README's commands (--model QRNN --nhid 1550 --nlayers 4 --emsize 400 --wdrop 0.1
+# --dropouti 0.4, PTB's --dropouth 0.3), main.py's defaults (--dropout 0.4 --dropoute 0.1, tied) and model.py's
+# QRNN (the first layer's window 2, the last layer as wide as the embedding)
+PAPERS_QRNN = dict(decoder_embed_dim=400, decoder_hidden_size=1550, decoder_layers=4, decoder_last_layer_out_dim=True,
+                   share_decoder_input_output_embed=True, qrnn_window=2, weight_drop=0.1, decoder_dropout_in=0.4,
+                   decoder_hidden_dropout=0.3, dropout=0.4, decoder_dropout_out=0.4, decoder_embed_dropout=0.1,
+                   locked_dropout=True)
+# recipes/paper/ptb.sh --arm dni-restart5 as it trained AWD-LSTM before the QRNN was its base (its TRAIN_FLAGS)
+LSTM_DNI_RESTART5 = (
+    "--task dni_language_modeling --arch dni_awd_lstm_lm --decoder-dropout-in 0.4 --decoder-hidden-dropout 0.3 "
+    "--batch-size 20 --batch-size-valid 10 --tokens-per-sample 200 --variable-window --alpha 2 --beta 1 "
+    "--optimizer alternating --base-optimizer adam --lr 0.001 --weight-decay 1.2e-6 --clip-norm 0.2 "
+    "--max-epoch 320 --seed 42 --log-interval 200 --criterion dni_cross_entropy --dni-scale 0.1 "
+    "--dni-synthesizer scan --dni-synthesizer-hidden 50 --dni-synthesizer-layers 1 --dni-synthesizer-init paper "
+    "--dni-lr 0.001 --dni-weight-decay 1.2e-6 --lr-scheduler cosine_alternating --lr-step-per-epoch --min-lr 0 "
+    "--lr-period-epochs 5,5,10,20,40,80,160 --mode-schedule synthetic --real-first-epochs 1").split()
+
+
+def test_the_default_base_is_the_papers_qrnn(paper_text, ptb_out):
+    cfg, argv = recipe_config("paper/ptb", paper_text["ptb"], ptb_out, "--arm", "dni-restart5")
+    assert argv[argv.index("--arch") + 1] == "dni_awd_qrnn_lm"
+    assert {field: cfg.model[field] for field in PAPERS_QRNN} == PAPERS_QRNN
+    assert cfg.criterion.dni_synthesizer == "scan"
+    assert dry_run("ptb", "dni-restart5", paper_text["ptb"], ptb_out, "--base", "qrnn")[1:] == argv
+
+
+def test_base_lstm_is_the_lstm_command_under_its_own_name(paper_text, ptb_out):
+    """--base lstm: the command the recipe gave before its base was the QRNN, flag for flag; every arm and
+    synthesizer differs from the QRNN's in --arch and the run's name only (paper-ARM-lstm[-coordinatewise])."""
+    lstm = dry_run("ptb", "dni-restart5", paper_text["ptb"], ptb_out, "--base", "lstm")
+    assert lstm[lstm.index("--task"):] == LSTM_DNI_RESTART5
+    assert lstm[lstm.index("--save-dir") + 1] == os.path.join(ptb_out, "checkpoints-full-paper-dni-restart5-lstm")
+    for arm in ARMS:
+        for synthesizer in ("scan", "coordinatewise"):
+            qrnn = dry_run("ptb", arm, paper_text["ptb"], ptb_out, "--synthesizer", synthesizer)
+            lstm = dry_run("ptb", arm, paper_text["ptb"], ptb_out, "--synthesizer", synthesizer, "--base", "lstm")
+            run = f"paper-{arm}" + ("-coordinatewise" if synthesizer != "scan" and arm != "bptt" else "")
+            assert qrnn[qrnn.index("--save-dir") + 1] == os.path.join(ptb_out, f"checkpoints-full-{run}")
+            want = [a.replace("dni_awd_qrnn_lm", "dni_awd_lstm_lm").replace(f"full-paper-{arm}", f"full-paper-{arm}-lstm")
+                    for a in qrnn]
+            assert lstm == want, (arm, synthesizer)
+
+
+def test_the_lstm_twin_is_the_yaml_with_its_overrides(paper_text, ptb_out, tmp_path):
+    """The overrides every YAML names for --base lstm give that command's configuration."""
+    cfg, argv = recipe_config("paper/ptb", paper_text["ptb"], ptb_out, "--arm", "dni-restart5", "--base", "lstm")
+    yaml_path = os.path.join(REPO, "recipes", "paper", "config", "ptb_dni-restart5.yaml")
+    with open(yaml_path) as f:
+        named = re.search(r"--base lstm is\n\s*# (.*)\n", f.read()).group(1).split()
+    assert [o.split("=")[0] for o in named] == ["model._name", "model.decoder_hidden_size", "model.decoder_layers",
+                                               "model.weight_drop"]
+    yaml = OmegaConf.merge(OmegaConf.load(yaml_path), OmegaConf.from_dotlist(named))
+    OmegaConf.save(yaml, tmp_path / "twin.yaml")
+    assert_yaml_is_the_command("ptb dni-restart5 lstm", cfg, argv, str(tmp_path / "twin.yaml"))
+
+
 def split_synthesizer(argv):
     """(the --dni-synthesizer* flags with their values, in order; the rest of the command)."""
     synth, rest, i = [], [], 0
@@ -205,6 +265,14 @@ def test_an_unknown_synthesizer_is_one_line():
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip() == ("recipes/paper/ptb.sh: error: --synthesizer must be one of: scan coordinatewise "
                                    "(got 'mlp')")
+
+
+def test_an_unknown_base_is_one_line():
+    proc = subprocess.run(["bash", os.path.join(REPO, "recipes", "paper", "ptb.sh"), "--arm", "dni",
+                           "--base", "gru"], env=dict(os.environ, DNI_PYTHON=sys.executable),
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip() == "recipes/paper/ptb.sh: error: --base must be one of: qrnn lstm (got 'gru')"
 
 
 def test_an_unknown_arm_is_one_line():

@@ -94,8 +94,9 @@ def leaves(node, prefix=()):
 
 def assert_yaml_is_the_command(name, cfg, argv, yaml_path):
     """The YAML at ``yaml_path`` and the fairseq config ``cfg`` of the command ``argv`` agree: every YAML
-    value is the command's, every flag of the command is in the YAML, every model field matches."""
-    from fairseq_dni.models.dni_lstm_lm import DNILSTMLMConfig
+    value is the command's, every flag of the command is in the YAML, the YAML's model is the one the
+    command's ``--arch`` belongs to and every field of that model matches."""
+    from fairseq.models import ARCH_MODEL_NAME_REGISTRY, MODEL_DATACLASS_REGISTRY
 
     yaml = OmegaConf.load(yaml_path)
     skip = {("common", "user_dir"), ("task", "data"), ("model", "_name")}
@@ -116,9 +117,12 @@ def assert_yaml_is_the_command(name, cfg, argv, yaml_path):
             continue
         where = [s for s in sections if key in cfg[s]]
         assert any(key in yaml.get(s, {}) for s in where), f"{name}: {flag} not in the YAML"
-    # the architecture: every model field equals the YAML's (or the dataclass default it leaves)
-    defaults = OmegaConf.structured(DNILSTMLMConfig)
-    for field in (f for f in DNILSTMLMConfig.__dataclass_fields__ if f != "_name"):
+    # the architecture: the command's --arch (cfg.model._name) is an architecture of the YAML's model, and
+    # every field of that model equals the YAML's (or the dataclass default it leaves)
+    assert ARCH_MODEL_NAME_REGISTRY[cfg.model._name] == yaml.model._name, f"{name}: model._name"
+    config = MODEL_DATACLASS_REGISTRY[yaml.model._name]
+    defaults = OmegaConf.structured(config)
+    for field in (f for f in config.__dataclass_fields__ if f != "_name"):
         want = yaml.model.get(field, defaults[field])
         assert cfg.model[field] == want, f"{name}: model.{field} = {cfg.model[field]!r}, YAML {want!r}"
 
