@@ -1,4 +1,4 @@
-"""fairseq-dni: a fairseq plugin that trains LSTM language models by alternating
+"""fairseq-dni: a fairseq plugin that trains LSTM and QRNN language models by alternating
 synthetic (DNI) and real gradients.
 
 Install next to fairseq: ``pip install --no-build-isolation .`` (see docs/usage.md: the
@@ -22,7 +22,7 @@ class BuildWithHint(build_py):
 setup(
     name="fairseq-dni",
     version="0.1.0",
-    description="Decoupled Neural Interfaces (synthetic gradients) for LSTM language models in fairseq",
+    description="Decoupled Neural Interfaces (synthetic gradients) for LSTM and QRNN language models in fairseq",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.8",

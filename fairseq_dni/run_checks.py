@@ -102,7 +102,7 @@ def generation_refusal(tool_data: Optional[str], checkpoint: Optional[str], user
             f"lm = LM.from_pretrained('{folder or '.'}', '{name}', '{tool_data or 'DATA_DIR'}', tokenizer=None, bpe=None); "
             f"print(lm.sample('PROMPT WORDS', max_len=20))")
     prefix = f"PYTHONPATH={plugin_parent} " if plugin_parent else ""
-    return ("fairseq-generate and fairseq-interactive cannot sample dni_language_modeling's LSTM (their search starts "
+    return ("fairseq-generate and fairseq-interactive cannot sample dni_language_modeling's stateful LMs (their search starts "
             "each prompt from an empty state, without the carried state): sample with the hub, which continues the "
             f"carried state from a prompt: {prefix}python -c \"{code}\" (tokenizer/bpe: as your corpus was encoded; "
             "see hub_interface.py)")

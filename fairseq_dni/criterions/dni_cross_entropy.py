@@ -25,7 +25,7 @@ divisor (the sample size, or 1 in a window without one), so that fairseq's divis
 
 The synthesizer (any ``fairseq_dni.synthesizers.Synthesizer``: ``--dni-synthesizer mlp``,
 ``coordinatewise`` or ``scan``) lives in this criterion: fairseq optimizes, all-reduces and checkpoints
-criterion parameters, and LM checkpoints stay plain LSTMs for eval-lm. Its parameters carry
+criterion parameters, and LM checkpoints stay plain language models (LSTM or QRNN) for eval-lm. Its parameters carry
 ``param_group = "synthesizer"``: ``--optimizer alternating`` trains them with their own optimizer,
 and this criterion is refused with any other optimizer (the synthesizer's gradient would change
 the LM's update, e.g. through gradient clipping).

@@ -106,7 +106,10 @@ paper_main() {
         echo "  SYNTHESIZER: scan (default: the paper's --sgtype QRNN as its code computes it) or coordinatewise"
         echo "               (what its code computes with --sgtype GRU/LSTM, here with a QRNN cell)"
         echo "  --size smoke here: a 4-layer QRNN 32/32/32/16 wide (lstm: 3 layers 32/32/16), 4 epochs of 2000 lines"
-        echo "               (PTB test perplexity about 4,600 on either base: expected)"
+        echo "               (PTB test perplexity about 4,600 on either base: expected; dni-restart5 and"
+        echo "               alternating-restart5 end alike, the synthesizer predicting almost nothing in 4 tiny epochs)"
+        echo "The corpus recipe's options follow; its --size smoke line describes recipes/$CORPUS.sh's own model,"
+        echo "which the line above replaces here:"
         usage; return 0 ;;
       *) rest+=("$1"); shift ;;
     esac
