@@ -455,8 +455,9 @@ def write_study(lines, runs, groups, out):
     """The study's page, ``OUT/README.md``: the setting, how to reproduce it, the tables, the reading, the plots."""
     recipes = "../../recipes/README.md"   # the page's link, from studies/paper_grid/
     params = {(r["corpus"], base(r["arm"])): r["params"] for r in runs if r["params"]}
-    scale = "; ".join(f"{CORPUS_NAMES[c]} {p} parameters{' (QRNN)' if b == 'qrnn' else ''}"
-                      for (c, b), p in params.items())
+    scale = "; ".join(f"{CORPUS_NAMES[c]} {p} parameters" + (f" (QRNN: {params[c, 'qrnn']})" if (c, "qrnn") in params
+                                                             else "")
+                      for (c, b), p in params.items() if b == "lstm")
     paper_cycles = PAPER_PERIODS["restarts"].split(",")
     md = [f"The seed paper's method (Shang & Zhang, arXiv 1902.10630; code `parap1uie-s/alternate_sg`) run the "
           "paper's way, scaled down to this machine: AWD-LSTM small (and the paper's QRNN base at the same size), Adam, "
@@ -550,14 +551,17 @@ def write_study(lines, runs, groups, out):
     for corpus in groups:
         arm = next((a for a in shown if a in groups[corpus]), None)
         r = groups[corpus][arm][-1] if arm else runs[[r["corpus"] for r in runs].index(corpus)]   # its last seed
-        commands[corpus] = (r["arm"], r["command"], r["eval_command"])
+        commands[corpus] = [(r["arm"], r["command"], r["eval_command"])]
+        if "qrnn-alternating-restarts-scan" in groups[corpus]:   # and the paper's arm on its own base model
+            q = groups[corpus]["qrnn-alternating-restarts-scan"][-1]
+            commands[corpus].append((q["arm"], q["command"], q["eval_command"]))
     if commands:
         md += ["Commands of one run per corpus (alternating-restarts-scan where present, else "
-               "alternating-restarts):", ""]
+               "alternating-restarts; and qrnn-alternating-restarts-scan where present):", ""]
         for corpus in groups:
-            arm, train, evaluate = commands[corpus]
-            md += [f"* {CORPUS_NAMES[corpus]}, {arm}: `{train}`", f"  then `{evaluate}` (and the same with "
-                   "`checkpoint_last.pt`)"]
+            for arm, train, evaluate in commands[corpus]:
+                md += [f"* {CORPUS_NAMES[corpus]}, {arm}: `{train}`", f"  then `{evaluate}` (and the same with "
+                       "`checkpoint_last.pt`)"]
         md.append("")
     md += ["## Results", ""]
     md += lines if lines else ["Not run yet: no finished run in "
