@@ -333,7 +333,7 @@ def verdict(arms, arm, baselines, key="test_ppl", lead=""):
     if arm not in arms:
         return f"(no {arm} arm in this setting yet)"
     beats_all, parts = compare(arms, arm, baselines, key)
-    name = arm[0].upper() + arm[1:]
+    name = arm if lead else arm[0].upper() + arm[1:]   # an arm's name stays as written after a lead
     return (f"{lead}**{name} {'beat' if beats_all else 'did not beat'} every baseline here** (by more than "
             "the seed spread): "
             + "; ".join(parts) + ".")

@@ -109,10 +109,10 @@ def test_report_prints_the_numbers_in_the_logs(tmp_path, no_data):
     assert "### PTB (18 of 18 runs)" in table and "### WikiText-2 (4 of 4 runs)" in table
     for r in want:
         assert f"{r['test_ppl_last']:.2f}" in table
-    for arm in ("Alternating-restarts", "Alternating-restarts-scan"):   # last and best checkpoint, two corpora
-        assert table.count(f"{arm} beat every baseline") + table.count(f"{arm} did not beat every baseline") == 4
-    arm = "Qrnn-alternating-restarts-scan"   # the QRNN base: PTB only, last and best checkpoint
-    assert table.count(f"{arm} beat every baseline") + table.count(f"{arm} did not beat every baseline") == 2
+    for arm in ("alternating-restarts", "alternating-restarts-scan"):   # last and best checkpoint, two corpora
+        assert table.count(f"**{arm} beat every baseline") + table.count(f"**{arm} did not beat every baseline") == 4
+    arm = "qrnn-alternating-restarts-scan"   # the QRNN base: PTB only, last and best checkpoint
+    assert table.count(f"**{arm} beat every baseline") + table.count(f"**{arm} did not beat every baseline") == 2
     # the scan arms against their coordinate-wise twins: PTB's two arms, WikiText-2's one, last and best
     assert table.count("**Scan against coordinate-wise: ") == 6
     # one row per DNI run and cycle, its numbers the epoch records'; the table has their means over seeds
