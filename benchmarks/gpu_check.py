@@ -37,7 +37,7 @@ USER_DIR = os.path.join(REPO, "fairseq_dni")
 # name, size (SIZES), precisions (every line's first precision runs before any line's second, so a
 # short budget keeps fp32 everywhere), eval (fairseq-eval-lm on the fp32 run's checkpoint) or -, then
 # fairseq-train flags after the size's ($NAME: a group below; {updates}, {half}: the run's length and
-# half of it). Flags this plugin version does not know (fairseq's argparse refuses them): skipped, noted.
+# half of it).
 RUNS = """
 small-tbptt        small  fp32,amp,bf16,fp16  -     $TBPTT
 small-dni-mlp      small  fp32,amp,bf16,fp16  -     $DNI --dni-synthesizer mlp --mode-schedule synthetic
@@ -76,7 +76,6 @@ PRECISIONS = {"fp32": "", "amp": "--amp", "bf16": "--bf16 --fp16-no-flatten-grad
 PAPER_RUN_TOKENS = 320 * 929_589
 COLUMNS = ["config", "size", "precision", "status", "exit_code", "seconds", "tokens_per_s", "peak_memory_mib",
            "peak_memory_of", "train_loss", "eval_ppl", "paper_run_gpu_hours", "note", "command"]
-UNKNOWN_FLAGS = 64  # a child's exit status when fairseq's argparse refused its command line
 
 
 def runs(updates):
@@ -107,11 +106,7 @@ def child(tool, argv):
             peak[0] = max(peak[0], torch.cuda.max_memory_allocated(device))
             reset(device)
         torch.cuda.reset_peak_memory_stats = hooked
-    try:
-        args = options.parse_args_and_arch(options.get_training_parser() if tool == "train" else options.get_eval_lm_parser())
-    except SystemExit:
-        sys.stdout.flush(), sys.stderr.flush()
-        os._exit(UNKNOWN_FLAGS)
+    args = options.parse_args_and_arch(options.get_training_parser() if tool == "train" else options.get_eval_lm_parser())
     cfg = convert_namespace_to_omegaconf(args)
     cfg.common.tpu = False  # the module's docstring: --bf16 on a GPU
     distributed_utils.call_main(cfg, train.main if tool == "train" else eval_lm.main)
@@ -301,9 +296,7 @@ def main():
         row.update(got, exit_code=status, seconds=round(secs, 1), status="ok" if ok else "failed")
         if r["size"] == "paper" and ok and not a.cpu:
             row["paper_run_gpu_hours"] = paper_run_hours(got["tokens_per_s"])
-        if status == UNKNOWN_FLAGS:
-            row.update(status="skipped", exit_code="", note="flags unknown to this plugin version: " + last_error(out))
-        elif status == "timeout":
+        if status == "timeout":
             row.update(status="timeout", note=f"stopped after {secs:.0f} s")
         elif not ok:
             row["note"] = last_error(out) if status != 0 else "no finite tokens/s or loss in the log"

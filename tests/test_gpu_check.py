@@ -20,7 +20,6 @@ SCRIPT = os.path.join(REPO, "benchmarks", "gpu_check.sh")
 spec = importlib.util.spec_from_file_location("gpu_check", os.path.join(REPO, "benchmarks", "gpu_check.py"))
 gpu_check = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(gpu_check)
-NOT_LANDED = {"paper-dni-scan": "--dni-synthesizer"}  # issue 21 (the QRNN LM of issue 22 has landed: it must run)
 
 
 def check(*args, root):
@@ -64,9 +63,6 @@ def test_every_configuration_ran_in_every_precision_with_finite_numbers(tiny):
     precisions = [r["precision"] for r in rows]
     assert precisions == sorted(precisions, key=lambda p: p != "fp32")  # fp32 everywhere before the others
     for r in rows:
-        if r["config"] in NOT_LANDED and r["status"] == "skipped":  # argparse's own refusal, noted
-            assert NOT_LANDED[r["config"]] in r["note"] and "invalid choice" in r["note"], r["note"]
-            continue
         assert r["status"] == "ok" and r["exit_code"] == "0", (r["config"], r["precision"], r["note"])
         for column in ("tokens_per_s", "peak_memory_mib", "train_loss", "seconds"):
             assert math.isfinite(float(r[column])) and float(r[column]) > 0, (r["config"], column)
