@@ -17,13 +17,14 @@ paper_arm() {
   # --model QRNN --nhid 1550 --nlayers 4 --emsize 400 --wdrop 0.1 (4 layers 1550/1550/1550/400, tied, first
   # layer window 2); lstm is AWD-LSTM's LSTM instead, at its own sizes and weight drop (3 layers
   # 1150/1150/400, --wdrop 0.5)
-  local lm
+  local arch
   case "$base" in
-    qrnn) lm=(--arch dni_awd_qrnn_lm --decoder-dropout-in 0.4 --decoder-hidden-dropout "$DROPOUTH") ;;
-    lstm) lm=(--arch dni_awd_lstm_lm --decoder-dropout-in 0.4 --decoder-hidden-dropout "$DROPOUTH") ;;
+    qrnn) arch=dni_awd_qrnn_lm ;;
+    lstm) arch=dni_awd_lstm_lm ;;
     *) echo "recipes/paper/$CORPUS.sh: error: --base must be one of: $BASES (got '${base}')" >&2
        return 2 ;;
   esac
+  local lm=(--arch "$arch" --decoder-dropout-in 0.4 --decoder-hidden-dropout "$DROPOUTH")
   # the paper's settings that apply to it: 20 streams, bptt 200 (AWD-LSTM's variable windows, learning
   # rate scaled by length), eval 10 streams; its defaults --dropout 0.4 --dropoute 0.1 --alpha 2
   # --beta 1 --wdecay 1.2e-6; Adam 1e-3, 320 epochs, seed 42
