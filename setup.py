@@ -27,6 +27,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.8",
     packages=find_packages(include=["fairseq_dni", "fairseq_dni.*"]),
+    package_data={"fairseq_dni.synthesizers": ["scan_cpu.cpp"]},  # built on first use (synthesizers/scan.py)
     py_modules=["fairseq_dni_hint"],
     cmdclass={"build_py": BuildWithHint},
     install_requires=[

@@ -45,6 +45,35 @@ def peak_resident() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # Linux: KiB
 
 
+def scan_window(layer_sizes, streams, device="cpu"):
+    """One window of the scan synthesizer's own work (see the module docstring), as a callable: the call
+    at the window's end, then the regression of the call two windows back (re-evaluation, backward, Adam)."""
+    import torch
+
+    from fairseq_dni.carried_state import StateLayout
+    from fairseq_dni.synthesizers import build_synthesizer
+
+    layout = StateLayout(layer_sizes)
+    synth = build_synthesizer("scan", layout, init="paper").train().to(device)
+    adam = torch.optim.Adam(synth.parameters(), lr=1e-3)
+    state = {"own": synth.initial_own_state(torch.zeros(streams, layout.dim, device=device)), "calls": []}
+
+    def window():
+        inputs = synth.perturb(torch.randn(streams, layout.dim, device=device))
+        with torch.no_grad():
+            _, new_own = synth(inputs, None, state["own"])
+        state["calls"].append((inputs, state["own"]))
+        if len(state["calls"]) == 3:   # the call two windows back, regressed now
+            prev_inputs, prev_own = state["calls"].pop(0)
+            prediction, _ = synth(prev_inputs, None, prev_own)
+            (prediction - torch.randn_like(prediction)).pow(2).sum(-1).mean().backward()
+            adam.step()
+            adam.zero_grad()
+        state["own"] = new_own
+
+    return window
+
+
 def one(spec):
     """Time one row in this process; returns {ms, peak_mib}."""
     import torch
@@ -58,8 +87,6 @@ def one(spec):
             torch.cuda.synchronize()
 
     if spec["what"] == "synthesizer":
-        from benchmarks.scan_floor import scan_window
-
         step = scan_window(SIZES[spec["size"]], spec["streams"], device)
     else:
         from fairseq_dni.modules.forget_mult import forget_mult, forget_mult_autograd

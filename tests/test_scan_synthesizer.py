@@ -1,6 +1,7 @@
 """The forget-mult scan (fairseq_dni/modules/forget_mult.py) and the scan synthesizer
 (fairseq_dni/synthesizers/scan.py, ``--dni-synthesizer scan``) against sequential references
 written here, as torchqrnn's ``CPUForgetMult`` loop and the paper's ``RNNSynthesizer`` compute them."""
+import copy
 import os
 import subprocess
 import sys
@@ -11,9 +12,9 @@ import torch
 from helpers import USER_DIR, assert_same_weights, build_dni, fairseq, run_window, train_args, train_inner
 from fairseq_dni.carried_state import StateLayout
 from fairseq_dni.data.stream_windows import StreamWindows
-from fairseq_dni.modules.forget_mult import (chunk_scan, forget_mult, forget_mult_autograd, from_chunks, linear_scan,
-                                             to_chunks)
+from fairseq_dni.modules.forget_mult import forget_mult, forget_mult_autograd, linear_scan
 from fairseq_dni.synthesizers import build_synthesizer
+from fairseq_dni.synthesizers import scan as scan_module
 from fairseq_dni.synthesizers.scan import ScanSynthesizer, keep_threshold
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,32 +63,6 @@ def test_linear_scan_into_a_buffer_and_in_reverse_equals_a_loop(reverse):
     out = torch.full((13, 2, 4), float("nan"), dtype=torch.float64)[:, 1]   # a strided view
     linear_scan(a, b, c0, reverse=reverse, out=out)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("steps,chunk", [(1, 1), (7, 3), (12, 4), (33, 8), (5, 8), (40, 1)])
-@pytest.mark.parametrize("given_c0", [True, False])
-def test_chunk_scan_and_its_adjoint_equal_loops(steps, chunk, given_c0):
-    """Chunk-major storage (padded after the end when chunk does not divide steps): the forward
-    recurrence from c0, and the transposed one g_t = b_t + a_{t+1} g_{t+1} from zero after the end."""
-    g = torch.Generator().manual_seed(steps)
-    a = torch.rand(steps, 2, 3, generator=g, dtype=torch.float64)
-    b = torch.randn(steps, 2, 3, generator=g, dtype=torch.float64)
-    c0 = torch.randn(2, 3, generator=g, dtype=torch.float64) if given_c0 else None
-    c, ref = (c0 if given_c0 else torch.zeros(2, 3, dtype=torch.float64)), []
-    for t in range(steps):
-        c = a[t] * c + b[t]
-        ref.append(c)
-    adjoint, after = [None] * steps, torch.zeros(2, 3, dtype=torch.float64)
-    for t in reversed(range(steps)):
-        after = b[t] + (a[t + 1] * after if t + 1 < steps else 0.0)
-        adjoint[t] = after
-    slabs = lambda x: x.view(chunk, -1, 2, 3)
-    ac, bc = to_chunks(a, chunk), to_chunks(b, chunk)
-    out = torch.full_like(ac, float("nan"))
-    chunk_scan(slabs(ac), slabs(bc), c0, out=slabs(out))
-    torch.testing.assert_close(from_chunks(out, chunk, steps), torch.stack(ref), rtol=1e-12, atol=1e-12)
-    chunk_scan(slabs(ac), slabs(bc), adjoint=True, out=slabs(out))
-    torch.testing.assert_close(from_chunks(out, chunk, steps), torch.stack(adjoint), rtol=1e-12, atol=1e-12)
 
 
 def test_keep_threshold_keeps_one_minus_zoneout_of_the_int32_range():
@@ -158,6 +133,16 @@ def paper_synthesizer(synth, state, own, masks, training):
     return ours, torch.stack(new_cells, dim=1), torch.stack(new_previous)
 
 
+@pytest.fixture(params=["cpu kernel", "torch"])
+def backend(request, monkeypatch):
+    """The one-layer scan on a CPU runs scan_cpu.cpp; without it (CUDA, no compiler) torch's ops."""
+    if request.param == "torch":
+        monkeypatch.setattr(scan_module, "cpu_kernels", lambda: None)
+    else:
+        assert scan_module.cpu_kernels() is not None, "scan_cpu.cpp did not build here"
+    return request.param
+
+
 def random_synth(layers=1, zoneout=0.1, per_stream=False, hidden=4, seed=0):
     torch.manual_seed(seed)
     synth = ScanSynthesizer(StateLayout(SIZES).join_order, hidden=hidden, layers=layers, input_noise=0.0, zoneout=zoneout,
@@ -171,7 +156,7 @@ def random_synth(layers=1, zoneout=0.1, per_stream=False, hidden=4, seed=0):
 @pytest.mark.parametrize("zoneout", [0.0, 0.1])
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("training", [True, False])
-def test_scan_synthesizer_equals_the_papers_sequential_computation(layers, zoneout, per_stream, training):
+def test_scan_synthesizer_equals_the_papers_sequential_computation(layers, zoneout, per_stream, training, backend):
     """Two consecutive calls (the second from the first's own state), values and gradients."""
     synth = random_synth(layers, zoneout, per_stream).train(training)
     batch = 3
@@ -203,7 +188,7 @@ def jacobian(synth, state, own):
         state.numel(), state.numel())
 
 
-def test_each_output_depends_on_exactly_the_scalars_before_it_across_streams():
+def test_each_output_depends_on_exactly_the_scalars_before_it_across_streams(backend):
     """Eval mode, random weights, hidden 8, 1 layer: in the paper's order, output k depends on inputs
     0..k exactly (so the B*D outputs depend on 1, 2, ..., B*D inputs), across h, c, layers and streams;
     and the previous call's input changes the next call's output."""
@@ -231,7 +216,7 @@ def test_each_output_depends_on_exactly_the_scalars_before_it_across_streams():
     assert not torch.equal(synth(following, None, after)[0], synth(following, None, zero_previous)[0])
 
 
-def test_per_stream_scan_keeps_each_stream_to_itself():
+def test_per_stream_scan_keeps_each_stream_to_itself(backend):
     synth = random_synth(per_stream=True).eval()
     batch = 3
     state = torch.randn(batch, D, dtype=torch.float64)
@@ -240,6 +225,50 @@ def test_per_stream_scan_keeps_each_stream_to_itself():
         for other in range(batch):
             assert bool(jac[b, :, other].any()) == (b == other)
     assert sorted((jac[0, :, 0] != 0).sum(dim=1).tolist()) == list(range(1, D + 1))
+
+
+def test_the_cpu_kernel_in_float32_equals_torchs_ops_in_float64_at_2000_positions():
+    """The paper's size per stream, float32 through scan_cpu.cpp against the same synthesizer in float64
+    on torch's ops: values and every gradient to float32's rounding (the kernel sums 2,000 rows)."""
+    layout = StateLayout((250, 250))
+    torch.manual_seed(0)
+    synth = build_synthesizer("scan", layout, init="paper").train()
+    for p in synth.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    reference = copy.deepcopy(synth).double()
+    state = torch.randn(2, layout.dim)
+    own = synth.initial_own_state(state)
+    assert scan_module.cpu_kernels() is not None
+    out, new_own = synth(state, None, own)
+    weights = torch.randn_like(out)
+    grads = torch.autograd.grad((out * weights).sum(), list(synth.parameters()))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scan_module, "cpu_kernels", lambda: None)
+        ref, ref_own = reference(state.double(), None, tuple(t.double() for t in own))
+        ref_grads = torch.autograd.grad((ref * weights.double()).sum(), list(reference.parameters()))
+    torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(new_own[0].double(), ref_own[0], rtol=1e-4, atol=1e-5)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
+
+
+def test_without_a_cpu_kernel_the_scan_runs_on_torch_and_says_so_once(monkeypatch, caplog):
+    import torch.utils.cpp_extension
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("Error building extension 'fairseq_dni_scan_cpu': c++: not found\nmore lines")
+
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
+    monkeypatch.setattr(scan_module, "_KERNELS", {})
+    synth = random_synth()
+    state = torch.randn(2, D, dtype=torch.float64)
+    own = synth.initial_own_state(state)
+    with caplog.at_level("WARNING", logger=scan_module.logger.name):
+        first, _ = synth(state, None, own)
+        second, _ = synth(state, None, own)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "c++: not found" in warnings[0] and "\n" not in warnings[0]
+    assert torch.equal(first, second) and scan_module._KERNELS == {"module": None}
 
 
 def test_zoneout_masks_replay_from_the_own_state_and_move_on():

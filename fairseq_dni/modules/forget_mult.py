@@ -22,11 +22,6 @@ scan in reverse, then ``dz = f g~``, ``df = (z - c_{t-1}) g~``, ``dc0 = a_0 g~_0
 CUDA backward kernel computes the same), keeping only ``f``, ``z``, ``c0`` and the output ``c``
 for the backward. ``benchmarks/scan_synthesizer.py`` measures it against autograd through
 :func:`linear_scan` (:func:`forget_mult_autograd`).
-
-:func:`chunk_scan` is the same recurrence (and its adjoint) over a sequence stored chunk-major
-(:func:`to_chunks`): each chunk's steps one after another on contiguous slabs over all chunks, the
-chunks' composed maps by :func:`linear_scan`. The one-layer scan synthesizer keeps all its rows in
-that order: at 16,000 x 50 values every strided level of :func:`linear_scan` costs a pass to memory.
 """
 from typing import Optional
 
@@ -129,93 +124,6 @@ def _scan_into(a, b, c0, reverse, out, scratch):
     if leftover is not None:
         neighbour = slice(steps - 2, steps - 1) if not reverse else slice(1, 2)
         torch.addcmul(b[leftover], a[leftover], out[neighbour], out=out[leftover])
-
-
-def chunk_view(x: torch.Tensor, chunk: int) -> torch.Tensor:
-    """The chunk-major buffer ``x`` (C K, *rest) seen in time order: a (K, C, *rest) view whose
-    [k, j] is step ``t = k C + j`` (``chunk`` = C)."""
-    return x.view(chunk, x.size(0) // chunk, *x.shape[1:]).transpose(0, 1)
-
-
-def to_chunks(x: torch.Tensor, chunk: int) -> torch.Tensor:
-    """A time-major sequence ``x`` (T, *rest) in chunk-major order: (C K, *rest) with K = ceil(T / C),
-    step ``t = k C + j`` at row ``j K + k``, the K C - T steps after the end zero. Each of the C
-    slabs (K, *rest) holds one step of every chunk, so a chunk's steps one after another are
-    contiguous operations over all chunks (:func:`chunk_scan`)."""
-    steps = x.size(0)
-    chunks = -(-steps // chunk)
-    out = x.new_zeros(chunk * chunks, *x.shape[1:])
-    view, full = chunk_view(out, chunk), steps // chunk
-    view[:full] = x[:full * chunk].view(full, chunk, *x.shape[1:])
-    if full < chunks:
-        view[full, :steps - full * chunk] = x[full * chunk:]
-    return out
-
-
-def from_chunks(x: torch.Tensor, chunk: int, steps: int) -> torch.Tensor:
-    """The inverse of :func:`to_chunks`: the first ``steps`` steps of the chunk-major ``x`` in time
-    order (steps, *rest) (a copy)."""
-    return chunk_view(x, chunk).reshape(x.shape)[:steps]
-
-
-def chunk_scan(a: torch.Tensor, b: torch.Tensor, c0: Optional[torch.Tensor] = None, *, adjoint: bool = False,
-               out: torch.Tensor) -> torch.Tensor:
-    """:func:`linear_scan`'s recurrence over a sequence stored chunk-major (:func:`to_chunks`).
-
-    Shapes: ``a``, ``b``, ``out`` (C, K, *batch), step ``t = k C + j`` of the T = K C steps at
-    ``[j, k]``; ``c0`` (*batch) or None (zeros). ``adjoint=False``: ``out_t = a_t out_{t-1} + b_t``,
-    ``out_{-1} = c0``. ``adjoint=True``: the transposed recurrence ``out_t = b_t + a_{t+1} out_{t+1}``,
-    ``out_T = 0`` (c0 must be None): with ``b`` the gradient of the forward recurrence's output,
-    ``out`` is its adjoint (the gradient reaching each ``c_t``), what a backward needs, without
-    shifting ``a``. Returns ``out`` (written in place; it must not overlap ``a`` or ``b``).
-
-    Work: each chunk's C steps one after another, vectorised over the K chunks (3 C operations on
-    contiguous (K, *batch) slabs: the chunks' composed maps ``c -> A c + B``, then the steps again
-    from each chunk's incoming state), and the K composed maps in between by :func:`linear_scan`.
-    Only multiplies and adds (no division), as :func:`linear_scan`; rounding differs from the
-    sequential loop's only by the order of the products and sums."""
-    if a.shape != b.shape or out.shape != b.shape or a.dim() < 2:
-        raise ValueError(f"chunk_scan: a {tuple(a.shape)}, b {tuple(b.shape)} and out {tuple(out.shape)} must "
-                         "share one (C, K, ...) shape")
-    if adjoint and c0 is not None:
-        raise ValueError("chunk_scan: the adjoint recurrence starts from zero after the end (c0 must be None)")
-    if c0 is not None and c0.shape != b.shape[2:]:
-        raise ValueError(f"chunk_scan: c0 {tuple(c0.shape)} does not match one step {tuple(b.shape[2:])}")
-    chunk = a.size(0)
-    a_, b_, o_ = a.unbind(0), b.unbind(0), out.unbind(0)
-    small = b.new_empty(5, *b.shape[1:])     # (K, *batch) each: composed maps, their scan, its scratch
-    run_a, run_b, carry = small[0], small[1], small[2]
-    if not adjoint:
-        run_a.copy_(a_[0])
-        run_b.copy_(b_[0])
-        for j in range(1, chunk):                  # chunk k as one map: e_k = run_a e_{k-1} + run_b
-            run_a.mul_(a_[j])
-            torch.addcmul(b_[j], a_[j], run_b, out=run_b)
-        ends = linear_scan(run_a, run_b, c0, out=carry, scratch=small[3:])     # the state after each chunk
-        if carry.size(0) > 1:
-            run_b[1:] = ends[:-1]                  # the state before each chunk
-        if c0 is None:
-            run_b[0].zero_()
-        else:
-            run_b[0] = c0
-        torch.addcmul(b_[0], a_[0], run_b, out=o_[0])
-        for j in range(1, chunk):
-            torch.addcmul(b_[j], a_[j], o_[j - 1], out=o_[j])
-        return out
-    run_a.fill_(1.0)
-    run_b.copy_(b_[-1])
-    for j in range(chunk - 2, -1, -1):             # chunk k from its end: its first step G_0 and the
-        run_a.mul_(a_[j + 1])                      # factor a_1 ... a_{C-1} on what enters at its end
-        torch.addcmul(b_[j], a_[j + 1], run_b, out=run_b)
-    entering = a_[0][1:]                           # what enters chunk k: a_{t+1} out_{t+1}, t its last step
-    run_a[:-1].mul_(entering)
-    firsts = linear_scan(run_a, run_b, None, reverse=True, out=carry, scratch=small[3:])   # out at each chunk's start
-    torch.mul(entering, firsts[1:], out=run_b[:-1])
-    run_b[-1].zero_()
-    torch.add(b_[-1], run_b, out=o_[-1])
-    for j in range(chunk - 2, -1, -1):
-        torch.addcmul(b_[j], a_[j + 1], o_[j + 1], out=o_[j])
-    return out
 
 
 class ForgetMult(torch.autograd.Function):

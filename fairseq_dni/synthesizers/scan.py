@@ -1,6 +1,7 @@
 """The seed paper's QRNN synthesizer as its code computes it: one scan across the flattened state.
 
-torch only. Shang & Zhang (arXiv 1902.10630) run every DNI arm with ``--sgtype QRNN``. Their
+torch only (on a CPU one C++ file, :file:`scan_cpu.cpp`, built by torch's own
+``torch.utils.cpp_extension``; torch's ops wherever it is not built). Shang & Zhang (arXiv 1902.10630) run every DNI arm with ``--sgtype QRNN``. Their
 ``RNNSynthesizer.forward`` (``parap1uie-s/alternate_sg``, ``model.py``) reshapes the joined LSTM
 state to ``(-1, 1, 1)`` and feeds it to torchqrnn's ``QRNNLayer`` (``salesforce/pytorch-qrnn``,
 ``torchqrnn/qrnn.py``), which reads its input *time-major* (``seq_len, batch_size, _ = X.size()``).
@@ -31,19 +32,20 @@ The same function, computed differently (exact algebra, float rounding aside):
 * the encoder is folded into layer 0's gates: ``W [x_t, x_{t-1}] + bias`` with ``x = s w + b`` is a
   product with inner size 4 (``s_t``, ``s_{t-1}``, has previous, 1) plus, at ``t = 0``, ``W_b x_{-1}``:
   the (B D, 2H) x (2H, 3H) product would cost more than everything else on a CPU;
-* the forget-mult recurrence is a vectorised scan (:mod:`fairseq_dni.modules.forget_mult`) with an
-  exact gradient, not a loop over the B x D positions; with one layer (the paper's) the whole
-  synthesizer after its input is one autograd Function (:class:`_OneLayerScan`) with a
-  hand-written backward, on rows stored chunk-major (:func:`~fairseq_dni.modules.forget_mult.chunk_scan`,
-  C = :func:`chunk_length`), tanh computed as ``2 sigmoid(2x) - 1`` and, on a CPU, a few large
-  buffers reused from call to call (:class:`Workspace`, :data:`SHARED`);
+* the paper's one layer, on a CPU, is one autograd Function (:class:`_CPUScan`): torch computes
+  the three gate products and their sigmoids (tanh as ``2 sigmoid(2x) - 1``), :file:`scan_cpu.cpp`
+  the rest in one pass over the B x D positions (the recurrence, ``h = o c`` and the decoder), and
+  its whole backward in one reverse pass (the adjoint recurrence, the gates' gradients and the gate
+  products' weight gradients), into a few large buffers reused from call to call (:class:`Workspace`).
+  Elsewhere (CUDA, more layers, no C++ compiler: :func:`cpu_kernels`) the forget-mult is torch's
+  vectorised scan (:mod:`fairseq_dni.modules.forget_mult`) with its exact hand-written gradient;
 * the state arrives in our flat order (:meth:`~fairseq_dni.carried_state.StateLayout.flatten`:
   h of every layer, then c of every layer) and is permuted to the paper's per-stream order
   (h_0, c_0, h_1, c_1, ...) before the scan, and the prediction permuted back;
 * the zoneout masks come from a seed kept in the own state (three float "bytes", exact in every
   float dtype), so the criterion's later re-evaluation of a call draws exactly the masks the call
-  drew (one 32-bit integer per element against :func:`keep_threshold`); the next seed is drawn
-  from the same seeded generator.
+  drew (one 32-bit integer per element against :func:`keep_threshold`:
+  :meth:`ScanSynthesizer.zoneout_draws`); the next seed is drawn from the same seeded generator.
 
 Departures (documented in ``docs/synthesizers.md``): called once per window and re-evaluated for
 the regression (the paper calls it again on the carried-on state); the last layer starts at zero
@@ -51,17 +53,21 @@ the regression (the paper calls it again on the carried-on state); the last laye
 weights); ``per_stream=True`` scans each stream's D coordinates as its own sequence (batch B: no
 leak from one stream into the next, parallel over streams), its own state kept per stream.
 """
+import logging
+import os
 from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
 from fairseq_dni.carried_state import StateLayout
-from fairseq_dni.modules.forget_mult import chunk_scan, forget_mult, from_chunks, to_chunks
+from fairseq_dni.modules.forget_mult import forget_mult
 from fairseq_dni.modules.qrnn import QRNNLayer
 from fairseq_dni.synthesizers import Synthesizer
 
 INITS = ("zero", "paper")
+
+logger = logging.getLogger(__name__)
 
 
 def paper_order(layer_sizes: Sequence[int]) -> torch.Tensor:
@@ -97,14 +103,8 @@ class Workspace:
         """A value kept by :meth:`remember` under ``key``, or None."""
         return self.recent.get(key)
 
-    def evicted(self, key):
-        """The value :meth:`remember` (``key``) will forget to make room, or None."""
-        if key in self.recent or len(self.recent) < self.remembered:
-            return None
-        return self.recent[next(iter(self.recent))]
-
     def remember(self, key, value):
-        """Keep ``value`` under ``key``, with the ``remembered`` - 1 most recent others; returns it."""
+        """Keep ``value`` under ``key``, with the ``remembered`` - 1 most recently kept others; returns it."""
         self.recent[key] = value
         while len(self.recent) > self.remembered:
             self.recent.pop(next(iter(self.recent)))
@@ -121,137 +121,79 @@ class Workspace:
         return buffer
 
 
-def chunk_length(steps: int) -> int:
-    """The chunk length C of the one-layer path's chunk-major layout for a sequence of ``steps``
-    (:func:`~fairseq_dni.modules.forget_mult.chunk_scan`: 3 C slab operations plus a scan over
-    ceil(steps / C) chunks; of 8, 16 and 32, 32 was fastest at 16,000 steps on a CPU; short
-    sequences use 4)."""
-    return 32 if steps >= 1024 else 4
+#: {"module": the compiled :file:`scan_cpu.cpp`, or None when it could not be built}, once tried: :func:`cpu_kernels`
+_KERNELS = {}
 
 
-#: the four (N, H) buffers that the no-grad call (the injection) and the backward share: the no-grad
-#: call runs between a regression's forward and its backward, never inside that backward
-SHARED = ("shared 0", "shared 1", "shared 2", "shared 3")
+def cpu_kernels():
+    """The one-layer scan's CPU kernels (:file:`scan_cpu.cpp`: its forward and reverse passes in one
+    loop over the rows each), compiled by ``torch.utils.cpp_extension.load`` on first use (about
+    30 s, once per machine: cached in ``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``).
+    Returns the module, or None when it cannot be built (no C++ compiler, say): logged once as a
+    warning, and the synthesizer then computes the same function with torch's ops (:meth:`ScanSynthesizer.qrnn`;
+    slower on a CPU, equal up to float rounding)."""
+    if "module" not in _KERNELS:
+        try:
+            from torch.utils.cpp_extension import load
+            logger.info("fairseq-dni: loading the scan synthesizer's CPU kernel (built once, about 30 s)")
+            _KERNELS["module"] = load(name="fairseq_dni_scan_cpu", extra_cflags=["-O3"], verbose=False,
+                                      sources=[os.path.join(os.path.dirname(__file__), "scan_cpu.cpp")])
+        except Exception as e:  # noqa: BLE001 - any build failure falls back to the torch path
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            logger.warning("fairseq-dni: the scan synthesizer's CPU kernel could not be built (%s); "
+                           "it runs on torch's ops instead (the same function, slower)", reason)
+            _KERNELS["module"] = None
+    return _KERNELS["module"]
 
 
-def _one_layer_forward(columns, kernel, start, c0, keep, scale, chunk, work, saved):
-    """The one-layer synthesizer's forward without autograd, on rows in chunk-major order
-    (:func:`~fairseq_dni.modules.forget_mult.to_chunks`: N = C K S rows, step t = k C + j of
-    sequence s at row (j K + k) S + s; the first S rows are step 0). Each gate (N, H) = columns @
-    kernel_g (+ start_g on the first S rows), in its own contiguous buffer (activations on
-    strided slices of one (N, 3H) product cost several times more on a CPU), activated in place:
-    tanh z as ``2 sigmoid(2 z) - 1`` (equal up to float rounding, absolute error ~1e-7 in float32;
-    the factor 2 multiplies z's slice of the small kernel and start, exact in floating
-    point), sigmoid f (times the keep mask, or ``scale``), sigmoid o; ``a = 1 - f``, ``b = f z``;
-    the cells (N, H) by the chunk-major forget-mult scan; h = o c.
-
-    At this size every pass over an (N, H) buffer goes to memory, so the buffers are few and
-    reused (``work``): ``saved`` (the regression's call, under autograd) keeps z, f, o, a, the
-    cells and h for the backward in buffers of their own (b is written where h goes next), and a
-    second forward before that backward bumps their version counters, which autograd then refuses
-    loudly; the no-grad call computes in place in the four :data:`SHARED` buffers (b over z, a over
-    f, h over o). Returns ((z, f, o), a, cells, h) (z, f, o only meaningful when ``saved``)."""
-    rows, hidden, sequences = columns.size(0), kernel.size(1) // 3, c0.size(0)
-    names = ("saved z", "saved f", "saved o", "saved cells") if saved else SHARED
-    gates = []
-    for g, name in enumerate(names[:3]):
-        gate = work.get(name, (rows, hidden), columns)
-        part = slice(g * hidden, (g + 1) * hidden)
+def _gates(columns, kernel, start, sequences, name, work):
+    """Layer 0's activated gates (3, N, H) in the workspace buffer ``name``: ``zs = sigmoid(2 x_z)``
+    (the kernel forms tanh(x_z) = 2 zs - 1; the factor 2 multiplies z's columns of the small kernel
+    and start, exact in floating point), ``fs = sigmoid(x_f)``, ``os = sigmoid(x_o)``, with ``x =
+    columns @ kernel`` plus ``start`` on the first S rows (:meth:`ScanSynthesizer.first_layer_columns`).
+    One product per gate: a CPU BLAS computes (N, 4) x (4, 3H) several times slower than three
+    (N, 4) x (4, H)."""
+    hidden = kernel.size(1) // 3
+    gates = work.get(name, (3, columns.size(0), hidden), columns)
+    for g in range(3):
         factor = 2.0 if g == 0 else 1.0
-        torch.mm(columns, kernel[:, part] * factor, out=gate)
-        gate[:sequences] += start[:, part] * factor
-        gates.append(gate)
-    z, f, o = gates
-    z.sigmoid_().mul_(2.0).sub_(1.0)   # tanh(x) = 2 sigmoid(2x) - 1: torch's CPU tanh costs 6 sigmoids
-    f.sigmoid_()
-    o.sigmoid_()
-    if keep is not None:
-        f.mul_(keep.view(rows, hidden))
-    elif scale != 1.0:
-        f.mul_(scale)
-    one = f.new_ones(())
-    if saved:
-        a = torch.sub(one, f, out=work.get("saved a", (rows, hidden), columns))
-        b = torch.mul(f, z, out=work.get("saved h", (rows, hidden), columns))
-    else:
-        b = z.mul_(f)
-        a = torch.sub(one, f, out=f)
-    cells = work.get(names[3], (rows, hidden), columns)
-    slabs = (chunk, rows // (chunk * sequences), sequences, hidden)
-    chunk_scan(a.view(slabs), b.view(slabs), c0, out=cells.view(slabs))
-    h = torch.mul(o, cells, out=b) if saved else o.mul_(cells)
-    return gates, a, cells, h
+        part = slice(g * hidden, (g + 1) * hidden)
+        torch.mm(columns, kernel[:, part] * factor, out=gates[g])
+        gates[g, :sequences] += start[:, part] * factor
+    return gates.sigmoid_()
 
 
-def _last_step(x: torch.Tensor, chunk: int, steps: int, sequences: int) -> torch.Tensor:
-    """Step ``steps - 1`` (S, ...) of the chunk-major rows ``x`` (C K S, ...) (a view)."""
-    chunks = x.size(0) // (chunk * sequences)
-    row = ((steps - 1) % chunk * chunks + (steps - 1) // chunk) * sequences
-    return x[row:row + sequences]
+class _CPUScan(torch.autograd.Function):
+    """The whole one-layer synthesizer after its input columns, on a CPU: ``y = decoder(o *
+    forget_mult(f, z, c0))`` from the folded layer-0 gates; the gate products and their sigmoids by
+    torch (:func:`_gates`), the recurrence, the decoder and the whole backward in :file:`scan_cpu.cpp`
+    (one pass over the rows each way). Saves the activated gates and the cells in reused buffers of
+    the synthesizer's :class:`Workspace` (a second forward before this one's backward bumps their
+    version counters, which autograd then refuses loudly).
 
-
-class _OneLayerScan(torch.autograd.Function):
-    """The whole one-layer synthesizer after its input columns, with a hand-written backward:
-    ``y = decoder(o * forget_mult(f, z, c0))`` from the folded layer-0 gates (see
-    :meth:`ScanSynthesizer.first_layer_columns`), rows in chunk-major order (:func:`_one_layer_forward`).
-    Saves the activated gates, ``1 - f``, the cells and h; all its large buffers come from the
-    synthesizer's :class:`Workspace`.
-
-    Inputs: columns (N, 4) = [s_t, s_{t-1}, has previous, 1] (N = C K S, chunk-major; zero rows on
-    the padding), kernel (4, 3H), start (S, 3H) (added to the first S rows: the carried input's
-    term), c0 (S, H), decoder weight (H,) and bias (1,), keep (N, H) float 0/1 or None (chunk-major),
-    scale (the forget gates' factor without a mask), the chunk length C, the sequence's length L
-    (<= C K), the workspace. Outputs y (N,) (chunk-major; rows past step L - 1 are padding) and the cells of step
-    L - 1 (S, H) (not differentiable)."""
+    Inputs: columns (N, 4) (rows time-major: t S + s), kernel (4, 3H), start (S, 3H), c0 (S, H), decoder
+    weight (H,) and bias (1,), draws (N, H) int32 (zoneout keeps a unit whose draw is >= ``threshold``)
+    or None (then the forget gates are multiplied by ``scale``), the kernels module, the workspace.
+    Outputs y (N,) and the cells of the last step (S, H) (not differentiable)."""
 
     @staticmethod
-    def forward(ctx, columns, kernel, start, c0, weight, decoder_bias, keep, scale, chunk, steps, work):
-        (z, f, o), a, cells, h = _one_layer_forward(columns, kernel, start, c0, keep, scale, chunk, work,
-                                                    saved=True)
-        y = torch.addmv(decoder_bias, h, weight)
-        last = _last_step(cells, chunk, steps, c0.size(0)).clone()
-        ctx.save_for_backward(columns, kernel, c0, weight, z, f, o, a, cells, h)
-        ctx.scale, ctx.chunk, ctx.work = scale, chunk, work
+    def forward(ctx, columns, kernel, start, c0, weight, bias, draws, threshold, scale, kernels, work):
+        gates = _gates(columns, kernel, start, c0.size(0), "saved gates", work)
+        cells = work.get("saved cells", gates.shape[1:], gates)
+        y, last = kernels.forward(gates, draws, threshold, scale, c0, weight, bias, cells)
+        ctx.save_for_backward(columns, kernel, c0, weight, gates, draws, cells)
+        ctx.threshold, ctx.scale, ctx.kernels = threshold, scale, kernels
         ctx.mark_non_differentiable(last)
         return y, last
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y, _grad_last):
-        columns, kernel, c0, weight, z, f, o, a, cells, h = ctx.saved_tensors
-        work, chunk, scale = ctx.work, ctx.chunk, ctx.scale
-        rows, hidden = cells.shape
-        sequences = c0.size(0)
-        slabs = (chunk, rows // (chunk * sequences), sequences, hidden)
-        grad_weight = h.t().mv(grad_y)
-        grad_decoder_bias = grad_y.sum().view(1)
-        # d loss / d gate pre-activations in the four shared buffers (see _one_layer_forward)
-        first, second, d_o, d_f = (work.get(name, (rows, hidden), cells) for name in SHARED)
-        grad_h = torch.mul(grad_y.view(rows, 1), weight.view(1, hidden), out=first)
-        torch.mul(grad_h, h, out=d_o)
-        torch.addcmul(d_o, d_o, o, value=-1.0, out=d_o)          # grad_h c o (1 - o), with h = o c
-        grad_c = grad_h.mul_(o)
-        # the adjoint g~_t = grad_c_t + (1 - f_{t+1}) g~_{t+1}: the scan's transposed recurrence
-        chunk_scan(a.view(slabs), grad_c.view(slabs), adjoint=True, out=second.view(slabs))
-        adjoint = second
-        grad_c0 = a[:sequences] * adjoint[:sequences]
-        d_z = torch.mul(f, adjoint, out=first)                   # f g~, shared by d_z and d_f
-        # (z_t - c_{t-1}): the previous step is the slab before, or the previous chunk's last step
-        z_s, c_s, d_f_s = z.view(slabs), cells.view(slabs), d_f.view(slabs)
-        torch.sub(z_s[1:], c_s[:-1], out=d_f_s[1:])
-        torch.sub(z_s[0, 1:], c_s[-1, :-1], out=d_f_s[0, 1:])
-        torch.sub(z_s[0, 0], c0, out=d_f_s[0, 0])
-        d_f.mul_(d_z)
-        torch.addcmul(d_f, d_f, f, value=-1.0 / scale, out=d_f)  # * f (1 - f / scale): sigmoid', mask or scale
-        square = torch.mul(z, z, out=second)
-        torch.addcmul(d_z, d_z, square, value=-1.0, out=d_z)     # * (1 - z^2)
-        gates = (d_z, d_f, d_o)
-        grad_columns = None
-        if ctx.needs_input_grad[0]:
-            grad_columns = sum(d.mm(kernel[:, g * hidden:(g + 1) * hidden].t()) for g, d in enumerate(gates))
-        grad_kernel = torch.cat([columns.t().mm(d) for d in gates], dim=1)
-        grad_start = torch.cat([d[:sequences] for d in gates], dim=1)
-        return (grad_columns, grad_kernel, grad_start, grad_c0, grad_weight, grad_decoder_bias,
+        columns, kernel, c0, weight, gates, draws, cells = ctx.saved_tensors
+        grad_kernel, grad_start, grad_weight, grad_c0, grad_columns = ctx.kernels.backward(
+            grad_y.contiguous(), gates, draws, ctx.threshold, ctx.scale, cells, c0, weight, columns, kernel,
+            ctx.needs_input_grad[0])
+        return (grad_columns, grad_kernel, grad_start, grad_c0, grad_weight, grad_y.sum().view(1),
                 None, None, None, None, None)
 
 
@@ -315,47 +257,36 @@ class ScanSynthesizer(Synthesizer):
         ordered = state[:, self.order]
         return ordered.t() if self.per_stream else ordered.reshape(-1, 1)
 
-    def zoneout_masks(self, seed: torch.Tensor, shape, like: torch.Tensor, chunk: Optional[int] = None):
-        """Every layer's keep mask (float32 0/1, ``shape`` (L, S, H); 1 with probability 1 - zoneout) and
-        the next seed, all from a generator seeded by ``seed``, so a re-evaluation of a call draws the
-        same masks. With ``chunk`` C, the same masks in chunk-major order (C K, S, H)
-        (:func:`~fairseq_dni.modules.forget_mult.to_chunks`; 0 or 1 on the padding after step L - 1).
-        Each mask element is one uniform 32-bit integer compared with a threshold
-        (:func:`keep_threshold`: the keep probability is 1 - zoneout to within 2^-32), the integers
-        drawn 64 bits at a time (``random_`` over the whole int64 range, viewed as int32 pairs): half
-        the generator's work of one float ``uniform_`` per element, and a single pass to the float
-        mask. The last few draws are remembered (the criterion re-evaluates a call two windows
-        later), which saves drawing them again; the masks are never written to."""
+    def zoneout_draws(self, seed: torch.Tensor, shape):
+        """Every layer's zoneout draws ((L, S, H) = ``shape``, int32, uniform over the whole int32 range)
+        and the next seed, all from a generator seeded by ``seed``, so a re-evaluation of a call draws
+        the same: a unit keeps its forget gate when its draw is ``>= keep_threshold(zoneout)``
+        (:meth:`zoneout_masks`; the keep probability is 1 - zoneout to within 2^-32). Drawn 64 bits at a
+        time (``random_`` over the whole int64 range, viewed as int32 pairs): half the generator's work
+        of one float ``uniform_`` per element. The last few draws are remembered (the criterion
+        re-evaluates a call two windows later), which saves drawing them again; never written to."""
         a, b, c = (int(v) for v in seed.detach().round().long().tolist())
-        key = (((a % 256) << 16) | ((b % 256) << 8) | (c % 256), tuple(shape), like.device, self.layers, chunk)
+        key = (((a % 256) << 16) | ((b % 256) << 8) | (c % 256), tuple(shape), seed.device, self.layers)
         drawn = self.work.recall(key)
         if drawn is None:
-            generator = torch.Generator(device=like.device)
+            generator = torch.Generator(device=seed.device)
             generator.manual_seed(key[0])
-            reusable = self.work.evicted(key)   # the oldest draw's buffers, about to be forgotten
-            steps, numel, threshold = shape[0], torch.Size(shape).numel(), keep_threshold(self.zoneout)
-            stored = shape if chunk is None else (chunk * -(-steps // chunk), *shape[1:])
-            size = torch.Size(stored).numel()
-            bits = self.work.get("zoneout bits", ((size + 1) // 2,), torch.empty(0, dtype=torch.int64,
-                                                                                  device=like.device))
-            drawn_bits = bits[:(numel + 1) // 2]
-            bits[drawn_bits.numel():].zero_()       # the padding after step L - 1: no draws, its masks never matter
-            values = bits.view(torch.int32)[:size]
-            masks = []
-            for layer in range(self.layers):
-                mask = (reusable[0][layer] if reusable is not None and reusable[0][layer].shape == torch.Size(stored)
-                        else torch.empty(stored, device=like.device))
-                drawn_bits.random_(-2 ** 63, None, generator=generator)  # every int64 value equally likely
-                if chunk is None:
-                    torch.ge(values.view(shape), threshold, out=mask)     # float 0/1
-                else:   # the same values read in time order, written chunk-major
-                    chunks = stored[0] // chunk
-                    torch.ge(values.view(chunks, chunk, *shape[1:]).transpose(0, 1), threshold,
-                             out=mask.view(chunk, chunks, *shape[1:]))
-                masks.append(mask)
-            drawn = self.work.remember(key, (masks, seed_bytes(generator, like.device)))
-        masks, next_seed = drawn
-        return masks, next_seed.clone()
+            size = torch.Size(shape).numel()
+            draws = []
+            for layer in range(self.layers):   # fresh tensors: a regression's autograd may still hold older ones
+                bits = torch.empty((size + 1) // 2, dtype=torch.int64, device=seed.device)
+                bits.random_(-2 ** 63, None, generator=generator)  # every int64 value equally likely
+                draws.append(bits.view(torch.int32)[:size].view(shape))
+            drawn = self.work.remember(key, (draws, seed_bytes(generator, seed.device)))
+        draws, next_seed = drawn
+        return draws, next_seed.clone()
+
+    def zoneout_masks(self, seed: torch.Tensor, shape, like: torch.Tensor):
+        """Every layer's keep mask ((L, S, H) = ``shape``, 0/1 in ``like``'s dtype and device: 1 with
+        probability 1 - zoneout) from :meth:`zoneout_draws` (``seed``), and the next seed."""
+        draws, next_seed = self.zoneout_draws(seed.to(like.device), shape)
+        threshold = keep_threshold(self.zoneout)
+        return [(d >= threshold).to(like.dtype) for d in draws], next_seed
 
     def first_layer_columns(self, seq: torch.Tensor, previous_input: torch.Tensor):
         """Layer 0's gates with the encoder folded in, as ``columns @ kernel`` plus ``start`` on the
@@ -404,30 +335,29 @@ class ScanSynthesizer(Synthesizer):
         if cells.shape != (self.layers, sequences, self.hidden):
             raise ValueError(f"own state {tuple(cells.shape)} does not fit {self.layers} layer(s) of {self.hidden} "
                              f"units over {sequences} sequence(s)")
-        one_layer = self.layers == 1
-        # the paper's one layer runs chunk-major (fused step, hand-written backward, reused buffers)
-        chunk = chunk_length(steps) if one_layer else None
-        if self.training and self.zoneout > 0:
-            masks, next_seed = self.zoneout_masks(seed, (steps, sequences, self.hidden), state, chunk=chunk)
-            next_seed = next_seed.to(seed.dtype)
-        else:
-            masks, next_seed = [None] * self.layers, seed.clone()
-        scale = 1.0 - self.zoneout if not self.training else 1.0
+        zoneout = self.training and self.zoneout > 0
+        threshold, scale = keep_threshold(self.zoneout), 1.0 if self.training else 1.0 - self.zoneout
+        next_seed = seed.clone()
         columns, kernel, start = self.first_layer_columns(seq, previous_input)
-        if one_layer:
-            columns = to_chunks(columns.view(steps, sequences, 4), chunk).view(-1, 4)
-            weight, decoder_bias = self.decoder.weight[0], self.decoder.bias
+        # the paper's one layer, on a CPU: gate products by torch, the recurrence in scan_cpu.cpp
+        kernels = (cpu_kernels() if self.layers == 1 and state.device.type == "cpu"
+                   and state.dtype in (torch.float32, torch.float64) else None)
+        if kernels is not None:
+            draws = None
+            if zoneout:
+                (draws,), next_seed = self.zoneout_draws(seed, (steps, sequences, self.hidden))
+            weight, bias, c0 = self.decoder.weight[0], self.decoder.bias, cells[0].contiguous()
             if torch.is_grad_enabled():
-                out, last = _OneLayerScan.apply(columns, kernel, start, cells[0], weight, decoder_bias,
-                                                masks[0], scale, chunk, steps, self.work)
+                out, last = _CPUScan.apply(columns, kernel, start, c0, weight, bias, draws, threshold, scale,
+                                           kernels, self.work)
             else:
-                _, _, cells_out, h = _one_layer_forward(columns, kernel, start, cells[0], masks[0], scale, chunk,
-                                                        self.work, saved=False)
-                out = torch.addmv(decoder_bias, h, weight)
-                last = _last_step(cells_out, chunk, steps, sequences).clone()
-            out = from_chunks(out.view(-1, sequences), chunk, steps)
+                gates = _gates(columns, kernel, start, sequences, "call gates", self.work)
+                out, last = kernels.forward(gates, draws, threshold, scale, c0, weight, bias, None)
             new_cells = [last]
         else:
+            masks = [None] * self.layers
+            if zoneout:
+                masks, next_seed = self.zoneout_masks(seed, (steps, sequences, self.hidden), state)
             gates = columns @ kernel
             gates[:sequences] += start
             h, last = self.qrnn(*gates.view(steps, sequences, -1).chunk(3, dim=-1), cells[0], masks[0], scale)
@@ -437,6 +367,7 @@ class ScanSynthesizer(Synthesizer):
                 h, last = self.qrnn(z, f, o, cells[i], masks[i], scale)
                 new_cells.append(last)
             out = self.decoder(h)
+        next_seed = next_seed.to(seed.dtype)
         out = out.view(steps, sequences)                       # the paper's order
         batch, dim = state.shape
         out = out.t() if self.per_stream else out.reshape(batch, dim)
