@@ -55,6 +55,8 @@ leak from one stream into the next, parallel over streams), its own state kept p
 """
 import logging
 import os
+import shutil
+import sys
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -128,11 +130,15 @@ _KERNELS = {}
 def cpu_kernels():
     """The one-layer scan's CPU kernels (:file:`scan_cpu.cpp`: its forward and reverse passes in one
     loop over the rows each), compiled by ``torch.utils.cpp_extension.load`` on first use (about
-    30 s, once per machine: cached in ``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``).
+    30 s, once per machine: cached in ``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``;
+    it needs a C++ compiler and ninja, taken from the interpreter's own folder when not on PATH).
     Returns the module, or None when it cannot be built (no C++ compiler, say): logged once as a
     warning, and the synthesizer then computes the same function with torch's ops (:meth:`ScanSynthesizer.qrnn`;
     slower on a CPU, equal up to float rounding)."""
     if "module" not in _KERNELS:
+        here = os.path.dirname(sys.executable)   # a virtual environment's own ninja (pip's), when not on PATH
+        if shutil.which("ninja") is None and shutil.which("ninja", path=here):
+            os.environ["PATH"] = here + os.pathsep + os.environ.get("PATH", "")
         try:
             from torch.utils.cpp_extension import load
             logger.info("fairseq-dni: loading the scan synthesizer's CPU kernel (built once, about 30 s)")
