@@ -141,7 +141,8 @@ def cpu_kernels():
             os.environ["PATH"] = here + os.pathsep + os.environ.get("PATH", "")
         try:
             from torch.utils.cpp_extension import load
-            logger.info("fairseq-dni: loading the scan synthesizer's CPU kernel (built once, about 30 s)")
+            logger.info("fairseq-dni: loading the scan synthesizer's CPU kernel (compiled the first time on a machine, "
+                        "about 30 s)")
             _KERNELS["module"] = load(name="fairseq_dni_scan_cpu", extra_cflags=["-O3"], verbose=False,
                                       sources=[os.path.join(os.path.dirname(__file__), "scan_cpu.cpp")])
         except Exception as e:  # noqa: BLE001 - any build failure falls back to the torch path
