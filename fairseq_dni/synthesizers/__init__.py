@@ -1,16 +1,20 @@
 """Synthesizers: small modules that predict dLoss_future/d(state) at a window's end.
 
-torch only (no fairseq import). A synthesizer is any :class:`Synthesizer`: the criterion knows
-this interface, not the classes. Three implementations:
+torch only (no fairseq import; the scan synthesizer's CPU kernel is one C++ file that torch's
+``cpp_extension`` builds). A synthesizer is any :class:`Synthesizer`: the criterion knows this
+interface, not the classes. Three implementations:
 
 * ``mlp`` (:class:`~fairseq_dni.synthesizers.mlp.MLPSynthesizer`): Jaderberg et al. (2016)'s
   feed-forward synthesizer over the whole flattened state, optionally conditioned (cDNI).
 * ``coordinatewise`` (:class:`~fairseq_dni.synthesizers.coordinatewise.CoordinatewiseSynthesizer`):
   the seed paper's (Shang & Zhang, arXiv 1902.10630): every scalar coordinate of the state goes
-  through one small shared recurrent network whose own state is carried across windows.
+  through one small shared recurrent network whose own state is carried across windows (its
+  ``--sgtype GRU/LSTM``).
+* ``scan`` (:class:`~fairseq_dni.synthesizers.scan.ScanSynthesizer`): the seed paper's ``--sgtype
+  QRNN`` as its code computes it, one QRNN scan across all B x D scalars of the state.
 
-Both start with an exactly-zero output (their last layer is zero-initialised), so training
-starts as plain TBPTT.
+All three start with an exactly-zero output (their last layer is zero-initialised; ``scan`` with
+``init="paper"`` takes the paper's initialisation instead), so training starts as plain TBPTT.
 """
 from typing import Any, Optional, Tuple
 

@@ -57,6 +57,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -143,14 +144,28 @@ def cpu_kernels():
             from torch.utils.cpp_extension import load
             logger.info("fairseq-dni: loading the scan synthesizer's CPU kernel (compiled the first time on a machine, "
                         "about 30 s)")
+            start = time.perf_counter()
             _KERNELS["module"] = load(name="fairseq_dni_scan_cpu", extra_cflags=["-O3"], verbose=False,
                                       sources=[os.path.join(os.path.dirname(__file__), "scan_cpu.cpp")])
+            logger.info("fairseq-dni: the scan synthesizer's CPU kernel is ready (%.1f s)", time.perf_counter() - start)
         except Exception as e:  # noqa: BLE001 - any build failure falls back to the torch path
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
             logger.warning("fairseq-dni: the scan synthesizer's CPU kernel could not be built (%s); "
-                           "it runs on torch's ops instead (the same function, slower)", reason)
+                           "it runs on torch's ops instead (the same function, slower)", build_failure(e))
             _KERNELS["module"] = None
     return _KERNELS["module"]
+
+
+def build_failure(error: Exception) -> str:
+    """One line from a failed ``torch.utils.cpp_extension.load``: its first line up to the compiler's
+    command, and the first line after it that names an error (``error``, ``not found``), else its last."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    head = lines[0].split(": [", 1)[0]
+    named = [line for line in lines[1:] if ("error" in line.lower() or "not found" in line.lower())
+             and not line.startswith(("ninja:", "FAILED:"))]
+    detail = named[0] if named else (lines[-1] if len(lines) > 1 else "")
+    return f"{head}: {detail}" if detail else head
 
 
 def _gates(columns, kernel, start, sequences, name, work):
