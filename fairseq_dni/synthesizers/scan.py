@@ -53,6 +53,7 @@ the regression (the paper calls it again on the carried-on state); the last laye
 weights); ``per_stream=True`` scans each stream's D coordinates as its own sequence (batch B: no
 leak from one stream into the next, parallel over streams), its own state kept per stream.
 """
+import hashlib
 import logging
 import os
 import shutil
@@ -131,7 +132,8 @@ _KERNELS = {}
 def cpu_kernels():
     """The one-layer scan's CPU kernels (:file:`scan_cpu.cpp`: its forward and reverse passes in one
     loop over the rows each), compiled by ``torch.utils.cpp_extension.load`` on first use (about
-    30 s, once per machine: cached in ``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``;
+    30 s, once per machine and checkout: cached in ``TORCH_EXTENSIONS_DIR``, default
+    ``~/.cache/torch_extensions``, in a folder named after the file's path and contents;
     it needs a C++ compiler and ninja, taken from the interpreter's own folder when not on PATH).
     Returns the module, or None when it cannot be built (no C++ compiler, say): logged once as a
     warning, and the synthesizer then computes the same function with torch's ops (:meth:`ScanSynthesizer.qrnn`;
@@ -145,8 +147,11 @@ def cpu_kernels():
             logger.info("fairseq-dni: loading the scan synthesizer's CPU kernel (compiled the first time on a machine, "
                         "about 30 s)")
             start = time.perf_counter()
-            _KERNELS["module"] = load(name="fairseq_dni_scan_cpu", extra_cflags=["-O3"], verbose=False,
-                                      sources=[os.path.join(os.path.dirname(__file__), "scan_cpu.cpp")])
+            source = os.path.abspath(os.path.join(os.path.dirname(__file__), "scan_cpu.cpp"))
+            with open(source, "rb") as f:   # one build folder per checkout and version of the file
+                digest = hashlib.sha1(source.encode() + f.read()).hexdigest()[:12]
+            _KERNELS["module"] = load(name=f"fairseq_dni_scan_cpu_{digest}", sources=[source], extra_cflags=["-O3"],
+                                      verbose=False)
             logger.info("fairseq-dni: the scan synthesizer's CPU kernel is ready (%.1f s)", time.perf_counter() - start)
         except Exception as e:  # noqa: BLE001 - any build failure falls back to the torch path
             logger.warning("fairseq-dni: the scan synthesizer's CPU kernel could not be built (%s); "
