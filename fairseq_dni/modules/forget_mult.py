@@ -29,8 +29,7 @@ import torch
 
 
 def linear_scan(a: torch.Tensor, b: torch.Tensor, c0: Optional[torch.Tensor] = None, *,
-                reverse: bool = False, out: Optional[torch.Tensor] = None,
-                scratch: Optional[torch.Tensor] = None) -> torch.Tensor:
+                reverse: bool = False, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``c_t = a_t * c_{t-1} + b_t`` for every ``t`` along dim 0, ``c_{-1} = c0``; with ``reverse``
     ``c_t = a_t * c_{t+1} + b_t``, ``c_T = c0`` (the adjoint's direction).
 
@@ -38,8 +37,8 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, c0: Optional[torch.Tensor] = N
     ``c0`` (*batch) or None (zeros); ``out`` (T, *batch) to write ``c`` into (it may be a strided
     view; it must not overlap ``a`` or ``b``). Returns ``c`` (T, *batch). Without ``out`` it is
     differentiable by autograd (every level is ordinary tensor ops); with ``out`` (no autograd) it
-    uses one scratch buffer ``scratch`` (2, T, *batch), allocated when not given. Raises ValueError
-    on mismatched shapes."""
+    uses one scratch buffer (2, T, *batch) for the pairs' products. Raises ValueError on mismatched
+    shapes."""
     if a.shape != b.shape:
         raise ValueError(f"linear_scan: a {tuple(a.shape)} and b {tuple(b.shape)} differ in shape")
     if a.dim() == 0:
@@ -52,10 +51,8 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, c0: Optional[torch.Tensor] = N
         return _scan(a, b, c0, reverse)
     if out.shape != b.shape:
         raise ValueError(f"linear_scan: out {tuple(out.shape)} does not match {tuple(b.shape)}")
-    if b.size(0):
-        if scratch is None:   # level k's pair products use T / 2^(k+1) steps of it
-            scratch = b.new_empty(2, *b.shape)
-        _scan_into(a, b, c0, reverse, out, scratch)
+    if b.size(0):   # level k's pair products use T / 2^(k+1) steps of the scratch buffer
+        _scan_into(a, b, c0, reverse, out, b.new_empty(2, *b.shape))
     return out
 
 
